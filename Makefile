@@ -1,0 +1,51 @@
+# stagetune: `make train` and `make test` set up .venv on first use (Python 3.11, pinned torch).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: help train test test-slow sweep tensorboard bench clean clean-outputs
+
+help:
+	@echo "make train        set up .venv if needed, run the default experiment (ARGS='key=value ...')"
+	@echo "make test         set up .venv if needed, run the test suite"
+	@echo "make test-slow    the long end-to-end tests too"
+	@echo "make sweep        a weight-decay x learning-rate sweep of the ratings model, with its report"
+	@echo "make tensorboard  TensorBoard on outputs/ (http://127.0.0.1:6006)"
+	@echo "make bench        the performance benchmarks (table under outputs/bench/)"
+	@echo "make clean        remove caches and build files (keeps outputs/ and .venv)"
+	@echo "make clean-outputs  delete every run under outputs/ (asks first)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/stagetune $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+sweep: $(STAMP)
+	$(BIN)/stagetune -m experiment=ratings_synthetic sweep=wd_lr $(ARGS)
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1 --port 6006
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(ARGS)
+
+clean:
+	rm -rf build dist .pytest_cache .hypothesis src/*.egg-info lightning_logs
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+clean-outputs:
+	@printf "Delete every run under outputs/? [y/N] "; read answer; \
+	if [ "$$answer" = y ]; then find outputs -mindepth 1 -not -name .gitkeep -delete && echo "outputs/ emptied"; \
+	else echo "kept outputs/"; fi

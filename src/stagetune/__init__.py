@@ -1,0 +1,1 @@
+"""stagetune: staged fine-tuning experiments."""

@@ -1,0 +1,1 @@
+"""Collaborative filtering: embedding models with biases, ratings data, interpretation."""

@@ -1,0 +1,165 @@
+"""Layer groups, learning-rate slices and optimizer param groups.
+
+A model is an ordered list of *layer groups* (fastai's split). Everything the pipeline does to a
+model by stage — freezing, discriminative learning rates, which tensors get weight decay — is
+expressed over those groups, so nothing else needs to know a model's insides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+
+LearningRate = float | Sequence[float]
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """An ordered slice of a model: a name and the modules that own its parameters."""
+
+    name: str
+    modules: tuple[nn.Module, ...]
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the group once, in module order."""
+        seen: set[int] = set()
+        params: list[nn.Parameter] = []
+        for module in self.modules:
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def norm_layers(self) -> list[nn.Module]:
+        """The normalisation layers inside the group (kept trainable under ``train_bn``)."""
+        return [m for module in self.modules for m in module.modules() if isinstance(m, NORM_TYPES)]
+
+
+def check_partition(model: nn.Module, groups: Sequence[LayerGroup]) -> None:
+    """Fail unless the groups hold every parameter of ``model`` exactly once."""
+    owner: dict[int, str] = {}
+    for group in groups:
+        for p in group.parameters():
+            if id(p) in owner:
+                raise ValueError(f"a parameter is in both layer groups {owner[id(p)]!r} and {group.name!r}")
+            owner[id(p)] = group.name
+    missing = [n for n, p in model.named_parameters() if id(p) not in owner]
+    if missing:
+        raise ValueError(f"parameters in no layer group: {', '.join(missing[:5])}")
+
+
+def slice_lrs(lr: LearningRate, n: int) -> list[float]:
+    """Spread a learning rate over ``n`` groups, as fastai does.
+
+    A number gives every group that rate; ``[hi]`` gives ``hi/10`` to all groups but the last;
+    ``[lo, hi]`` spaces the rates geometrically: group k gets ``lo * (hi/lo) ** (k / (n-1))``.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one group, got {n}")
+    if isinstance(lr, (int, float)):
+        return [float(lr)] * n
+    values = [float(v) for v in lr]
+    if len(values) == 1:
+        hi = values[0]
+        return [hi / 10] * (n - 1) + [hi]
+    if len(values) != 2:
+        raise ValueError(f"a learning-rate slice has one or two ends, got {values}")
+    lo, hi = values
+    if n == 1:
+        return [hi]
+    return [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
+
+
+def is_no_decay(name: str, module: nn.Module, bn_wd: bool, bias_wd: bool) -> bool:
+    """Whether a parameter is exempt from weight decay (normalisation weights, biases)."""
+    if isinstance(module, NORM_TYPES):
+        return not bn_wd
+    return name == "bias" and not bias_wd
+
+
+def param_groups(
+    groups: Sequence[LayerGroup],
+    trainable: Sequence[int],
+    lr: LearningRate,
+    wd: float,
+    bn_wd: bool = False,
+    bias_wd: bool = False,
+) -> list[dict]:
+    """Optimizer param groups for a stage, with the LR slice spread over the trainable groups.
+
+    Each trainable layer group gives one param group, split in two when some of its tensors are
+    exempt from weight decay (``bn_wd``/``bias_wd`` false). Normalisation layers of frozen groups
+    that still train (``train_bn``) form a param group of their own at the first trainable
+    group's rate. Every param group carries ``layer_group`` (index) and ``name`` so LRs can be
+    logged and checked per layer group.
+    """
+    lrs = dict(zip(trainable, slice_lrs(lr, len(trainable))))
+    lowest = lrs[trainable[0]]
+    out: list[dict] = []
+    for k, group in enumerate(groups):
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        seen: set[int] = set()
+        for module in group.modules:
+            for sub in module.modules():
+                for pname, p in sub.named_parameters(recurse=False):
+                    if id(p) in seen or not p.requires_grad:
+                        continue
+                    seen.add(id(p))
+                    (no_decay if is_no_decay(pname, sub, bn_wd, bias_wd) else decay).append(p)
+        suffix = "" if k in lrs else "/frozen_bn"
+        for params, group_wd, kind in ((decay, wd, ""), (no_decay, 0.0, "/no_wd")):
+            if params:
+                out.append(
+                    {
+                        "params": params,
+                        "lr": lrs.get(k, lowest),
+                        "weight_decay": group_wd,
+                        "layer_group": k,
+                        "name": group.name + suffix + kind,
+                    }
+                )
+    return out
+
+
+def set_trainable(groups: Sequence[LayerGroup], freeze_to: int, train_bn: bool) -> list[int]:
+    """Freeze ``groups[:freeze_to]`` and unfreeze the rest; return the trainable group indices.
+
+    ``freeze_to=-1`` trains the last group only, ``0`` trains all. With ``train_bn`` the
+    normalisation layers of frozen groups keep training, as fastai's default.
+    """
+    n = len(groups)
+    start = freeze_to % n if freeze_to < 0 else freeze_to
+    trainable = list(range(start, n))
+    for k, group in enumerate(groups):
+        on = k in trainable
+        for p in group.parameters():
+            p.requires_grad_(on)
+        if not on and train_bn:
+            for layer in group.norm_layers():
+                for p in layer.parameters(recurse=False):
+                    p.requires_grad_(True)
+    return trainable
+
+
+def frozen_norm_layers(groups: Sequence[LayerGroup], trainable: Sequence[int], train_bn: bool) -> list[nn.Module]:
+    """Normalisation layers whose running statistics must stay fixed in the current stage."""
+    if train_bn:
+        return []
+    return [m for k, g in enumerate(groups) if k not in trainable for m in g.norm_layers()]
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters that currently require grad."""
+    return [p for p in model.parameters() if p.requires_grad]

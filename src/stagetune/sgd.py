@@ -1,0 +1,66 @@
+"""SGD written from the formula, with weight decay stated as a loss term.
+
+The update is ``w_t = w_{t-1} - lr * dL/dw_{t-1}`` where ``L = loss + wd * sum(w^2)``, so the
+L2 (``wd_kind="l2"``) step adds ``2 * wd * w`` to the gradient. Torch's ``weight_decay=λ`` adds
+``λ * w``, the derivative of ``(λ/2) * sum(w^2)``: this optimizer with ``wd`` equals
+``torch.optim.SGD(weight_decay=2 * wd)``. Decoupled decay (``wd_kind="decoupled"``) does not touch
+the gradient: it shrinks the weights first, ``w *= 1 - lr * wd``, as torch's AdamW and fastai do.
+With ``momentum`` ``m``, the step direction is the running ``buf = m * buf + dL/dw`` (torch's
+convention, no dampening).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+WD_KINDS = ("l2", "decoupled")
+
+
+class ScratchSGD(torch.optim.Optimizer):
+    """Plain SGD from first principles; honours param groups (per-group lr, wd, momentum)."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-2,
+        momentum: float = 0.0,
+        wd: float = 0.0,
+        wd_kind: str = "l2",
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if wd < 0:
+            raise ValueError(f"wd must be >= 0, got {wd}")
+        if wd_kind not in WD_KINDS:
+            raise ValueError(f"wd_kind must be one of {WD_KINDS}, got {wd_kind!r}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, wd=wd, wd_kind=wd_kind))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, wd, kind = group["lr"], group["momentum"], group["wd"], group["wd_kind"]
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                grad = w.grad
+                if wd and kind == "l2":
+                    grad = grad.add(w, alpha=2 * wd)
+                if momentum:
+                    state = self.state[w]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = grad.clone()
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(grad)
+                    grad = state["momentum_buffer"]
+                if wd and kind == "decoupled":
+                    w.mul_(1 - lr * wd)
+                w.add_(grad, alpha=-lr)
+        return loss
