@@ -1,4 +1,9 @@
-"""Ratings data: a synthetic generator with known ground truth, batched from index tensors."""
+"""Ratings as index tensors, their batching, and a synthetic generator with known ground truth.
+
+Users and items are numbered from 1; index 0 stands for "unknown" (an id never seen in training)
+and the models keep its factors and biases at zero, so an unseen id is predicted from whatever
+biases are known, never an index error.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+UNKNOWN = 0
+
 
 class RatingsTensor(Dataset):
-    """Users, items and ratings as three tensors; indexed by a whole batch of positions at once."""
+    """Users, items and ratings as three tensors; a whole batch is one tensor indexing operation."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         self.users, self.items, self.ratings = users, items, ratings
@@ -20,22 +27,105 @@ class RatingsTensor(Dataset):
         return len(self.ratings)
 
     def __getitem__(self, index):
-        index = torch.as_tensor(index)
+        return self.users[index], self.items[index], self.ratings[index]
+
+    def __getitems__(self, indices: list[int]):
+        """What a DataLoader with a batch sampler calls: one gather per batch, not one per row."""
+        index = torch.as_tensor(indices, dtype=torch.long)
         return self.users[index], self.items[index], self.ratings[index]
 
 
+def keep_batch(batch):
+    """The collate function: ``__getitems__`` already returns the batch as tensors."""
+    return batch
+
+
 def batch_loader(ds: RatingsTensor, batch_size: int, shuffle: bool) -> DataLoader:
-    """One ``__getitem__`` per batch (a batch sampler feeding an index list), no per-row Python."""
+    """A standard DataLoader (dataset + batch sampler) that Lightning can re-shard for DDP."""
     sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
-    return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(ds, batch_sampler=BatchSampler(sampler, batch_size, drop_last=False), collate_fn=keep_batch)
 
 
-class SyntheticRatings(pl.LightningDataModule):
+def ratings_tensor(users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> RatingsTensor:
+    return RatingsTensor(
+        torch.as_tensor(users, dtype=torch.long),
+        torch.as_tensor(items, dtype=torch.long),
+        torch.as_tensor(ratings, dtype=torch.float32),
+    )
+
+
+class RatingsDataModule(pl.LightningDataModule):
+    """What every ratings source shares: the two splits, loaders, model sizes, titles, counts.
+
+    Subclasses fill ``train_set``/``val_set`` (indices 1..n, 0 = unknown), ``n_users``,
+    ``n_items``, ``item_titles`` (index -> title, or None) and ``unseen`` (counts of validation
+    ratings whose user or item never appears in training) in :meth:`load`.
+    """
+
+    def __init__(self, batch_size: int, valid_batch_size: int = 4096) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.valid_batch_size = valid_batch_size
+        self.train_set: RatingsTensor | None = None
+        self.val_set: RatingsTensor | None = None
+        self.n_users = self.n_items = 0
+        self.item_titles: list[str] | None = None
+        self.unseen = {"users": 0, "items": 0, "ratings": 0}
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.load()
+
+    @property
+    def global_mean(self) -> float:
+        return float(self.train_set.ratings.mean())
+
+    def item_counts(self) -> np.ndarray:
+        """Training ratings per item index (index 0, unknown, counts nothing)."""
+        return np.bincount(self.train_set.items.numpy(), minlength=self.n_items + 1)
+
+    def item_names(self) -> list[str]:
+        """A label per item index: its title when known, else its id (index 0 is "unknown")."""
+        if self.item_titles is not None:
+            return self.item_titles
+        return ["unknown"] + [f"item {k}" for k in range(1, self.n_items + 1)]
+
+    def model_kwargs(self) -> dict:
+        self.setup()
+        return {"n_users": self.n_users, "n_items": self.n_items, "global_mean": self.global_mean}
+
+    def summary(self) -> dict:
+        self.setup()
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "n_train": len(self.train_set),
+            "n_valid": len(self.val_set),
+            "global_mean": round(self.global_mean, 4),
+            "valid_unseen_users": self.unseen["users"],
+            "valid_unseen_items": self.unseen["items"],
+            "valid_ratings_with_unseen_id": self.unseen["ratings"],
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        return batch_loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return batch_loader(self.val_set, self.valid_batch_size, shuffle=False)
+
+
+class SyntheticRatings(RatingsDataModule):
     """Ratings drawn from a known low-rank model with biases, shaped like MovieLens 100k.
 
-    ``rating = mean + b_u + b_i + u . v + noise``, clipped to 1-5 (optionally rounded to whole
-    stars); items are picked with long-tailed (Zipf) popularity. ``noise_floor`` is the RMSE of the
-    true model on the validation split: no model can expect to do better.
+    ``truth = clip(mean + b_u + b_i + u . v, 1, 5)`` and ``rating = clip(truth + noise, 1, 5)``,
+    optionally rounded to whole stars. ``factor_scale`` is the standard deviation of the
+    interaction ``u . v`` (each factor has std ``sqrt(factor_scale) / rank**0.25``), so it compares
+    directly with the bias scales and the noise. Items are picked with Zipf popularity and users
+    with Zipf activity (long tails, as in MovieLens). ``noise_floor`` is the RMSE of the true model
+    on the validation split: the reference a fitted model is measured against.
     """
 
     def __init__(
@@ -43,45 +133,32 @@ class SyntheticRatings(pl.LightningDataModule):
         n_users: int = 943,
         n_items: int = 1682,
         n_ratings: int = 100_000,
-        rank: int = 8,
-        factor_scale: float = 0.5,
-        user_bias_scale: float = 0.4,
-        item_bias_scale: float = 0.5,
+        rank: int = 4,
+        factor_scale: float = 0.3,
+        user_bias_scale: float = 0.45,
+        item_bias_scale: float = 0.55,
         mean: float = 3.5,
-        noise: float = 0.8,
-        popularity_exponent: float = 1.0,
-        round_stars: bool = False,
+        noise: float = 0.85,
+        popularity_exponent: float = 0.8,
+        activity_exponent: float = 0.6,
+        round_stars: bool = True,
         valid_pct: float = 0.2,
         batch_size: int = 64,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size)
         self.save_hyperparameters()
-        self.train_set: RatingsTensor | None = None
+        self.noise_floor = math.nan
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def load(self) -> None:
         h = self.hparams
         rng = np.random.default_rng(h.seed)
-        users_f = rng.normal(0, h.factor_scale / math.sqrt(h.rank) ** 0.5, (h.n_users, h.rank))
-        items_f = rng.normal(0, h.factor_scale / math.sqrt(h.rank) ** 0.5, (h.n_items, h.rank))
+        factor_std = math.sqrt(h.factor_scale) / h.rank**0.25
+        users_f = rng.normal(0, factor_std, (h.n_users, h.rank))
+        items_f = rng.normal(0, factor_std, (h.n_items, h.rank))
         b_u = rng.normal(0, h.user_bias_scale, h.n_users)
         b_i = rng.normal(0, h.item_bias_scale, h.n_items)
-        popularity = 1.0 / np.arange(1, h.n_items + 1) ** h.popularity_exponent
-        item_order = rng.permutation(h.n_items)
-        pairs = np.unique(
-            np.stack(
-                [
-                    rng.integers(0, h.n_users, 2 * h.n_ratings),
-                    item_order[rng.choice(h.n_items, 2 * h.n_ratings, p=popularity / popularity.sum())],
-                ],
-                1,
-            ),
-            axis=0,
-        )
-        pairs = pairs[rng.permutation(len(pairs))[: h.n_ratings]]
-        u, i = pairs[:, 0], pairs[:, 1]
+        u, i = self._pairs(rng)
         truth = np.clip(h.mean + b_u[u] + b_i[i] + (users_f[u] * items_f[i]).sum(1), 1, 5)
         ratings = np.clip(truth + rng.normal(0, h.noise, len(u)), 1, 5)
         if h.round_stars:
@@ -90,22 +167,35 @@ class SyntheticRatings(pl.LightningDataModule):
         order = rng.permutation(len(u))
         val, train = order[:n_val], order[n_val:]
         self.noise_floor = float(np.sqrt(np.mean((ratings[val] - truth[val]) ** 2)))
+        self.n_users, self.n_items = h.n_users, h.n_items
+        seen_u, seen_i = np.zeros(h.n_users, bool), np.zeros(h.n_items, bool)
+        seen_u[u[train]], seen_i[i[train]] = True, True
+        new_u, new_i = ~seen_u[u[val]], ~seen_i[i[val]]
+        self.unseen = {
+            "users": int(np.unique(u[val][new_u]).size),
+            "items": int(np.unique(i[val][new_i]).size),
+            "ratings": int((new_u | new_i).sum()),
+        }
+        users, items = np.where(seen_u[u], u + 1, UNKNOWN), np.where(seen_i[i], i + 1, UNKNOWN)
+        self.train_set = ratings_tensor(users[train], items[train], ratings[train])
+        self.val_set = ratings_tensor(users[val], items[val], ratings[val])
 
-        def tensors(idx):
-            return RatingsTensor(
-                torch.as_tensor(u[idx], dtype=torch.long),
-                torch.as_tensor(i[idx], dtype=torch.long),
-                torch.as_tensor(ratings[idx], dtype=torch.float32),
+    def _pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct (user, item) pairs; Zipf-weighted on both sides, in a random order of ids."""
+        h = self.hparams
+
+        def zipf(n: int, exponent: float) -> np.ndarray:
+            p = 1.0 / np.arange(1, n + 1) ** exponent
+            return rng.permutation(n)[rng.choice(n, 3 * h.n_ratings, p=p / p.sum())]
+
+        keys = np.unique(zipf(h.n_users, h.activity_exponent) * h.n_items + zipf(h.n_items, h.popularity_exponent))
+        if len(keys) < h.n_ratings:
+            raise ValueError(
+                f"cannot draw {h.n_ratings} distinct ratings from {h.n_users} users x {h.n_items} items "
+                "with these popularity exponents; lower data.n_ratings or the exponents"
             )
+        keys = keys[rng.permutation(len(keys))[: h.n_ratings]]
+        return keys // h.n_items, keys % h.n_items
 
-        self.train_set, self.val_set = tensors(train), tensors(val)
-
-    def model_kwargs(self) -> dict:
-        self.setup()
-        return {"n_users": self.hparams.n_users, "n_items": self.hparams.n_items}
-
-    def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.train_set, self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.val_set, 4096, shuffle=False)
+    def summary(self) -> dict:
+        return {**super().summary(), "noise_floor": round(self.noise_floor, 4)}

@@ -1,0 +1,120 @@
+"""What a trained rating model learned about items, written at the end of a run.
+
+Into ``<run>/interpretation/``: ``interpretation.json`` and ``interpretation.md`` (the items with the
+lowest and highest learned bias, the items at both ends of the first principal components of the
+item factors) and ``item_pca.png`` (the most-rated items placed by the first two components,
+labelled with their titles). Into TensorBoard: the same text, the picture, and the item factors in
+the embedding projector with titles as metadata. Only the most-rated items are ranked, as in
+fastai's book: a rarely rated item's bias and factors say little.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from matplotlib.figure import Figure
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from stagetune.rundir import write_atomic
+
+
+def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of the rows of ``x`` on its first ``k`` principal components, and their variance share."""
+    centred = x - x.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    share = s**2 / max(float((s**2).sum()), 1e-12)
+    return centred @ vt[:k].T, share[:k]
+
+
+def ends(values: np.ndarray, names: list[str], n: int) -> dict[str, list]:
+    """The ``n`` lowest and ``n`` highest entries of ``values``, as ``[name, value]`` pairs."""
+    order = np.argsort(values, kind="stable")
+
+    def pick(idx: np.ndarray) -> list:
+        return [[names[k], round(float(values[k]), 4)] for k in idx]
+
+    return {"lowest": pick(order[:n]), "highest": pick(order[::-1][:n])}
+
+
+def interpret(item_factors: np.ndarray, item_bias: np.ndarray | None, names: list[str], counts: np.ndarray,
+              top_items: int = 1000, n_show: int = 10, n_components: int = 3) -> tuple[dict, np.ndarray, list[str]]:
+    """Rank the ``top_items`` most-rated items by bias and along the principal components.
+
+    Returns the ranking, the items' principal-component coordinates and their names, most-rated first.
+    """
+    top = np.argsort(-counts, kind="stable")[: min(top_items, int((counts > 0).sum()))]
+    top_names = [names[k] for k in top]
+    coords, share = principal_components(item_factors[top], min(n_components, item_factors.shape[1]))
+    result: dict = {"items_ranked": len(top)}
+    if item_bias is not None:
+        result["bias"] = ends(item_bias[top], top_names, n_show)
+    result["components"] = [
+        {"component": c + 1, "variance_share": round(float(share[c]), 4), **ends(coords[:, c], top_names, n_show)}
+        for c in range(coords.shape[1])
+    ]
+    return result, coords, top_names
+
+
+def as_markdown(result: dict) -> str:
+    lines = [f"Ranked among the {result['items_ranked']} most-rated items.", ""]
+    sections = []
+    if "bias" in result:
+        sections.append(("Learned item bias", result["bias"]))
+    for comp in result["components"]:
+        sections.append((f"Principal component {comp['component']} ({comp['variance_share']:.0%} of variance)", comp))
+    for title, ranked in sections:
+        lines += [f"## {title}", "", "| lowest | | highest | |", "|---|---|---|---|"]
+        for (lo_name, lo), (hi_name, hi) in zip(ranked["lowest"], ranked["highest"]):
+            lines.append(f"| {lo_name} | {lo:.3f} | {hi_name} | {hi:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pca_figure(coords: np.ndarray, names: list[str], n_labels: int = 50) -> Figure:
+    """Items placed by their first two components; the ``n_labels`` most-rated carry their titles."""
+    x = coords[:, 0]
+    y = coords[:, 1] if coords.shape[1] > 1 else np.zeros(len(x))
+    fig = Figure(figsize=(12, 12))
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=6, alpha=0.3, color="tab:blue")
+    for k in range(min(n_labels, len(names))):
+        ax.scatter(x[k], y[k], s=12, color="tab:red")
+        ax.annotate(names[k], (x[k], y[k]), fontsize=7)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.set_title("Item factors, first two principal components (labels: most-rated items)")
+    return fig
+
+
+class Interpretation(pl.Callback):
+    """At the end of ``fit`` (rank 0 only), explain the item factors and biases the model learned."""
+
+    def __init__(self, top_items: int = 1000, n_show: int = 10, n_labels: int = 50) -> None:
+        self.top_items, self.n_show, self.n_labels = top_items, n_show, n_labels
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        data = trainer.datamodule
+        if not trainer.is_global_zero or data is None or not hasattr(data, "item_names"):
+            return
+        factors = pl_module.item_factors.weight.detach().cpu().numpy()[1:]
+        bias_layer = getattr(pl_module, "item_bias", None)
+        bias = bias_layer.weight.detach().cpu().numpy()[1:, 0] if bias_layer is not None else None
+        names = data.item_names()[1:]
+        result, coords, top_names = interpret(factors, bias, names, data.item_counts()[1:], self.top_items, self.n_show)
+        out = Path(trainer.default_root_dir) / "interpretation"
+        out.mkdir(parents=True, exist_ok=True)
+        text = as_markdown(result)
+        write_atomic(out / "interpretation.json", json.dumps(result, indent=2) + "\n")
+        write_atomic(out / "interpretation.md", text)
+        fig = pca_figure(coords, top_names, self.n_labels)
+        fig.savefig(out / "item_pca.png", dpi=100)
+        if isinstance(trainer.logger, TensorBoardLogger):
+            writer = trainer.logger.experiment
+            writer.add_text("interpretation/items", text, trainer.global_step)
+            writer.add_figure("interpretation/item_pca", fig, trainer.global_step)
+            labels = [n.replace("\t", " ").replace("\n", " ") for n in names]
+            writer.add_embedding(factors, metadata=labels, tag="item_factors", global_step=trainer.global_step)
+            writer.flush()
