@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -95,6 +96,16 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
     )
 
 
+def build(node: DictConfig, **kwargs):
+    """``instantiate``, letting a constructor's StagetuneError through (Hydra wraps it otherwise)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, StagetuneError):
+            raise err.__cause__ from None
+        raise
+
+
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
@@ -116,8 +127,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **datamodule.model_kwargs())
+    datamodule = build(cfg.data)
+    model = build(cfg.model, **datamodule.model_kwargs())
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
     trainer = build_trainer(cfg, plan, run, callbacks=[])
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -143,7 +143,7 @@ class SyntheticRatings(RatingsDataModule):
         activity_exponent: float = 0.6,
         round_stars: bool = True,
         valid_pct: float = 0.2,
-        batch_size: int = 64,
+        batch_size: int = 1024,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size)
