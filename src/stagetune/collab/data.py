@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 UNKNOWN = 0
 
@@ -41,9 +41,12 @@ def keep_batch(batch):
 
 
 def batch_loader(ds: RatingsTensor, batch_size: int, shuffle: bool) -> DataLoader:
-    """A standard DataLoader (dataset + batch sampler) that Lightning can re-shard for DDP."""
-    sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
-    return DataLoader(ds, batch_sampler=BatchSampler(sampler, batch_size, drop_last=False), collate_fn=keep_batch)
+    """A plain DataLoader: its batch sampler hands each batch's indices to ``__getitems__``.
+
+    Being the standard form (dataset, batch size, shuffle), Lightning can re-create it with a
+    DistributedSampler so that each DDP rank gets its own shard.
+    """
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=keep_batch)
 
 
 def ratings_tensor(users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> RatingsTensor:

@@ -1,0 +1,70 @@
+"""Synthetic ratings and their batches: shape, ground truth, speed, DDP sharding."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from pytorch_lightning.utilities.data import _update_dataloader
+from torch.utils.data import DistributedSampler
+
+from stagetune.collab.data import SyntheticRatings, batch_loader
+
+
+@pytest.fixture(scope="module")
+def movielens_shaped() -> SyntheticRatings:
+    dm = SyntheticRatings()
+    dm.setup()
+    return dm
+
+
+def test_defaults_are_shaped_like_movielens_100k(movielens_shaped):
+    dm = movielens_shaped
+    summary = dm.summary()
+    assert (summary["n_users"], summary["n_items"], summary["n_train"] + summary["n_valid"]) == (943, 1682, 100_000)
+    ratings = torch.cat([dm.train_set.ratings, dm.val_set.ratings])
+    assert set(ratings.unique().tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+    assert 1.0 < ratings.std().item() < 1.2 and 3.3 < ratings.mean().item() < 3.7  # ML-100k: 1.13, 3.53
+    counts = dm.item_counts()[1:] / 0.8
+    assert 300 < counts.max() < 800 and 20 < np.median(counts) < 60  # ML-100k: 583 and 27
+    assert 0.8 < summary["noise_floor"] < 0.9
+
+
+def test_generator_is_reproducible_from_its_seed():
+    a, b, c = SyntheticRatings(n_ratings=5000, seed=1), SyntheticRatings(n_ratings=5000, seed=1), SyntheticRatings(n_ratings=5000, seed=2)
+    for dm in (a, b, c):
+        dm.setup()
+    assert torch.equal(a.val_set.ratings, b.val_set.ratings) and torch.equal(a.train_set.users, b.train_set.users)
+    assert not torch.equal(a.val_set.ratings, c.val_set.ratings)
+
+
+def test_interaction_term_has_the_configured_scale():
+    """``factor_scale`` is the std of the true u . v (the rank only changes its shape)."""
+    for rank in (2, 32):
+        dm = SyntheticRatings(n_ratings=20000, rank=rank, factor_scale=0.6, noise=0.0, user_bias_scale=0.0,
+                              item_bias_scale=0.0, mean=3.0, round_stars=False)
+        dm.setup()
+        assert dm.train_set.ratings.std().item() == pytest.approx(0.6, rel=0.1)
+
+
+def test_an_epoch_of_100k_ratings_takes_well_under_a_second(movielens_shaped):
+    ds = movielens_shaped.train_set
+    loader = batch_loader(ds, 1024, shuffle=True)
+    start = time.perf_counter()
+    seen = torch.cat([users for users, _, _ in loader])
+    elapsed = time.perf_counter() - start
+    assert len(seen) == len(ds) and elapsed < 0.5
+
+
+def test_loader_is_resharded_by_a_distributed_sampler(movielens_shaped):
+    """What Lightning does for DDP: swap in a DistributedSampler; each rank sees half, together all."""
+    ds = movielens_shaped.val_set
+    loader = batch_loader(ds, 1000, shuffle=False)
+    parts = []
+    for rank in (0, 1):
+        shard = _update_dataloader(loader, DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False))
+        batches = list(shard)
+        assert max(len(b[2]) for b in batches) == 1000
+        parts.append(torch.cat([b[2] for b in batches]))
+    assert len(parts[0]) == len(parts[1]) == len(ds) // 2
+    assert torch.cat(parts).sort().values.tolist() == ds.ratings.sort().values.tolist()
