@@ -158,6 +158,11 @@ class StagePlan(Callback):
         stage = self.plan.stages[index]
         trainable = set_trainable(self._groups, stage.freeze_to, stage.train_bn)
         self._frozen_norms = frozen_norm_layers(self._groups, trainable, stage.train_bn)
+        frozen = {id(m) for m in self._frozen_norms}
+        for group in self._groups:
+            for layer in group.norm_layers():
+                if id(layer) not in frozen:
+                    layer.train()
         return trainable
 
     def steps_per_epoch(self, trainer: pl.Trainer) -> int:
