@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from stagetune.groups import LayerGroup, check_partition, param_groups, set_trainable, slice_lrs
-from tests.conftest import TinyNet
+from tests.tiny import TinyNet
 
 
 def test_slice_over_three_groups_is_geometric():

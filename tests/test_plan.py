@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from stagetune.config import OptimConfig, PlanConfig
 from stagetune.plan import Plan, StagePlan
-from tests.conftest import TinyData, TinyNet
+from tests.tiny import TinyData, TinyNet
 
 
 def make_plan(train_bn: bool, n_groups: int = 3, **optim) -> Plan:

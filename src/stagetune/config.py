@@ -95,6 +95,7 @@ class RunConfig:
     resume: str | None = None
     ckpt_path: str | None = None
     test: bool = True
+    callbacks: Any = None
     model: Any = None
     data: Any = None
     plan: PlanConfig = field(default_factory=PlanConfig)

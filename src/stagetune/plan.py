@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.types import LRSchedulerConfig
@@ -212,6 +213,13 @@ class StagePlan(Callback):
             "schedule": stage.schedule,
         }
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        average_norm_buffers(pl_module)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            average_norm_buffers(pl_module)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         for layer in self._frozen_norms:
             layer.eval()
@@ -222,6 +230,25 @@ class StagePlan(Callback):
             lrs[f"lr/{g['name'].removesuffix('/no_wd')}"] = g["lr"]
         lrs["stage"] = float(self.active)
         pl_module.log_dict(lrs, on_step=True, on_epoch=False, batch_size=1)
+
+
+def average_norm_buffers(module: nn.Module) -> None:
+    """Average BatchNorm running statistics over the ranks, so every rank holds the same model.
+
+    Each rank updates its running statistics from its own shard of the batch (unless
+    ``sync_batchnorm``); without this, ranks would validate and checkpoint slightly different
+    models. A no-op outside a multi-process run.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            for buf in (layer.running_mean, layer.running_var):
+                torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                buf.div_(world)
 
 
 def rewrap_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
