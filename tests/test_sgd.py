@@ -10,14 +10,16 @@ from __future__ import annotations
 import copy
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch import nn
 
 from stagetune.config import validate
 from stagetune.groups import LayerGroup, param_groups
 from stagetune.optim import OptimSpec, build_optimizer
-from stagetune.plan import Plan
+from stagetune.plan import Plan, StagePlan
 from stagetune.sgd import ScratchSGD
 from stagetune.train import conf_dir
 
@@ -213,7 +215,10 @@ def test_config_optim_sgd_scratch_builds_scratch_sgd_with_the_configured_wd():
     assert opt.param_groups[1]["wd"] == 0.0  # the bias is exempt (optim.bias_wd false)
 
 
-def single_step(spec: OptimSpec, w0: list[float], grad: list[float], lr: float) -> tuple[torch.optim.Optimizer, list[float]]:
+def single_step(
+    spec: OptimSpec, w0: list[float], grad: list[float], lr: float
+) -> tuple[torch.optim.Optimizer, list[float]]:
+    """One step of the optimizer the engine builds for ``spec``; returns it and the new weights."""
     w = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
     group = {"params": [w], "lr": lr, "weight_decay": spec.wd, "layer_group": 0, "name": "w"}
     opt = build_optimizer([group], spec)
@@ -246,3 +251,29 @@ def test_engine_decoupled_adam_is_adamw_with_the_same_wd():
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.05)
     # AdamW: w * (1 - lr*wd), then the Adam step on the gradient alone.
     assert w == pytest.approx([0.995 - 0.1 * 0.5 / (0.5 + 1e-5), -1.99 - 0.1 * 0.5 / (0.5 + 1e-5)], abs=1e-12)
+
+
+def test_sgd_line_trains_with_scratch_sgd_through_the_stage_plan(tmp_path):
+    """The real recipe: config -> data, model, plan -> Trainer with StagePlan -> ScratchSGD steps."""
+    cfg = composed("experiment=sgd_line")
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model, **data.model_kwargs())
+    plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
+    start = (model.line.a.item(), model.line.b.item())
+    trainer = pl.Trainer(
+        max_epochs=1,
+        max_steps=3,
+        callbacks=[StagePlan(plan)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=data)
+    opt = trainer.optimizers[0]
+    assert type(opt) is ScratchSGD
+    assert [(g["name"], g["lr"], g["momentum"], g["wd_kind"]) for g in opt.param_groups] == [("line", 0.05, 0.0, "l2")]
+    assert (model.line.a.item(), model.line.b.item()) != start
+    assert (tmp_path / "sgd_line.png").exists()
