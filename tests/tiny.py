@@ -12,19 +12,20 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from stagetune.groups import LayerGroup
+from stagetune.loaders import epoch_loader
 from stagetune.plan import StagedModule
 
 
 class TinyNet(StagedModule):
     """Three layer groups (body_early with BatchNorm, body_late, head), a classification loss."""
 
-    def __init__(self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True) -> None:
+    def __init__(self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         norm = nn.BatchNorm1d(8) if batchnorm else nn.Identity()
-        self.early = nn.Sequential(nn.Linear(n_in, 8), norm, nn.ReLU())
+        self.early = nn.Sequential(nn.Linear(n_in, 8), norm, nn.ReLU(), nn.Dropout(dropout))
         self.late = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
         self.head = nn.Linear(8, n_classes)
 
@@ -59,16 +60,10 @@ class TinyData(pl.LightningDataModule):
         return {}
 
     def train_dataloader(self):
-        """Shuffled as Lightning's DDP sampler shuffles, so one process sees the ranks' joint order."""
-        data = TensorDataset(self.x, self.y)
-        if not self.shuffle or torch.distributed.is_initialized():
-            return DataLoader(data, batch_size=self.batch_size, shuffle=self.shuffle)
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
-        return DataLoader(data, batch_size=self.batch_size, sampler=sampler)
+        return epoch_loader(TensorDataset(self.x, self.y), self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self):
-        return DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch_size)
+        return epoch_loader(TensorDataset(self.x, self.y), self.batch_size, shuffle=False)
 
 
 class StateDump(pl.Callback):

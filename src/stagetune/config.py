@@ -76,6 +76,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     enable_progress_bar: bool = True
+    use_distributed_sampler: bool = False
     deterministic: Any = False
     benchmark: bool | None = None
 

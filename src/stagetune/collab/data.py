@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
+
+from stagetune.loaders import epoch_loader
 
 
 class RatingsTensor(Dataset):
@@ -26,8 +28,7 @@ class RatingsTensor(Dataset):
 
 def batch_loader(ds: RatingsTensor, batch_size: int, shuffle: bool) -> DataLoader:
     """One ``__getitem__`` per batch (a batch sampler feeding an index list), no per-row Python."""
-    sampler = RandomSampler(ds) if shuffle else SequentialSampler(ds)
-    return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
+    return epoch_loader(ds, batch_size, shuffle=shuffle, whole_batches=True)
 
 
 class SyntheticRatings(pl.LightningDataModule):

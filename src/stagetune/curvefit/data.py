@@ -7,6 +7,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from stagetune.loaders import epoch_loader
+
 from stagetune.errors import ConfigError
 
 FUNCTIONS = ("affine", "sin")
@@ -75,10 +77,10 @@ class CurvePoints(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._tensors(self.x_train, self.y_train)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=True)
+        return epoch_loader(ds, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._tensors(self.x_val, self.y_val), batch_size=len(self.x_val))
+        return epoch_loader(self._tensors(self.x_val, self.y_val), len(self.x_val), shuffle=False)
 
 
 
