@@ -76,6 +76,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     enable_progress_bar: bool = True
+    use_distributed_sampler: bool = False
     deterministic: Any = False
     benchmark: bool | None = None
 
@@ -95,6 +96,7 @@ class RunConfig:
     resume: str | None = None
     ckpt_path: str | None = None
     test: bool = True
+    callbacks: Any = None
     model: Any = None
     data: Any = None
     plan: PlanConfig = field(default_factory=PlanConfig)

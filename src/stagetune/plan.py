@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities.types import LRSchedulerConfig
@@ -158,6 +159,11 @@ class StagePlan(Callback):
         stage = self.plan.stages[index]
         trainable = set_trainable(self._groups, stage.freeze_to, stage.train_bn)
         self._frozen_norms = frozen_norm_layers(self._groups, trainable, stage.train_bn)
+        frozen = {id(m) for m in self._frozen_norms}
+        for group in self._groups:
+            for layer in group.norm_layers():
+                if id(layer) not in frozen:
+                    layer.train()
         return trainable
 
     def steps_per_epoch(self, trainer: pl.Trainer) -> int:
@@ -207,6 +213,13 @@ class StagePlan(Callback):
             "schedule": stage.schedule,
         }
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        average_norm_buffers(pl_module)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            average_norm_buffers(pl_module)
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         for layer in self._frozen_norms:
             layer.eval()
@@ -217,6 +230,25 @@ class StagePlan(Callback):
             lrs[f"lr/{g['name'].removesuffix('/no_wd')}"] = g["lr"]
         lrs["stage"] = float(self.active)
         pl_module.log_dict(lrs, on_step=True, on_epoch=False, batch_size=1)
+
+
+def average_norm_buffers(module: nn.Module) -> None:
+    """Average BatchNorm running statistics over the ranks, so every rank holds the same model.
+
+    Each rank updates its running statistics from its own shard of the batch (unless
+    ``sync_batchnorm``); without this, ranks would validate and checkpoint slightly different
+    models. A no-op outside a multi-process run.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+            for buf in (layer.running_mean, layer.running_var):
+                torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                buf.div_(world)
 
 
 def rewrap_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,12 +1,19 @@
 """SGD written from the formula, with weight decay stated as a loss term.
 
 The update is ``w_t = w_{t-1} - lr * dL/dw_{t-1}`` where ``L = loss + wd * sum(w^2)``, so the
-L2 (``wd_kind="l2"``) step adds ``2 * wd * w`` to the gradient. Torch's ``weight_decay=λ`` adds
+L2 step (``wd_kind="l2"``) adds ``2 * wd * w`` to the gradient. Torch's ``weight_decay=λ`` adds
 ``λ * w``, the derivative of ``(λ/2) * sum(w^2)``: this optimizer with ``wd`` equals
-``torch.optim.SGD(weight_decay=2 * wd)``. Decoupled decay (``wd_kind="decoupled"``) does not touch
-the gradient: it shrinks the weights first, ``w *= 1 - lr * wd``, as torch's AdamW and fastai do.
-With ``momentum`` ``m``, the step direction is the running ``buf = m * buf + dL/dw`` (torch's
-convention, no dampening).
+``torch.optim.SGD(weight_decay=2 * wd)``, and fastai's ``wd`` with ``decouple_wd=False`` (which
+also adds ``wd * w``) equals ours at ``wd / 2``.
+
+Decoupled decay (``wd_kind="decoupled"``) is not a loss term and never touches the gradient: the
+weights shrink first, ``w *= 1 - lr * wd``, then take the gradient step, as torch's AdamW and
+fastai's default do (fastai's ``wd`` is then the same number as ours). Without momentum this is
+``torch.optim.SGD(weight_decay=wd)``; with momentum or under Adam it is a different rule.
+
+With ``momentum`` ``m`` the step direction is the running ``buf = m * buf + g`` (torch's
+convention, no dampening, ``buf = g`` on the first step), ``g`` being the gradient with its L2
+term. A parameter whose ``grad`` is None (frozen, or unused by the loss) is left exactly as it is.
 """
 
 from __future__ import annotations

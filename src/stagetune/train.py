@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,10 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from stagetune import launch
 from stagetune.config import validate
 from stagetune.errors import StagetuneError
 from stagetune.plan import Plan, StagePlan
 from stagetune.progress import StageProgressBar
+from stagetune.reproducibility import ExactResume
 from stagetune.rundir import RunDir
 
 log = logging.getLogger("stagetune")
@@ -110,9 +111,13 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """Lightning callbacks named under ``callbacks:`` in the config (each a ``_target_``)."""
+    return [instantiate(node) for node in (cfg.callbacks or {}).values() if node is not None]
+
+
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
     """One run, start to finish; returns the configured metric (best value over validation)."""
-    started = time.time()
     cfg = validate(cfg)
     run = RunDir(run_dir)
     ckpt_path = cfg.ckpt_path
@@ -121,17 +126,25 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         ckpt_path = str(resumed.checkpoint("last"))
         cfg = validate(resumed.config())
         log.info("resuming %s from %s", run.path, ckpt_path)
-    else:
-        run.save_config(cfg, overrides or [])
-    run.save_run_info(PACKAGE_DIR)
-    run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
+    launch.process_count(cfg.trainer)
+    if launch.global_rank() == 0:
+        if not cfg.resume:
+            run.save_config(cfg, overrides or [])
+        run.save_run_info(PACKAGE_DIR)
+        run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
+    with launch.ranks(cfg.trainer, run.path, ckpt_path):
+        return fit_run(cfg, run, ckpt_path)
 
+
+def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
+    """Build data, model, plan and Trainer; fit, test, and (on rank 0) record ``metrics.json``."""
+    started = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build(cfg.data)
-    model = build(cfg.model, **datamodule.model_kwargs())
+    datamodule = build(cfg.data, _convert_="all")
+    model = build(cfg.model, _convert_="all", **datamodule.model_kwargs())
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    trainer = build_trainer(cfg, plan, run, callbacks=[])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer = build_trainer(cfg, plan, run, callbacks=[ExactResume(), *extra_callbacks(cfg)])
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
     checkpoint = trainer.checkpoint_callback
@@ -140,8 +153,12 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     value = float(best) if best is not None else final.get(cfg.metric, math.nan)
     test = {}
     if cfg.test and getattr(datamodule, "has_test", False):
-        results = trainer.test(model, datamodule=datamodule, ckpt_path="best" if best is not None else None)
+        results = trainer.test(
+            model, datamodule=datamodule, ckpt_path="best" if best is not None else None, weights_only=True
+        )
         test = _scalars(results[0]) if results else {}
+    if not trainer.is_global_zero:
+        return value
     record = run.update_metrics(
         status="completed",
         metric={"name": cfg.metric, "mode": cfg.metric_mode, "best": value, "last": final.get(cfg.metric)},
@@ -151,11 +168,11 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         stages=stage_plan.history,
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
+        world_size=trainer.world_size,
         time_s=round(time.time() - started, 2),
         **_extra_metrics(datamodule),
     )
-    if trainer.is_global_zero:
-        _print_summary(cfg, run, record)
+    _print_summary(cfg, run, record)
     return value
 
 
@@ -202,7 +219,7 @@ def hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console entry point; Hydra's own composition errors (bad key, unknown group) exit with 2."""
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    sys.argv = [sys.argv[0], *launch.hydra_args_for_rank(sys.argv[1:])]
     try:
         hydra_main()
     except SystemExit as exit_:

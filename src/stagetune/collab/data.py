@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stagetune.loaders import epoch_loader
+
 UNKNOWN = 0
 
 
@@ -27,26 +29,14 @@ class RatingsTensor(Dataset):
         return len(self.ratings)
 
     def __getitem__(self, index):
+        """``index`` is a whole batch's list of positions: one gather per batch, not one per row."""
+        index = torch.as_tensor(index, dtype=torch.long)
         return self.users[index], self.items[index], self.ratings[index]
-
-    def __getitems__(self, indices: list[int]):
-        """What a DataLoader with a batch sampler calls: one gather per batch, not one per row."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return self.users[index], self.items[index], self.ratings[index]
-
-
-def keep_batch(batch):
-    """The collate function: ``__getitems__`` already returns the batch as tensors."""
-    return batch
 
 
 def batch_loader(ds: RatingsTensor, batch_size: int, shuffle: bool) -> DataLoader:
-    """A plain DataLoader: its batch sampler hands each batch's indices to ``__getitems__``.
-
-    Being the standard form (dataset, batch size, shuffle), Lightning can re-create it with a
-    DistributedSampler so that each DDP rank gets its own shard.
-    """
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=keep_batch)
+    """Whole batches of this rank's shard, in an order fixed by (seed, epoch): see ``loaders``."""
+    return epoch_loader(ds, batch_size, shuffle=shuffle, whole_batches=True)
 
 
 def ratings_tensor(users: np.ndarray, items: np.ndarray, ratings: np.ndarray) -> RatingsTensor:

@@ -1,0 +1,69 @@
+"""Data loaders whose order is a function of (seed, epoch) alone, sharded over DDP ranks.
+
+Every datamodule builds its loaders here. The order of an epoch never depends on how many random
+numbers were drawn before it, so a resumed run sees exactly the batches the uninterrupted run saw,
+and each rank of a DDP run takes its own shard (Lightning's own sampler injection is off:
+``use_distributed_sampler: false``). Nothing here draws from the global generators, which
+:mod:`stagetune.reproducibility` carries through checkpoints for dropout and augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+
+
+def run_seed() -> int:
+    """The run's seed (``seed`` in the config), as Lightning's ``seed_everything`` recorded it."""
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
+
+def shard() -> tuple[int, int]:
+    """(world size, rank) of this process; (1, 0) outside a distributed run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Whole batches of indices from a per-epoch sampler: one ``__getitem__`` call per batch."""
+
+    def __init__(self, sampler: DistributedSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler, self.batches = sampler, BatchSampler(sampler, batch_size, drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def epoch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    drop_last: bool = False,
+    whole_batches: bool = False,
+    seed: int | None = None,
+    **loader_kwargs,
+) -> DataLoader:
+    """A DataLoader over this rank's shard, shuffled by ``(seed, epoch)`` when ``shuffle``.
+
+    ``whole_batches`` hands the dataset a list of indices per batch (for tensor-backed datasets
+    that slice a whole batch at once) instead of one index per row.
+    """
+    seed = run_seed() if seed is None else seed
+    world, rank = shard()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    generator = torch.Generator().manual_seed(seed)
+    if whole_batches:
+        batches = EpochBatches(sampler, batch_size, drop_last)
+        return DataLoader(dataset, sampler=batches, batch_size=None, generator=generator, **loader_kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator, **loader_kwargs)

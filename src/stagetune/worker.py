@@ -1,0 +1,20 @@
+"""Entry point of the extra ranks that a stagetune rank 0 starts for a DDP run.
+
+``python -m stagetune.worker RUN_DIR [CKPT]`` reads the resolved config that rank 0 wrote into
+RUN_DIR and joins its process group (from the environment rank 0 set). It writes nothing itself.
+"""
+
+import sys
+
+from stagetune.config import validate
+from stagetune.rundir import RunDir
+from stagetune.train import fit_run
+
+
+def main(argv: list[str]) -> None:
+    run = RunDir(argv[0])
+    fit_run(validate(run.config()), run, argv[1] if len(argv) > 1 else None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

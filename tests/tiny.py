@@ -1,0 +1,90 @@
+"""A tiny three-group network and random data: small enough to train in a test, through the CLI too.
+
+``tests/conf`` holds the configs that select them (add ``hydra.searchpath=[file://tests/conf]``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from stagetune.groups import LayerGroup
+from stagetune.loaders import epoch_loader
+from stagetune.plan import StagedModule
+
+
+class TinyNet(StagedModule):
+    """Three layer groups (body_early with BatchNorm, body_late, head), a classification loss."""
+
+    def __init__(self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        norm = nn.BatchNorm1d(8) if batchnorm else nn.Identity()
+        self.early = nn.Sequential(nn.Linear(n_in, 8), norm, nn.ReLU(), nn.Dropout(dropout))
+        self.late = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.head = nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.head(self.late(self.early(x)))
+
+    def layer_groups(self):
+        return [LayerGroup("body_early", (self.early,)), LayerGroup("body_late", (self.late,)), LayerGroup("head", (self.head,))]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
+
+
+class TinyData(pl.LightningDataModule):
+    def __init__(
+        self, n: int = 64, n_in: int = 6, n_classes: int = 3, batch_size: int = 8, seed: int = 0, shuffle: bool = True
+    ) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, n_in, generator=g)
+        self.y = torch.randint(0, n_classes, (n,), generator=g)
+        self.batch_size, self.shuffle = batch_size, shuffle
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    def train_dataloader(self):
+        return epoch_loader(TensorDataset(self.x, self.y), self.batch_size, shuffle=self.shuffle)
+
+    def val_dataloader(self):
+        return epoch_loader(TensorDataset(self.x, self.y), self.batch_size, shuffle=False)
+
+
+class StateDump(pl.Callback):
+    """Saves every rank's parameters and buffers at each epoch end: ``rank{r}-epoch{e}.pt``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.pt")
+
+
+class KillAt(pl.Callback):
+    """SIGKILLs the process at a global step, once (a marker file remembers it happened)."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
