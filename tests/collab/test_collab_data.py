@@ -29,7 +29,7 @@ def test_defaults_are_shaped_like_movielens_100k(movielens_shaped):
 
 
 def test_generator_is_reproducible_from_its_seed():
-    a, b, c = SyntheticRatings(n_ratings=5000, seed=1), SyntheticRatings(n_ratings=5000, seed=1), SyntheticRatings(n_ratings=5000, seed=2)
+    a, b, c = (SyntheticRatings(n_ratings=5000, seed=seed) for seed in (1, 1, 2))
     for dm in (a, b, c):
         dm.setup()
     assert torch.equal(a.val_set.ratings, b.val_set.ratings) and torch.equal(a.train_set.users, b.train_set.users)

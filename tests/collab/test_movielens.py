@@ -58,7 +58,9 @@ def raw_pairs(dm: MovieLens, ds) -> set:
     return {(int(u), int(i)) for u, i in zip(ds.users, ds.items)}
 
 
-@pytest.mark.parametrize("writer,rating_shift,title_suffix", [(write_100k, 0, ""), (write_1m, 0, ""), (write_csv, -0.5, ", The")])
+@pytest.mark.parametrize(
+    "writer,rating_shift,title_suffix", [(write_100k, 0, ""), (write_1m, 0, ""), (write_csv, -0.5, ", The")]
+)
 def test_each_format_parses_ratings_and_titles(tmp_path, writer, rating_shift, title_suffix):
     dm = loaded(writer(tmp_path / "ml"), valid_pct=0.2, seed=0)
     ratings = torch.cat([dm.train_set.ratings, dm.val_set.ratings]).sort().values
@@ -71,7 +73,8 @@ def test_each_format_parses_ratings_and_titles(tmp_path, writer, rating_shift, t
 
 def test_files_in_an_ml_subfolder_are_found(tmp_path):
     write_100k(tmp_path / "ml-100k")
-    assert len(loaded(tmp_path).train_set) + len(loaded(tmp_path).val_set) == len(ROWS)
+    dm = loaded(tmp_path)
+    assert len(dm.train_set) + len(dm.val_set) == len(ROWS)
 
 
 def test_random_split_is_disjoint_and_reproducible_from_its_seed():

@@ -39,8 +39,15 @@ def ends(values: np.ndarray, names: list[str], n: int) -> dict[str, list]:
     return {"lowest": pick(order[:n]), "highest": pick(order[::-1][:n])}
 
 
-def interpret(item_factors: np.ndarray, item_bias: np.ndarray | None, names: list[str], counts: np.ndarray,
-              top_items: int = 1000, n_show: int = 10, n_components: int = 3) -> tuple[dict, np.ndarray, list[str]]:
+def interpret(
+    item_factors: np.ndarray,
+    item_bias: np.ndarray | None,
+    names: list[str],
+    counts: np.ndarray,
+    top_items: int = 1000,
+    n_show: int = 10,
+    n_components: int = 3,
+) -> tuple[dict, np.ndarray, list[str]]:
     """Rank the ``top_items`` most-rated items by bias and along the principal components.
 
     Returns the ranking, the items' principal-component coordinates and their names, most-rated first.
@@ -103,7 +110,8 @@ class Interpretation(pl.Callback):
         bias_layer = getattr(pl_module, "item_bias", None)
         bias = bias_layer.weight.detach().cpu().numpy()[1:, 0] if bias_layer is not None else None
         names = data.item_names()[1:]
-        result, coords, top_names = interpret(factors, bias, names, data.item_counts()[1:], self.top_items, self.n_show)
+        counts = data.item_counts()[1:]
+        result, coords, top_names = interpret(factors, bias, names, counts, self.top_items, self.n_show)
         out = Path(trainer.default_root_dir) / "interpretation"
         out.mkdir(parents=True, exist_ok=True)
         text = as_markdown(result)

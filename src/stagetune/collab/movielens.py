@@ -90,7 +90,8 @@ def read_ratings(path: Path, separator: str, header: bool, y_range: tuple[float,
                     raise ValueError
                 u, i, r, t = int(fields[0]), int(fields[1]), float(fields[2]), int(float(fields[3]))
             except ValueError:
-                raise DataError(f"{path}:{lineno}: expected {expected} (integers, a number, an integer), got {line.strip()[:80]!r}") from None
+                got = line.strip()[:80]
+                raise DataError(f"{path}:{lineno}: expected {expected} (integer ids, a number, an integer), got {got!r}") from None
             if not lo <= r <= hi:
                 raise DataError(f"{path}:{lineno}: rating {r:g} is outside model.y_range [{lo:g}, {hi:g}]")
             users.append(u), items.append(i), ratings.append(r), stamps.append(t)
