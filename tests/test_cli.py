@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import run_cli
 
-SMALL = ["experiment=ratings_synthetic", "data.n_ratings=3000", "data.n_users=60", "data.n_items=80", "plan.stages.all.epochs=2", "trainer.enable_progress_bar=false"]
+SMALL = ["experiment=ratings_synthetic", "data.n_ratings=3000", "data.n_users=60", "data.n_items=80", "data.batch_size=64", "plan.stages.all.epochs=2", "trainer.enable_progress_bar=false"]
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -42,9 +42,9 @@ def test_two_runs_write_two_complete_run_directories_with_identical_metrics(tmp_
             "first_epoch": 0,
             "epochs": 2,
             "trainable_groups": ["embeddings", "biases"],
-            "lr": {"embeddings": 5e-3, "biases": 5e-3},
-            "wd": 0.1,
-            "wd_kind": "decoupled",
+            "lr": {"embeddings": 3e-2, "biases": 3e-2},
+            "wd": 3e-4,
+            "wd_kind": "l2",
             "schedule": "one_cycle",
         }
     ]

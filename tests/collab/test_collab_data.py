@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from stagetune.collab.data import SyntheticRatings, batch_loader
+from stagetune.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,12 @@ def test_an_epoch_of_100k_ratings_takes_well_under_a_second(movielens_shaped):
     assert [len(b[0]) for b in batches[:-1]] == [1024] * (len(batches) - 1)
     assert torch.cat([b[2] for b in batches]).sort().values.tolist() == ds.ratings.sort().values.tolist()
     assert elapsed < 0.5
+
+
+def test_dense_settings_fill_every_rating_and_impossible_ones_are_config_errors():
+    dm = SyntheticRatings(n_users=60, n_items=80, n_ratings=4000)
+    dm.setup()
+    cells = torch.cat([dm.train_set.users * 100 + dm.train_set.items, dm.val_set.users * 100 + dm.val_set.items])
+    assert len(cells) == 4000 and len(cells.unique()) == 4000
+    with pytest.raises(ConfigError, match=r"^data\.n_ratings=4801: between 1 and n_users \* n_items = 4800"):
+        SyntheticRatings(n_users=60, n_items=80, n_ratings=4801).setup()

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stagetune.errors import ConfigError
 from stagetune.loaders import epoch_loader
 
 UNKNOWN = 0
@@ -174,8 +175,14 @@ class SyntheticRatings(RatingsDataModule):
         self.val_set = ratings_tensor(users[val], items[val], ratings[val])
 
     def _pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct (user, item) pairs; Zipf-weighted on both sides, in a random order of ids."""
+        """``n_ratings`` distinct (user, item) cells: Zipf-weighted draws on both sides, ranks
+        given to ids at random; when the draws repeat too often to fill ``n_ratings`` (dense
+        settings), the rest are drawn uniformly from the cells not yet taken.
+        """
         h = self.hparams
+        cells = h.n_users * h.n_items
+        if not 0 < h.n_ratings <= cells:
+            raise ConfigError("data.n_ratings", h.n_ratings, f"between 1 and n_users * n_items = {cells}")
 
         def zipf(n: int, exponent: float) -> np.ndarray:
             p = 1.0 / np.arange(1, n + 1) ** exponent
@@ -183,10 +190,8 @@ class SyntheticRatings(RatingsDataModule):
 
         keys = np.unique(zipf(h.n_users, h.activity_exponent) * h.n_items + zipf(h.n_items, h.popularity_exponent))
         if len(keys) < h.n_ratings:
-            raise ValueError(
-                f"cannot draw {h.n_ratings} distinct ratings from {h.n_users} users x {h.n_items} items "
-                "with these popularity exponents; lower data.n_ratings or the exponents"
-            )
+            rest = np.setdiff1d(np.arange(cells), keys, assume_unique=True)
+            keys = np.r_[keys, rng.choice(rest, h.n_ratings - len(keys), replace=False)]
         keys = keys[rng.permutation(len(keys))[: h.n_ratings]]
         return keys // h.n_items, keys % h.n_items
 
