@@ -26,6 +26,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune.config import validate
 from stagetune.errors import StagetuneError
+from stagetune.hparams import HParamsSummary
 from stagetune.plan import Plan, StagePlan
 from stagetune.progress import StageProgressBar
 from stagetune.rundir import RunDir
@@ -58,6 +59,7 @@ def register_resolvers() -> None:
         "mul": lambda a, b: float(a) * float(b),
         "stagetune.run_dir": _run_dir,
         "stagetune.config_subdir": _config_subdir,
+        "stagetune.direction": lambda mode: {"min": "minimize", "max": "maximize"}[mode],
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -119,7 +121,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **datamodule.model_kwargs())
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    trainer = build_trainer(cfg, plan, run, callbacks=[])
+    trainer = build_trainer(cfg, plan, run, callbacks=[HParamsSummary(cfg, overrides or [])])
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
@@ -187,6 +189,12 @@ def hydra_main(cfg: DictConfig) -> float:
         if multirun:
             return math.nan
         sys.exit(err.exit_code)
+    except Exception as err:  # in a sweep, one broken job is recorded and the others still run
+        if not multirun:
+            raise
+        log.exception("job %s failed", hydra_cfg.job.num)
+        RunDir(run_dir).update_metrics(status="failed", error=f"{type(err).__name__}: {err}")
+        return math.nan
 
 
 def main() -> None:
