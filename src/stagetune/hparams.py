@@ -4,8 +4,8 @@ TensorBoard's HParams tab compares runs by the hyperparameters recorded in each 
 files, together with metric scalars of that run. Lightning's default writes a placeholder
 ``hp_metric = -1`` at the start, which makes the tab useless for comparing; this callback instead
 writes once, at the end of fitting, the flattened values that sweeps change (per-stage learning-rate
-ends, weight decay and its kind, stage epochs, batch size, model size, and every key given on the
-command line) with the run's real final metrics: ``hp/best`` (best validation value of the
+ends, weight decay and its kind, stage epochs, batch size, the model's numeric sizes and parameter
+count, and every key given on the command line) with the run's real final metrics: ``hp/best`` (best validation value of the
 configured metric) and ``hp/last`` (its value at the last validation).
 """
 
@@ -26,17 +26,15 @@ HParam = int | float | str | bool
 
 
 def stage_hparams(plan: Plan, n_groups: int) -> dict[str, HParam]:
-    """Per stage: epochs, freeze_to, weight decay and the LR given to its lowest and highest group."""
+    """Per stage: epochs, weight decay and the LR given to its lowest and highest group."""
     out: dict[str, HParam] = {}
     for k, stage in enumerate(plan.stages):
         lrs = plan.group_lrs(k, n_groups)
         prefix = f"plan.stages.{stage.name}"
         out[f"{prefix}.epochs"] = stage.epochs
-        out[f"{prefix}.freeze_to"] = stage.freeze_to
         out[f"{prefix}.lr_lo"] = min(lrs)
         out[f"{prefix}.lr_hi"] = max(lrs)
         out[f"{prefix}.wd"] = stage.wd
-        out[f"{prefix}.schedule"] = stage.schedule
     return out
 
 
@@ -64,7 +62,6 @@ def _override_keys(overrides: Iterable[str]) -> list[str]:
 def run_hparams(cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = ()) -> dict[str, HParam]:
     """The flattened hyperparameters of one run, as shown in the HParams table."""
     out: dict[str, HParam] = {
-        "experiment": cfg.experiment,
         "plan.lr": float(cfg.plan.lr),
         "optim.name": cfg.optim.name,
         "optim.wd": float(cfg.optim.wd),
@@ -72,10 +69,11 @@ def run_hparams(cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overr
         "model.n_params": n_params,
     }
     out.update(stage_hparams(plan, n_groups))
-    for section in ("model", "data"):
-        for key, value in cfg[section].items():
-            if key != "_target_" and isinstance(value, (bool, int, float, str)):
-                out[f"{section}.{key}"] = value
+    if "batch_size" in cfg.data:
+        out["data.batch_size"] = cfg.data.batch_size
+    for key, value in cfg.model.items():
+        if key != "_target_" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"model.{key}"] = value
     for key in _override_keys(overrides):
         value = _scalar(OmegaConf.select(cfg, key))
         if value is not None:
