@@ -175,13 +175,14 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def grid_axes(self) -> tuple[str, str] | None:
-        """(weight-decay key, learning-rate key) when exactly those two kinds are swept on a grid."""
+        """(weight-decay key, learning-rate key) when exactly those two are swept on a full grid (not Optuna's samples)."""
         wd = [k for k in self.keys if k.split(".")[-1] == "wd"]
         lr = [k for k in self.keys if k.split(".")[-1] == "lr"]
         if len(self.keys) != 2 or len(wd) != 1 or len(lr) != 1:
             return None
         cells = {(j.overrides.get(wd[0]), j.overrides.get(lr[0])) for j in self.jobs}
-        if len(cells) != len(self.jobs):
+        rows, cols = {c[0] for c in cells}, {c[1] for c in cells}
+        if len(cells) != len(self.jobs) or len(rows) * len(cols) != len(cells):
             return None
         return wd[0], lr[0]
 
