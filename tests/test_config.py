@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from stagetune.config import validate
 from stagetune.errors import ConfigError
-from stagetune.train import conf_dir
+from stagetune.app import conf_dir
 from tests.conftest import run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

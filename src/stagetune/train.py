@@ -24,49 +24,16 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune import launch
+from stagetune.app import PACKAGE_DIR, conf_dir
 from stagetune.config import validate
 from stagetune.errors import StagetuneError
+from stagetune.hparams import HParamsSummary
 from stagetune.plan import Plan, StagePlan
 from stagetune.progress import StageProgressBar
 from stagetune.reproducibility import ExactResume
 from stagetune.rundir import RunDir
 
 log = logging.getLogger("stagetune")
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def conf_dir() -> Path:
-    """The ``conf/`` directory: the source tree's (editable installs) or the one in the wheel."""
-    for candidate in (PACKAGE_DIR.parents[1] / "conf", PACKAGE_DIR / "conf"):
-        if (candidate / "train.yaml").exists():
-            return candidate
-    raise RuntimeError(f"stagetune's conf/ directory was not found next to {PACKAGE_DIR}")
-
-
-def _run_dir(resume: str | None, fresh: str) -> str:
-    """``hydra.run.dir``: the directory being resumed, else a fresh timestamped one."""
-    return str(Path(resume).resolve()) if resume else fresh
-
-
-def _config_subdir(resume: str | None) -> str | None:
-    """Where Hydra saves its view of the config: nowhere when resuming (keep the original)."""
-    return None if resume else ".hydra"
-
-
-def register_resolvers() -> None:
-    resolvers = {
-        "mul": lambda a, b: float(a) * float(b),
-        "stagetune.run_dir": _run_dir,
-        "stagetune.config_subdir": _config_subdir,
-    }
-    for name, fn in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-register_resolvers()
-
 
 def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.Callback]) -> pl.Trainer:
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
@@ -132,7 +99,8 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all", **datamodule.model_kwargs())
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    trainer = build_trainer(cfg, plan, run, callbacks=[ExactResume(), *extra_callbacks(cfg)])
+    callbacks = [ExactResume(), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]
+    trainer = build_trainer(cfg, plan, run, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
@@ -204,6 +172,12 @@ def hydra_main(cfg: DictConfig) -> float:
         if multirun:
             return math.nan
         sys.exit(err.exit_code)
+    except Exception as err:  # in a sweep, one broken job is recorded and the others still run
+        if not multirun:
+            raise
+        log.exception("job %s failed", hydra_cfg.job.num)
+        RunDir(run_dir).update_metrics(status="failed", error=f"{type(err).__name__}: {err}")
+        return math.nan
 
 
 def main() -> None:
