@@ -6,6 +6,7 @@ Every Hydra entry point (``stagetune``, ``stagetune-lr-find``) imports this modu
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -19,6 +20,36 @@ def conf_dir() -> Path:
         if (candidate / "train.yaml").exists():
             return candidate
     raise RuntimeError(f"stagetune's conf/ directory was not found next to {PACKAGE_DIR}")
+
+
+class UnwritableOutput(SystemExit):
+    """The run directory cannot be created: a runtime failure (exit 1), reported in one line."""
+
+
+def _writable(path: str) -> str:
+    """``path``, created if need be; if it cannot be, stop with one line saying why."""
+    target = Path(path).resolve()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / ".stagetune-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        print(
+            f"stagetune: error: cannot write the run directory {target}: {err.strerror or err}; "
+            "run from a writable directory or choose one with hydra.run.dir=DIR (sweeps: hydra.sweep.dir=DIR)",
+            file=sys.stderr,
+        )
+        raise UnwritableOutput(1) from None
+    return path
+
+
+def check_output_overrides(argv: list[str]) -> None:
+    """Check a run or sweep directory given on the command line before Hydra tries to create it."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            _writable(value.strip("'\""))
 
 
 def _run_dir(resume: str | None, fresh: str) -> str:
@@ -36,6 +67,7 @@ def register_resolvers() -> None:
         "mul": lambda a, b: float(a) * float(b),
         "stagetune.run_dir": _run_dir,
         "stagetune.config_subdir": _config_subdir,
+        "stagetune.writable": _writable,
         "stagetune.direction": lambda mode: {"min": "minimize", "max": "maximize"}[mode],
     }
     for name, fn in resolvers.items():

@@ -24,9 +24,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune import launch
-from stagetune.app import PACKAGE_DIR, conf_dir
+from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
 from stagetune.config import validate
-from stagetune.errors import StagetuneError
+from stagetune.errors import ConfigError, StagetuneError
+from stagetune.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
 from stagetune.hparams import HParamsSummary
 from stagetune.plan import Plan, StagePlan
 from stagetune.progress import StageProgressBar
@@ -55,7 +56,8 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
         callbacks = [*callbacks, StageProgressBar()]
     return pl.Trainer(
         max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan), *callbacks, checkpoint],
+        callbacks=[StagePlan(plan), DivergenceGuard(), Interruption(), *callbacks, checkpoint],
+        plugins=[AtomicCheckpointIO()],
         logger=logger,
         default_root_dir=str(run.path),
         enable_model_summary=False,
@@ -79,9 +81,11 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     ckpt_path = cfg.ckpt_path
     if cfg.resume:
         resumed = RunDir(cfg.resume)
-        ckpt_path = str(resumed.checkpoint("last"))
         cfg = validate(resumed.config())
+        ckpt_path = str(resumed.checkpoint("last"))
         log.info("resuming %s from %s", run.path, ckpt_path)
+    if ckpt_path:
+        check_training_checkpoint(ckpt_path, "resume" if cfg.resume else "ckpt_path")
     launch.process_count(cfg.trainer)
     if launch.global_rank() == 0:
         if not cfg.resume:
@@ -92,12 +96,30 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         return fit_run(cfg, run, ckpt_path)
 
 
+def check_training_checkpoint(path: str, what: str) -> None:
+    """A checkpoint to continue from must be readable and hold stagetune's training state."""
+    data = check_checkpoint(path, what)
+    if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
+        raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
+
+
+def check_batch_size(cfg: DictConfig, datamodule) -> None:
+    """A batch larger than the training split would train on one short batch per epoch."""
+    batch_size = cfg.data.get("batch_size")
+    if batch_size is None:
+        return
+    n = len(datamodule.train_dataloader().dataset)
+    if batch_size > n:
+        raise ConfigError("data.batch_size", batch_size, f"the training split has {n} examples; use at most {n}")
+
+
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     """Build data, model, plan and Trainer; fit, test, and (on rank 0) record ``metrics.json``."""
     started = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all", **datamodule.model_kwargs())
+    check_batch_size(cfg, datamodule)
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
     callbacks = [ExactResume(), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]
     trainer = build_trainer(cfg, plan, run, callbacks=callbacks)
@@ -166,9 +188,11 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         return train(cfg, run_dir, list(hydra_cfg.overrides.task))
     except StagetuneError as err:
-        kind = "config error" if err.exit_code == 2 else "error"
+        status = getattr(err, "status", "failed")
+        kind = "config error" if err.exit_code == 2 else "error" if status == "failed" else status
         print(f"stagetune: {kind}: {err}", file=sys.stderr)
-        RunDir(run_dir).update_metrics(status="failed", error=str(err))
+        if launch.global_rank() == 0:
+            RunDir(run_dir).update_metrics(status=status, error=str(err))
         if multirun:
             return math.nan
         sys.exit(err.exit_code)
@@ -184,8 +208,9 @@ def main() -> None:
     """Console entry point; Hydra's own composition errors (bad key, unknown group) exit with 2."""
     sys.argv = [sys.argv[0], *launch.hydra_args_for_rank(sys.argv[1:])]
     try:
+        check_output_overrides(sys.argv[1:])
         hydra_main()
     except SystemExit as exit_:
-        if exit_.code == 1 and not _Progress.task_started:
+        if exit_.code == 1 and not _Progress.task_started and not isinstance(exit_, UnwritableOutput):
             raise SystemExit(2) from None
         raise
