@@ -42,9 +42,9 @@ def test_two_runs_write_two_complete_run_directories_with_identical_metrics(tmp_
             "first_epoch": 0,
             "epochs": 2,
             "trainable_groups": ["embeddings", "biases"],
-            "lr": {"embeddings": 3e-2, "biases": 3e-2},
-            "wd": 3e-4,
-            "wd_kind": "l2",
+            "lr": {"embeddings": 1e-2, "biases": 1e-2},
+            "wd": 1.0,
+            "wd_kind": "decoupled",
             "schedule": "one_cycle",
         }
     ]

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from stagetune.config import validate
 from stagetune.errors import ConfigError
-from stagetune.train import conf_dir
+from stagetune.app import conf_dir
 from tests.conftest import run_cli
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
@@ -89,3 +89,15 @@ def test_cli_unknown_key_and_unknown_experiment_exit_2(tmp_path):
     assert "Available options in 'experiment'" in out.stderr
     for name in EXPERIMENTS:
         assert name in out.stderr
+
+
+def test_the_slurm_launcher_composes():
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher.nodes == 2 and launcher.tasks_per_node == 8 and launcher.partition == "gpu"

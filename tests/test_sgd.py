@@ -21,7 +21,7 @@ from stagetune.groups import LayerGroup, param_groups
 from stagetune.optim import OptimSpec, build_optimizer
 from stagetune.plan import Plan, StagePlan
 from stagetune.sgd import ScratchSGD
-from stagetune.train import conf_dir
+from stagetune.app import conf_dir
 
 STEPS = 100
 TOL = 1e-6

@@ -22,8 +22,11 @@ from stagetune.plan import StagedModule
 class TinyNet(StagedModule):
     """Three layer groups (body_early with BatchNorm, body_late, head), a classification loss."""
 
-    def __init__(self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0, nan_at_step: int = -1
+    ) -> None:
         super().__init__()
+        self.nan_at_step = nan_at_step
         norm = nn.BatchNorm1d(8) if batchnorm else nn.Identity()
         self.early = nn.Sequential(nn.Linear(n_in, 8), norm, nn.ReLU(), nn.Dropout(dropout))
         self.late = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
@@ -38,6 +41,8 @@ class TinyNet(StagedModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
+        if self.global_step == self.nan_at_step:
+            loss = loss * float("nan")
         self.log("train/loss", loss)
         return loss
 
@@ -76,6 +81,18 @@ class StateDump(pl.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         torch.save(state, self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.pt")
+
+
+class SignalAt(pl.Callback):
+    """Sends this process a signal (SIGTERM by default) at a global step, once."""
+
+    def __init__(self, step: int, marker: str, signum: int = signal.SIGTERM) -> None:
+        self.step, self.marker, self.signum = step, Path(marker), signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.write_text("signalled")
+            os.kill(os.getpid(), self.signum)
 
 
 class KillAt(pl.Callback):

@@ -32,12 +32,13 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "
 
 
 def global_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    """This process's rank as torchrun (``RANK``) or SLURM (``SLURM_PROCID``) set it; 0 alone."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def launched_externally() -> bool:
     """Whether torchrun, SLURM or a stagetune rank 0 started this process as one rank of many."""
-    return "LOCAL_RANK" in os.environ
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def free_port() -> int:

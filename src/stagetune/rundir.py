@@ -115,6 +115,11 @@ class RunDir:
             raise FileNotFoundError(f"{self.path} is not a stagetune run directory (no {CONFIG})")
         return OmegaConf.load(path)
 
+    def overrides(self) -> list[str]:
+        """The command-line overrides the run was started with (empty if none were recorded)."""
+        path = self.path / "overrides.yaml"
+        return list(OmegaConf.load(path)) if path.exists() else []
+
     def metrics(self) -> dict:
         return read_json(self.metrics_path) if self.metrics_path.exists() else {}
 

@@ -25,49 +25,17 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune import launch
+from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
 from stagetune.config import validate
-from stagetune.errors import StagetuneError
+from stagetune.errors import ConfigError, StagetuneError
+from stagetune.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
+from stagetune.hparams import HParamsSummary
 from stagetune.plan import Plan, StagePlan
 from stagetune.progress import StageProgressBar
 from stagetune.reproducibility import ExactResume
 from stagetune.rundir import RunDir
 
 log = logging.getLogger("stagetune")
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def conf_dir() -> Path:
-    """The ``conf/`` directory: the source tree's (editable installs) or the one in the wheel."""
-    for candidate in (PACKAGE_DIR.parents[1] / "conf", PACKAGE_DIR / "conf"):
-        if (candidate / "train.yaml").exists():
-            return candidate
-    raise RuntimeError(f"stagetune's conf/ directory was not found next to {PACKAGE_DIR}")
-
-
-def _run_dir(resume: str | None, fresh: str) -> str:
-    """``hydra.run.dir``: the directory being resumed, else a fresh timestamped one."""
-    return str(Path(resume).resolve()) if resume else fresh
-
-
-def _config_subdir(resume: str | None) -> str | None:
-    """Where Hydra saves its view of the config: nowhere when resuming (keep the original)."""
-    return None if resume else ".hydra"
-
-
-def register_resolvers() -> None:
-    resolvers = {
-        "mul": lambda a, b: float(a) * float(b),
-        "stagetune.run_dir": _run_dir,
-        "stagetune.config_subdir": _config_subdir,
-    }
-    for name, fn in resolvers.items():
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
-
-
-register_resolvers()
-
 
 def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.Callback]) -> pl.Trainer:
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
@@ -89,7 +57,8 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
         callbacks = [*callbacks, StageProgressBar()]
     return pl.Trainer(
         max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan), *callbacks, checkpoint],
+        callbacks=[StagePlan(plan), DivergenceGuard(), Interruption(), *callbacks, checkpoint],
+        plugins=[AtomicCheckpointIO()],
         logger=logger,
         default_root_dir=str(run.path),
         enable_model_summary=False,
@@ -123,9 +92,11 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     ckpt_path = cfg.ckpt_path
     if cfg.resume:
         resumed = RunDir(cfg.resume)
-        ckpt_path = str(resumed.checkpoint("last"))
         cfg = validate(resumed.config())
+        ckpt_path = str(resumed.checkpoint("last"))
         log.info("resuming %s from %s", run.path, ckpt_path)
+    if ckpt_path:
+        check_training_checkpoint(ckpt_path, "resume" if cfg.resume else "ckpt_path")
     launch.process_count(cfg.trainer)
     if launch.global_rank() == 0:
         if not cfg.resume:
@@ -136,14 +107,33 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         return fit_run(cfg, run, ckpt_path)
 
 
+def check_training_checkpoint(path: str, what: str) -> None:
+    """A checkpoint to continue from must be readable and hold stagetune's training state."""
+    data = check_checkpoint(path, what)
+    if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
+        raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
+
+
+def check_batch_size(cfg: DictConfig, datamodule) -> None:
+    """A batch larger than the training split would train on one short batch per epoch."""
+    batch_size = cfg.data.get("batch_size")
+    if batch_size is None:
+        return
+    n = len(datamodule.train_dataloader().dataset)
+    if batch_size > n:
+        raise ConfigError("data.batch_size", batch_size, f"the training split has {n} examples; use at most {n}")
+
+
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     """Build data, model, plan and Trainer; fit, test, and (on rank 0) record ``metrics.json``."""
     started = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data, _convert_="all")
     model = build(cfg.model, _convert_="all", **datamodule.model_kwargs())
+    check_batch_size(cfg, datamodule)
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    trainer = build_trainer(cfg, plan, run, callbacks=[ExactResume(), *extra_callbacks(cfg)])
+    callbacks = [ExactResume(), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]
+    trainer = build_trainer(cfg, plan, run, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
@@ -209,20 +199,29 @@ def hydra_main(cfg: DictConfig) -> float:
     try:
         return train(cfg, run_dir, list(hydra_cfg.overrides.task))
     except StagetuneError as err:
-        kind = "config error" if err.exit_code == 2 else "error"
+        status = getattr(err, "status", "failed")
+        kind = "config error" if err.exit_code == 2 else "error" if status == "failed" else status
         print(f"stagetune: {kind}: {err}", file=sys.stderr)
-        RunDir(run_dir).update_metrics(status="failed", error=str(err))
+        if launch.global_rank() == 0:
+            RunDir(run_dir).update_metrics(status=status, error=str(err))
         if multirun:
             return math.nan
         sys.exit(err.exit_code)
+    except Exception as err:  # in a sweep, one broken job is recorded and the others still run
+        if not multirun:
+            raise
+        log.exception("job %s failed", hydra_cfg.job.num)
+        RunDir(run_dir).update_metrics(status="failed", error=f"{type(err).__name__}: {err}")
+        return math.nan
 
 
 def main() -> None:
     """Console entry point; Hydra's own composition errors (bad key, unknown group) exit with 2."""
     sys.argv = [sys.argv[0], *launch.hydra_args_for_rank(sys.argv[1:])]
     try:
+        check_output_overrides(sys.argv[1:])
         hydra_main()
     except SystemExit as exit_:
-        if exit_.code == 1 and not _Progress.task_started:
+        if exit_.code == 1 and not _Progress.task_started and not isinstance(exit_, UnwritableOutput):
             raise SystemExit(2) from None
         raise

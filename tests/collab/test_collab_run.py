@@ -14,7 +14,7 @@ from stagetune.train import conf_dir, train
 DENSE = [
     "data.n_users=300", "data.n_items=300", "data.n_ratings=80000", "data.rank=2", "data.factor_scale=0.5",
     "data.noise=0.5", "data.round_stars=false", "data.popularity_exponent=0", "data.activity_exponent=0",
-    "optim.wd=1e-4",
+    "optim.wd_kind=l2", "optim.wd=1e-4", "plan.lr=3e-2",
 ]
 
 

@@ -1,0 +1,78 @@
+"""Where the configs live, and the resolvers they use.
+
+Every Hydra entry point (``stagetune``, ``stagetune-lr-find``) imports this module first, so the
+``${mul:...}``, ``${stagetune.run_dir:...}`` interpolations resolve the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` directory: the source tree's (editable installs) or the one in the wheel."""
+    for candidate in (PACKAGE_DIR.parents[1] / "conf", PACKAGE_DIR / "conf"):
+        if (candidate / "train.yaml").exists():
+            return candidate
+    raise RuntimeError(f"stagetune's conf/ directory was not found next to {PACKAGE_DIR}")
+
+
+class UnwritableOutput(SystemExit):
+    """The run directory cannot be created: a runtime failure (exit 1), reported in one line."""
+
+
+def _writable(path: str) -> str:
+    """``path``, created if need be; if it cannot be, stop with one line saying why."""
+    target = Path(path).resolve()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = target / ".stagetune-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        print(
+            f"stagetune: error: cannot write the run directory {target}: {err.strerror or err}; "
+            "run from a writable directory or choose one with hydra.run.dir=DIR (sweeps: hydra.sweep.dir=DIR)",
+            file=sys.stderr,
+        )
+        raise UnwritableOutput(1) from None
+    return path
+
+
+def check_output_overrides(argv: list[str]) -> None:
+    """Check a run or sweep directory given on the command line before Hydra tries to create it."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            _writable(value.strip("'\""))
+
+
+def _run_dir(resume: str | None, fresh: str) -> str:
+    """``hydra.run.dir``: the directory being resumed, else a fresh timestamped one."""
+    return str(Path(resume).resolve()) if resume else fresh
+
+
+def _config_subdir(resume: str | None) -> str | None:
+    """Where Hydra saves its view of the config: nowhere when resuming (keep the original)."""
+    return None if resume else ".hydra"
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "mul": lambda a, b: float(a) * float(b),
+        "stagetune.run_dir": _run_dir,
+        "stagetune.config_subdir": _config_subdir,
+        "stagetune.writable": _writable,
+        "stagetune.direction": lambda mode: {"min": "minimize", "max": "maximize"}[mode],
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

@@ -1,0 +1,122 @@
+"""TensorBoard HParams for a run: the knobs a sweep turns, next to the metric they gave.
+
+TensorBoard's HParams tab compares runs by the hyperparameters recorded in each run's own event
+files, together with metric scalars of that run. Lightning's default writes a placeholder
+``hp_metric = -1`` at the start, which makes the tab useless for comparing; this callback instead
+writes once, at the end of fitting, the flattened values that sweeps change (per-stage learning-rate
+ends, weight decay and its kind, stage epochs, batch size, the model's numeric sizes and parameter
+count, and every key given on the command line) with the run's real final metrics: ``hp/best`` (best validation value of the
+configured metric) and ``hp/last`` (its value at the last validation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from stagetune.plan import Plan, StagePlan
+
+HParam = int | float | str | bool
+
+
+def stage_hparams(plan: Plan, n_groups: int) -> dict[str, HParam]:
+    """Per stage: epochs, weight decay and the LR given to its lowest and highest group."""
+    out: dict[str, HParam] = {}
+    for k, stage in enumerate(plan.stages):
+        lrs = plan.group_lrs(k, n_groups)
+        prefix = f"plan.stages.{stage.name}"
+        out[f"{prefix}.epochs"] = stage.epochs
+        out[f"{prefix}.lr_lo"] = min(lrs)
+        out[f"{prefix}.lr_hi"] = max(lrs)
+        out[f"{prefix}.wd"] = stage.wd
+    return out
+
+
+def _scalar(value: Any) -> HParam | None:
+    """A value TensorBoard can show; lists (LR slices) become their text, ``None`` is left out."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    return str(value)
+
+
+def _override_keys(overrides: Iterable[str]) -> list[str]:
+    """Config keys named on the command line (``key=value``, ``+key=value``); groups and hydra excluded."""
+    keys = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" in item and "." in key and not key.startswith("hydra."):
+            keys.append(key)
+    return keys
+
+
+def run_hparams(cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = ()) -> dict[str, HParam]:
+    """The flattened hyperparameters of one run, as shown in the HParams table."""
+    out: dict[str, HParam] = {
+        "plan.lr": float(cfg.plan.lr),
+        "optim.name": cfg.optim.name,
+        "optim.wd": float(cfg.optim.wd),
+        "optim.wd_kind": cfg.optim.wd_kind,
+        "model.n_params": n_params,
+    }
+    out.update(stage_hparams(plan, n_groups))
+    if "batch_size" in cfg.data:
+        out["data.batch_size"] = cfg.data.batch_size
+    for key, value in cfg.model.items():
+        if key != "_target_" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"model.{key}"] = value
+    for key in _override_keys(overrides):
+        value = _scalar(OmegaConf.select(cfg, key))
+        if value is not None:
+            out[key] = value
+    return out
+
+
+class HParamsSummary(Callback):
+    """Writes the run's hyperparameters and real final metrics to its TensorBoard run."""
+
+    def __init__(self, cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
+        self.cfg = cfg
+        self.overrides = list(overrides)
+
+    def final_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
+        """``hp/best`` and ``hp/last`` of the configured metric; absent when never validated."""
+        metrics: dict[str, float] = {}
+        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        last = trainer.callback_metrics.get(self.cfg.metric)
+        if best is not None:
+            metrics["hp/best"] = float(best)
+        if last is not None:
+            metrics["hp/last"] = float(last)
+        return metrics
+
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
+        n_params = sum(p.numel() for p in pl_module.parameters())
+        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides)
+        params["status"] = status
+        metrics = self.final_metrics(trainer)
+        metrics.setdefault("hp/best", math.nan)
+        metrics.setdefault("hp/last", math.nan)
+        for logger in loggers:
+            logger.log_hyperparams(params, metrics, step=trainer.global_step)
+            logger.experiment.flush()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.write(trainer, pl_module, "completed")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A failed or diverged run still appears in the table, with what it reached and its status."""
+        self.write(trainer, pl_module, "failed")

@@ -1,0 +1,285 @@
+"""Sweep report: one row per job (overrides, final metrics, time, status), a table and a plot.
+
+A sweep directory holds one run directory per job (``0/``, ``1/``, ...). The report reads each
+through :class:`~stagetune.rundir.RunDir`, finds the swept keys (the command-line keys whose value
+differs between jobs) and writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the sweep
+directory: a heatmap of the metric over weight decay x learning rate when both were swept, else the
+metric against each swept key. It runs by itself at the end of every multirun (the Hydra callback
+:class:`SweepReport`, configured in ``conf/hydra/default.yaml``) and again on demand with
+``stagetune-report SWEEP_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from stagetune.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
+
+log = logging.getLogger("stagetune")
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+SUMMARY_PNG = "summary.png"
+
+
+@dataclass
+class Job:
+    """One job of a sweep as its run directory recorded it."""
+
+    name: str
+    overrides: dict[str, str]
+    status: str
+    metric: str | None = None
+    mode: str | None = None
+    best: float | None = None
+    last: float | None = None
+    test: dict[str, float] = field(default_factory=dict)
+    time_s: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> "Job":
+        run = RunDir(path)
+        metrics = run.metrics()
+        overrides_file = run.path / "overrides.yaml"
+        items = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        overrides = dict(item.split("=", 1) for item in items or [] if "=" in item)
+        metric = metrics.get("metric", {})
+        return cls(
+            name=run.path.name,
+            overrides=overrides,
+            status=metrics.get("status", "missing"),
+            metric=metric.get("name"),
+            mode=metric.get("mode"),
+            best=metric.get("best"),
+            last=metric.get("last"),
+            test=metrics.get("test", {}),
+            time_s=metrics.get("time_s"),
+            error=metrics.get("error"),
+        )
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run directories of a sweep, in job order."""
+    dirs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and ((p / METRICS).exists() or (p / CONFIG).exists())]
+    return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """Keys whose value differs between jobs, in command-line order; every key for a single job."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    if len(jobs) == 1:
+        return [k for k in keys if k not in ("experiment", "sweep")]
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _sort_key(value: str) -> tuple:
+    number = _number(value)
+    return (0, number, "") if number is not None else (1, 0.0, value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+class Report:
+    """The jobs of one sweep and what can be said about them."""
+
+    def __init__(self, sweep_dir: str | Path) -> None:
+        self.sweep_dir = Path(sweep_dir).resolve()
+        if not self.sweep_dir.is_dir():
+            raise FileNotFoundError(f"no sweep directory {self.sweep_dir}")
+        self.jobs = [Job.read(p) for p in job_dirs(self.sweep_dir)]
+        self.keys = swept_keys(self.jobs)
+        self.metric = next((j.metric for j in self.jobs if j.metric), "metric")
+        self.mode = next((j.mode for j in self.jobs if j.mode), "min")
+        self.test_keys = sorted({k for j in self.jobs for k in j.test})
+
+    def best_job(self) -> Job | None:
+        done = [j for j in self.jobs if j.status == "completed" and _finite(j.best)]
+        if not done:
+            return None
+        pick = min if self.mode == "min" else max
+        return pick(done, key=lambda j: j.best)
+
+    def rows(self) -> list[dict[str, str]]:
+        rows = []
+        for job in self.jobs:
+            row = {"job": job.name, "status": job.status}
+            row.update({key: job.overrides.get(key, "") for key in self.keys})
+            row[f"{self.metric} best"] = _fmt(job.best)
+            row[f"{self.metric} last"] = _fmt(job.last)
+            row.update({key: _fmt(job.test.get(key)) for key in self.test_keys})
+            row["time_s"] = _fmt(job.time_s)
+            row["error"] = job.error or ""
+            rows.append(row)
+        return rows
+
+    def csv(self) -> str:
+        rows = self.rows()
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["job", "status"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+
+    def markdown(self) -> str:
+        rows = self.rows()
+        lines = [f"# Sweep {self.sweep_dir}", ""]
+        failed = [j.name for j in self.jobs if j.status != "completed"]
+        lines.append(f"{len(self.jobs)} jobs, {len(self.jobs) - len(failed)} completed" + (f", not completed: {', '.join(failed)}" if failed else ""))
+        best = self.best_job()
+        if best is not None:
+            chosen = " ".join(f"{k}={best.overrides.get(k, '')}" for k in self.keys)
+            lines.append(f"best {self.metric} ({self.mode}): {best.best:.4g} in job {best.name} ({chosen})")
+        lines.append("")
+        if rows:
+            header = list(rows[0])
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "|".join(" --- " for _ in header) + "|")
+            for row in rows:
+                lines.append("| " + " | ".join(row[h].replace("|", "\\|") for h in header) + " |")
+        return "\n".join(lines) + "\n"
+
+    def grid_axes(self) -> tuple[str, str] | None:
+        """(weight-decay key, learning-rate key) when exactly those two are swept on a full grid (not Optuna's samples)."""
+        wd = [k for k in self.keys if k.split(".")[-1] == "wd"]
+        lr = [k for k in self.keys if k.split(".")[-1] == "lr"]
+        if len(self.keys) != 2 or len(wd) != 1 or len(lr) != 1:
+            return None
+        cells = {(j.overrides.get(wd[0]), j.overrides.get(lr[0])) for j in self.jobs}
+        rows, cols = {c[0] for c in cells}, {c[1] for c in cells}
+        if len(cells) != len(self.jobs) or len(rows) * len(cols) != len(cells):
+            return None
+        return wd[0], lr[0]
+
+    def plot(self, path: Path) -> None:
+        """A heatmap over wd x lr when both are swept on a grid, else the metric against each key."""
+        axes = self.grid_axes()
+        fig = self._heatmap(*axes) if axes else self._lines()
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+
+    def _heatmap(self, wd_key: str, lr_key: str):
+        wds = sorted({j.overrides[wd_key] for j in self.jobs}, key=_sort_key)
+        lrs = sorted({j.overrides[lr_key] for j in self.jobs}, key=_sort_key)
+        values = [[math.nan] * len(lrs) for _ in wds]
+        status = [[""] * len(lrs) for _ in wds]
+        for job in self.jobs:
+            r, c = wds.index(job.overrides[wd_key]), lrs.index(job.overrides[lr_key])
+            values[r][c] = job.best if job.status == "completed" and _finite(job.best) else math.nan
+            status[r][c] = job.status
+        fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(lrs), 1.2 + 0.8 * len(wds)))
+        cmap = plt.get_cmap("viridis_r" if self.mode == "min" else "viridis").copy()
+        cmap.set_bad("lightgray")
+        image = ax.imshow(values, cmap=cmap, aspect="auto")
+        best = self.best_job()
+        for r in range(len(wds)):
+            for c in range(len(lrs)):
+                v = values[r][c]
+                text = f"{v:.4f}" if math.isfinite(v) else (status[r][c] or "none")
+                is_best = best is not None and (wds[r], lrs[c]) == (best.overrides[wd_key], best.overrides[lr_key])
+                ax.text(c, r, text + (" *" if is_best else ""), ha="center", va="center", fontsize=9, color="white" if math.isfinite(v) else "black", fontweight="bold" if is_best else "normal")
+        ax.set_xticks(range(len(lrs)), lrs)
+        ax.set_yticks(range(len(wds)), wds)
+        ax.set_xlabel(lr_key)
+        ax.set_ylabel(wd_key)
+        ax.set_title(f"best {self.metric} ({self.mode}; * best)")
+        fig.colorbar(image, ax=ax, label=self.metric)
+        return fig
+
+    def _lines(self):
+        keys = self.keys or ["job"]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            points = []
+            for job in self.jobs:
+                value = job.name if key == "job" else job.overrides.get(key)
+                if job.status == "completed" and _finite(job.best) and value is not None:
+                    points.append((value, job.best))
+            numeric = all(_number(v) is not None for v, _ in points)
+            if numeric:
+                points.sort(key=lambda p: float(p[0]))
+                xs = [float(v) for v, _ in points]
+                if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+                    ax.set_xscale("log")
+                ax.plot(xs, [y for _, y in points], "o-")
+            else:
+                points.sort(key=lambda p: _sort_key(p[0]))
+                ax.plot([v for v, _ in points], [y for _, y in points], "o-")
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"best {self.metric}")
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{self.metric} ({self.mode}) over {len(self.jobs)} jobs")
+        fig.tight_layout()
+        return fig
+
+    def write(self) -> list[Path]:
+        """Write the summary files into the sweep directory; returns their paths."""
+        csv_path, md_path, png_path = (self.sweep_dir / n for n in (SUMMARY_CSV, SUMMARY_MD, SUMMARY_PNG))
+        write_atomic(csv_path, self.csv())
+        write_atomic(md_path, self.markdown())
+        self.plot(png_path)
+        return [csv_path, md_path, png_path]
+
+
+class SweepReport(Callback):
+    """Hydra callback: the sweep's report, written when the multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir() or not job_dirs(sweep_dir):
+            log.warning("no run directories under %s: no sweep report", sweep_dir)
+            return
+        report = Report(sweep_dir)
+        paths = report.write()
+        print(report.markdown(), file=sys.stderr)
+        print("sweep report: " + ", ".join(str(p) for p in paths), file=sys.stderr)
+        print(f"tensorboard:  tensorboard --logdir {report.sweep_dir}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
+    parser = argparse.ArgumentParser(prog="stagetune-report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/ratings_synthetic/multirun/<time>")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
+        print(f"stagetune-report: {args.sweep_dir} holds no run directories", file=sys.stderr)
+        raise SystemExit(1)
+    report = Report(args.sweep_dir)
+    paths = report.write()
+    print(report.markdown())
+    print("wrote " + ", ".join(str(p) for p in paths))

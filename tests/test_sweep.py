@@ -1,0 +1,133 @@
+"""A 2 x 2 wd x lr sweep end to end: run directories, summary, HParams, a live TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from tests.sweep_cli import TINY, run_module
+
+GRID = {"optim.wd": ["0", "0.1"], "plan.lr": ["0.001", "0.01"]}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    out = root / "sweep"
+    done = run_module(
+        "stagetune", "-m", *TINY, "optim.wd=0,0.1", "plan.lr=0.001,0.01", f"hydra.sweep.dir={out}", cwd=root
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sweep report:" in done.stderr
+    return out
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+
+
+def job_values(job: Path) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in yaml.safe_load((job / "overrides.yaml").read_text()))
+
+
+def test_four_jobs_four_run_directories_and_a_summary_row_each(sweep):
+    dirs = jobs(sweep)
+    assert [d.name for d in dirs] == ["0", "1", "2", "3"]
+    seen = set()
+    for d in dirs:
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        assert (d / "checkpoints" / "last.ckpt").exists()
+        values = job_values(d)
+        seen.add((values["optim.wd"], values["plan.lr"]))
+    assert seen == {(wd, lr) for wd in GRID["optim.wd"] for lr in GRID["plan.lr"]}
+
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert len(rows) == 4
+    for row in rows:
+        metrics = json.loads((sweep / row["job"] / "metrics.json").read_text())
+        assert row["status"] == "completed"
+        assert (row["optim.wd"], row["plan.lr"]) == (job_values(sweep / row["job"])["optim.wd"], job_values(sweep / row["job"])["plan.lr"])
+        assert float(row["val/rmse best"]) == pytest.approx(metrics["metric"]["best"], rel=1e-3)
+        assert float(row["time_s"]) > 0
+    table = [line for line in (sweep / "summary.md").read_text().splitlines() if line.startswith("| ") and "completed" in line]
+    assert len(table) == 4
+    best = min(rows, key=lambda r: float(r["val/rmse best"]))
+    assert f"in job {best['job']} " in (sweep / "summary.md").read_text()
+    assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hparams_in_each_run_hold_its_swept_values_and_real_final_metrics(sweep):
+    for job in jobs(sweep):
+        events = EventAccumulator(str(job / "tensorboard")).Reload()
+        content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+        start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+        hp = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
+        values = job_values(job)
+        assert hp["optim.wd"] == pytest.approx(float(values["optim.wd"]))
+        assert hp["plan.lr"] == pytest.approx(float(values["plan.lr"]))
+        assert hp["plan.stages.all.lr_hi"] == pytest.approx(float(values["plan.lr"]))
+        assert hp["plan.stages.all.wd"] == pytest.approx(float(values["optim.wd"]))
+        assert hp["optim.wd_kind"] == "decoupled" and hp["status"] == "completed"
+        assert hp["plan.stages.all.epochs"] == 1 and hp["data.batch_size"] == 64 and hp["model.n_factors"] == 50
+        experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+        assert {m.name.tag for m in experiment.metric_infos} == {"hp/best", "hp/last"}
+
+        metrics = json.loads((job / "metrics.json").read_text())["metric"]
+        best = events.Scalars("hp/best")[-1].value
+        last = events.Scalars("hp/last")[-1].value
+        assert best == pytest.approx(metrics["best"], rel=1e-5) and best != -1
+        assert last == pytest.approx(metrics["last"], rel=1e-5)
+        assert best == pytest.approx(min(e.value for e in events.Scalars("val/rmse")), rel=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_server_lists_every_job_as_a_run_with_its_scalars(sweep):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        runs, deadline = [], time.time() + 60
+        while time.time() < deadline:
+            try:
+                runs = get_json(f"{base}/data/runs")
+            except OSError:
+                runs = []
+            if len(runs) == 4:
+                break
+            time.sleep(0.5)
+        assert sorted(runs) == [f"{k}/tensorboard" for k in range(4)]
+        tags = get_json(f"{base}/data/plugin/scalars/tags")
+        for run in runs:
+            assert {"val/rmse", "val/loss", "train/loss_step", "lr/embeddings", "lr/biases", "stage", "hp/best", "hp/last"} <= set(tags[run])
+        series = get_json(f"{base}/data/plugin/scalars/scalars?run=0/tensorboard&tag=hp/best")
+        assert math.isfinite(series[-1][2]) and series[-1][2] > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,67 @@
+"""The ready sweep configs compose into valid runs; the Optuna one runs trials and is reported."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from stagetune.config import validate
+from stagetune.app import conf_dir
+from tests.sweep_cli import TINY, run_module
+
+
+def composed(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def grid_points(cfg) -> list[list[str]]:
+    params = cfg.hydra.sweeper.params
+    axes = [[f"{key}={v}" for v in str(values).split(",")] for key, values in params.items()]
+    return [list(p) for p in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "base", "size"),
+    [("wd_lr", ["experiment=ratings_synthetic"], 6), ("wd_lr_vision", ["experiment=ratings_synthetic", "plan=fine_tune"], 9)],
+)
+def test_grid_sweeps_compose_into_valid_runs(sweep, base, size):
+    cfg = composed(*base, f"sweep={sweep}")
+    points = grid_points(cfg)
+    assert len(points) == size
+    assert set(cfg.hydra.sweeper.params) == {"optim.wd", "plan.lr"}
+    for point in points:
+        job = composed(*base, f"sweep={sweep}", *point)
+        with open_dict(job):
+            del job["hydra"]
+        run = validate(job)
+        assert float(run.optim.wd) == float(point[0].split("=")[1])
+        assert float(run.plan.lr) == float(point[1].split("=")[1])
+
+
+def test_optuna_sweep_searches_log_uniform_wd_and_lr_in_the_metric_direction():
+    cfg = composed("experiment=ratings_synthetic", "sweep=optuna")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "minimize"
+    assert dict(sweeper.params) == {"optim.wd": "tag(log, interval(1e-4, 1e-1))", "plan.lr": "tag(log, interval(1e-4, 1e-1))"}
+    cfg = composed("experiment=ratings_synthetic", "sweep=optuna", "metric_mode=max")
+    assert OmegaConf.select(cfg, "hydra.sweeper.direction") == "maximize"
+
+
+def test_optuna_runs_two_trials_and_reports_them(tmp_path):
+    out = tmp_path / "sweep"
+    done = run_module("stagetune", "-m", *TINY, "sweep=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={out}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    for row in rows:
+        assert 1e-4 <= float(row["optim.wd"]) <= 1e-1 and 1e-4 <= float(row["plan.lr"]) <= 1e-1
+    results = OmegaConf.load(out / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(min(float(r["val/rmse best"]) for r in rows), rel=1e-3)
