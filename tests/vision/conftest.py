@@ -30,7 +30,7 @@ def fit(model: pl.LightningModule, data: pl.LightningDataModule, *stages: Stage,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_train_batches=batches,
-        limit_val_batches=1,
+        limit_val_batches=0,
         num_sanity_val_steps=0,
         accelerator="cpu",
         **kwargs,
@@ -80,9 +80,9 @@ def pets_tree(root: Path, breeds: tuple[str, ...] = ("Abyssinian", "great_pyrene
     return root
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m stagetune ARGS`` as a user runs it, in ``cwd``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "stagetune", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
