@@ -37,11 +37,13 @@ class ImageDataModule(pl.LightningDataModule):
     has_test = True
     mean, std = MEAN, STD
 
-    def __init__(self, batch_size: int, num_workers: int) -> None:
+    def __init__(self, batch_size: int, num_workers: int, eval_batch_size: int | None = None) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError("data.batch_size", batch_size, "must be >= 1")
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size or 1)):
+            if value < 1:
+                raise ConfigError(key, value, "must be >= 1")
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.eval_batch_size = eval_batch_size or batch_size
         self.classes: list[str] = []
         self.splits: dict[str, Dataset] = {}
 
@@ -56,7 +58,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.splits[split],
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(self.splits[split]) > self.batch_size,
             num_workers=self.num_workers,
@@ -119,10 +121,11 @@ class DigitsData(ImageDataModule):
         test_pct: float = 0.2,
         augment: bool = False,
         batch_size: int = 64,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, eval_batch_size)
         if size < 8:
             raise ConfigError("data.size", size, "must be >= 8 (the digits are 8x8)")
         chosen = list(range(10)) if classes is None else [int(c) for c in classes]

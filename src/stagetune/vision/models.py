@@ -20,6 +20,7 @@ from torch import nn
 from stagetune.errors import ConfigError
 from stagetune.groups import LayerGroup
 from stagetune.plan import StagedModule
+from stagetune.vision.report import StageReport
 from stagetune.vision.weights import load_body_weights
 
 HEADS = ("linear", "fastai")
@@ -114,8 +115,7 @@ class ResNet34Classifier(StagedModule):
         ]
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        from stagetune.vision.report import StageReport
-
+        """The confusion matrix and worst predictions in TensorBoard at the end of each stage."""
         return [StageReport()]
 
     def training_step(self, batch, batch_idx):

@@ -47,8 +47,12 @@ def source_weights(
     head: str = "fastai",
     seed: int = 0,
     cache_dir: str = "outputs/_sources",
+    progress_bar: bool = True,
 ) -> str:
-    """The path of a ResNet34 trained on digits ``classes``: from the cache, else trained now."""
+    """The path of a ResNet34 trained on digits ``classes``: from the cache, else trained now.
+
+    ``cache_dir`` and ``progress_bar`` do not change the model, so they are not part of its key.
+    """
     settings = {
         "classes": [int(c) for c in classes],
         "size": int(size),
@@ -66,7 +70,7 @@ def source_weights(
     log.info("source model: training ResNet34 on digits %s (saved to %s, reused by later runs)", settings["classes"], path)
     started = time.time()
     with isolate_rng():
-        state, val_acc = train_source(settings)
+        state, val_acc = train_source(settings, progress_bar)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, tmp)
@@ -77,7 +81,7 @@ def source_weights(
     return str(path)
 
 
-def train_source(settings: dict) -> tuple[dict[str, torch.Tensor], float]:
+def train_source(settings: dict, progress_bar: bool = True) -> tuple[dict[str, torch.Tensor], float]:
     """Train the source model with one one-cycle stage over every layer group."""
     pl.seed_everything(settings["seed"], verbose=False)
     data = DigitsData(
@@ -85,13 +89,15 @@ def train_source(settings: dict) -> tuple[dict[str, torch.Tensor], float]:
         classes=settings["classes"],
         train_per_class=settings["train_per_class"],
         batch_size=settings["batch_size"],
+        eval_batch_size=256,
         seed=settings["seed"],
     )
     model = ResNet34Classifier(weights=None, head=settings["head"], **data.model_kwargs())
     stage = Stage(name="source", epochs=settings["epochs"], freeze_to=0, lr=settings["lr"], wd=0.01)
     trainer = pl.Trainer(
         max_epochs=settings["epochs"],
-        callbacks=[StagePlan(Plan((stage,), OptimSpec())), StageProgressBar()],
+        callbacks=[StagePlan(Plan((stage,), OptimSpec()))] + ([StageProgressBar()] if progress_bar else []),
+        enable_progress_bar=progress_bar,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
