@@ -156,7 +156,8 @@ class DigitsData(ImageDataModule):
         rng = np.random.default_rng(self.seed)
         test, val, train = stratified_split(labels, [self.test_pct, self.val_pct], rng)
         if self.train_per_class is not None:
-            train = np.sort(np.concatenate([train[labels[train] == c][: self.train_per_class] for c in np.unique(labels)]))
+            per_class = [train[labels[train] == c][: self.train_per_class] for c in np.unique(labels)]
+            train = np.sort(np.concatenate(per_class))
         augment = (
             T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=[-m / s for m, s in zip(MEAN, STD)])
             if self.augment
@@ -248,14 +249,15 @@ class ImageFolderData(ImageDataModule):
     def _split(self, name: str, transform) -> ImageFolder:
         folder = self.root / name
         if not folder.is_dir():
-            raise DataError(f"data.root={self.root}: no {name}/ folder (expected root/{{train,{self.valid_name}[,test]}}/<class>/)")
+            layout = f"root/{{train,{self.valid_name}[,test]}}/<class>/<image>"
+            raise DataError(f"data.root={self.root}: no {name}/ folder (expected {layout})")
         files = [p for p in folder.glob("*/*") if p.suffix.lower() in IMG_EXTENSIONS]
         if not files:
             raise DataError(f"split {folder} has no images (expected {folder}/<class>/<image>)")
         bad = drop_unreadable(files, self.skip_bad_files, str(folder))
-        ds = ImageFolder(str(folder), transform=transform, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True)
-        if not ds.samples:
-            raise DataError(f"split {folder} has no images")
+        ds = ImageFolder(
+            str(folder), transform=transform, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True
+        )
         counts = Counter(ds.targets)
         empty = [c for k, c in enumerate(ds.classes) if counts[k] == 0]
         if empty:

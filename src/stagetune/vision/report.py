@@ -90,8 +90,11 @@ class StageReport(Callback):
         ax.set_xticklabels(names, rotation=90, fontsize=7)
         ax.set_yticklabels(names, fontsize=7)
         if n <= 20:
-            for (i, j), count in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(), matrix.flatten().tolist()):
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > matrix.max() / 2 else "black")
+            dark = float(matrix.max()) / 2
+            for i in range(n):
+                for j in range(n):
+                    count = int(matrix[i, j])
+                    ax.text(j, i, count, ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
         fig.tight_layout()
         return fig
 
