@@ -18,6 +18,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -95,6 +96,23 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
     )
 
 
+def build(node: DictConfig, **kwargs):
+    """``instantiate``, letting a StagetuneError raised by the target through as itself.
+
+    Hydra wraps every exception from a ``_target_`` in an InstantiationException; a user error
+    (bad data, missing weights) must still reach the CLI as its own one-line message.
+    """
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, StagetuneError):
+            raise cause from None
+        raise
+
+
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
@@ -116,13 +134,14 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **datamodule.model_kwargs())
+    datamodule = build(cfg.data)
+    model = build(cfg.model, **datamodule.model_kwargs())
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
     trainer = build_trainer(cfg, plan, run, callbacks=[])
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
+    stages = list(stage_plan.history)  # before testing: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
     final = _scalars(trainer.callback_metrics)
     best = checkpoint.best_model_score
@@ -137,7 +156,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         final=final,
         best={"value": value, "checkpoint": checkpoint.best_model_path or None},
         test=test,
-        stages=stage_plan.history,
+        stages=stages,
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
         time_s=round(time.time() - started, 2),
