@@ -67,12 +67,19 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
 
 
 def build(node: DictConfig, **kwargs):
-    """``instantiate``, letting a constructor's StagetuneError through (Hydra wraps it otherwise)."""
+    """``instantiate``, letting a StagetuneError raised by the target through as itself.
+
+    Hydra wraps every exception from a ``_target_`` in an InstantiationException; a user error
+    (bad data, missing weights) must still reach the CLI as its own one-line message.
+    """
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, StagetuneError):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, StagetuneError):
+            raise cause from None
         raise
 
 
@@ -137,6 +144,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
+    stages = list(stage_plan.history)  # before testing: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
     final = _scalars(trainer.callback_metrics)
     best = checkpoint.best_model_score
@@ -155,7 +163,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
         final=final,
         best={"value": value, "checkpoint": checkpoint.best_model_path or None},
         test=test,
-        stages=stage_plan.history,
+        stages=stages,
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
         world_size=trainer.world_size,

@@ -1,0 +1,1 @@
+"""Image classification: a ResNet34 split into three layer groups, its weights, and image data."""

@@ -1,0 +1,359 @@
+"""Image data for the ResNet34 classifier: scikit-learn's digits, any ImageFolder tree, Oxford Pets.
+
+Every datamodule gives ``model_kwargs()`` (class count and names), a test split, the
+normalisation it applied (``mean``/``std``, so pictures can be shown as they were) and a
+``summary()`` of its sizes for ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.datasets import ImageFolder, OxfordIIITPet
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from stagetune.errors import ConfigError, DataError
+from stagetune.vision.weights import IMAGENET
+
+log = logging.getLogger("stagetune")
+
+MEAN: tuple[float, float, float] = tuple(IMAGENET.transforms().mean)
+STD: tuple[float, float, float] = tuple(IMAGENET.transforms().std)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """What the image datamodules share: loaders, class names, the normalisation they used."""
+
+    has_test = True
+    mean, std = MEAN, STD
+
+    def __init__(self, batch_size: int, num_workers: int, eval_batch_size: int | None = None) -> None:
+        super().__init__()
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size or 1)):
+            if value < 1:
+                raise ConfigError(key, value, "must be >= 1")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.classes: list[str] = []
+        self.splits: dict[str, Dataset] = {}
+
+    def model_kwargs(self) -> dict:
+        self.setup()
+        return {"n_classes": len(self.classes), "class_names": list(self.classes)}
+
+    def summary(self) -> dict:
+        self.setup()
+        return {f"{split}_images": len(ds) for split, ds in self.splits.items()} | {"classes": len(self.classes)}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one tensor, with an optional per-image augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment=None) -> None:
+        self.images, self.labels, self.augment = images, labels, augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        return (self.augment(x) if self.augment else x), self.labels[i]
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> list[np.ndarray]:
+    """Indices of each split (the rest goes last), taking the same share of every class."""
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        for k, frac in enumerate(fractions):
+            n = int(round(frac * len(idx)))
+            parts[k].extend(idx[start : start + n])
+            start += n
+        parts[-1].extend(idx[start:])
+    return [np.sort(np.asarray(p, dtype=int)) for p in parts]
+
+
+class DigitsData(ImageDataModule):
+    """scikit-learn's 1,797 real 8x8 digits, upscaled to ``size`` px, 3 channels, normalised.
+
+    ``classes`` picks the digits to use (relabelled 0..k-1 in that order), so one part of the
+    digits can be a source task and another the target. The split is stratified and seeded:
+    ``test_pct`` and ``val_pct`` of each class, the rest for training, of which at most
+    ``train_per_class`` images per class are kept (few labelled images).
+    """
+
+    def __init__(
+        self,
+        size: int = 32,
+        classes: Sequence[int] | None = None,
+        train_per_class: int | None = None,
+        val_pct: float = 0.2,
+        test_pct: float = 0.2,
+        augment: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, eval_batch_size)
+        if size < 8:
+            raise ConfigError("data.size", size, "must be >= 8 (the digits are 8x8)")
+        chosen = list(range(10)) if classes is None else [int(c) for c in classes]
+        if len(set(chosen)) < 2 or not set(chosen) <= set(range(10)):
+            raise ConfigError("data.classes", classes, "two or more distinct digits from 0-9, or null for all")
+        if not (0 < val_pct and 0 < test_pct and val_pct + test_pct < 1):
+            raise ConfigError("data.val_pct", val_pct, "val_pct and test_pct must be > 0 and sum below 1")
+        if train_per_class is not None and train_per_class < 1:
+            raise ConfigError("data.train_per_class", train_per_class, "must be >= 1 or null for all")
+        self.size, self.chosen, self.train_per_class = size, chosen, train_per_class
+        self.val_pct, self.test_pct, self.augment, self.seed = val_pct, test_pct, augment, seed
+        self.classes = [str(c) for c in chosen]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        keep = np.isin(digits.target, self.chosen)
+        relabel = {c: k for k, c in enumerate(self.chosen)}
+        labels = np.array([relabel[c] for c in digits.target[keep]])
+        pixels = torch.as_tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1) / 16.0
+        pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(STD).view(1, 3, 1, 1)
+        images = (pixels.expand(-1, 3, -1, -1) - mean) / std
+        rng = np.random.default_rng(self.seed)
+        test, val, train = stratified_split(labels, [self.test_pct, self.val_pct], rng)
+        if self.train_per_class is not None:
+            per_class = [train[labels[train] == c][: self.train_per_class] for c in np.unique(labels)]
+            train = np.sort(np.concatenate(per_class))
+        augment = (
+            T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=[-m / s for m, s in zip(MEAN, STD)])
+            if self.augment
+            else None
+        )
+        y = torch.as_tensor(labels, dtype=torch.long)
+        self.splits = {
+            "train": TensorImages(images[train], y[train], augment),
+            "val": TensorImages(images[val], y[val]),
+            "test": TensorImages(images[test], y[test]),
+        }
+
+
+def unreadable(paths: Sequence[str | Path]) -> list[str]:
+    """The files PIL cannot open and verify as images."""
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception:  # noqa: BLE001 - every way an image fails to decode counts as unreadable
+            bad.append(str(path))
+    return bad
+
+
+def drop_unreadable(paths: Sequence[str | Path], skip: bool, where: str) -> set[str]:
+    """Unreadable files to leave out (``skip``), or one error listing them all."""
+    bad = unreadable(paths)
+    if bad and not skip:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(
+            f"{len(bad)} unreadable image file(s) in {where}: {shown} (fix or remove them, or set data.skip_bad_files=true)"
+        )
+    if bad:
+        log.warning("skipped %d unreadable image file(s) in %s", len(bad), where)
+    return set(bad)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grey, palette and RGBA files all become 3-channel images."""
+    return img.convert("RGB")
+
+
+def image_transforms(size: int, augment: bool) -> tuple[T.Compose, T.Compose]:
+    """Train and evaluation transforms of the ImageNet weights (resize, centre crop, normalise).
+
+    Evaluation is the weights' own preset at ``size``; training adds a random resized crop and a
+    horizontal flip when ``augment`` is on.
+    """
+    preset = IMAGENET.transforms(crop_size=size, resize_size=round(size * 256 / 224))
+    evaluate = T.Compose([to_rgb, preset])
+    if not augment:
+        return evaluate, evaluate
+    train = T.Compose(
+        [
+            to_rgb,
+            T.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(preset.mean, preset.std),
+        ]
+    )
+    return train, evaluate
+
+
+class ImageFolderData(ImageDataModule):
+    """A ``root/{train,valid[,test]}/<class>/<image>`` tree, read with torchvision's ImageFolder.
+
+    The classes are the train split's folders; every split must use the same ones. An empty class
+    folder or split is an error naming it; unreadable images are an error listing them, or are
+    left out with a warning when ``skip_bad_files`` is true.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        size: int = 224,
+        augment: bool = True,
+        valid_name: str = "valid",
+        skip_bad_files: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        self.root, self.size, self.augment = Path(root).expanduser(), size, augment
+        self.valid_name, self.skip_bad_files = valid_name, skip_bad_files
+        self.has_test = (self.root / "test").is_dir()
+
+    def _split(self, name: str, transform) -> ImageFolder:
+        folder = self.root / name
+        if not folder.is_dir():
+            layout = f"root/{{train,{self.valid_name}[,test]}}/<class>/<image>"
+            raise DataError(f"data.root={self.root}: no {name}/ folder (expected {layout})")
+        files = [p for p in folder.glob("*/*") if p.suffix.lower() in IMG_EXTENSIONS]
+        if not files:
+            raise DataError(f"split {folder} has no images (expected {folder}/<class>/<image>)")
+        bad = drop_unreadable(files, self.skip_bad_files, str(folder))
+        ds = ImageFolder(
+            str(folder), transform=transform, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True
+        )
+        counts = Counter(ds.targets)
+        empty = [c for k, c in enumerate(ds.classes) if counts[k] == 0]
+        if empty:
+            raise DataError(f"empty class folder(s) in {folder}: {', '.join(empty)}")
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_tf, eval_tf = image_transforms(self.size, self.augment)
+        names = {"train": "train", "val": self.valid_name} | ({"test": "test"} if self.has_test else {})
+        for split, name in names.items():
+            ds = self._split(name, train_tf if split == "train" else eval_tf)
+            if self.splits and ds.classes != self.splits["train"].classes:
+                raise DataError(f"{self.root / name} has classes {ds.classes}, train has {self.splits['train'].classes}")
+            self.splits[split] = ds
+        self.classes = list(self.splits["train"].classes)
+
+
+def _is_image(path: str) -> bool:
+    return path.lower().endswith(IMG_EXTENSIONS)
+
+
+class Transformed(Dataset):
+    """``dataset[indices]`` with ``transform`` applied to each image: one file list, two views."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform) -> None:
+        self.dataset, self.indices, self.transform = dataset, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label = self.dataset[self.indices[i]]
+        return self.transform(image), label
+
+
+class PetsData(ImageDataModule):
+    """Oxford-IIIT Pet (37 breeds) in torchvision's layout ``root/oxford-iiit-pet/{images,annotations}``.
+
+    The validation split is a seeded ``valid_pct`` of ``trainval`` (fastai lesson 1 uses 20%); the
+    test split is the dataset's own. Downloads only when ``download`` is true.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        size: int = 224,
+        augment: bool = True,
+        valid_pct: float = 0.2,
+        download: bool = False,
+        skip_bad_files: bool = False,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        if not 0 < valid_pct < 1:
+            raise ConfigError("data.valid_pct", valid_pct, "must be in (0, 1)")
+        self.root, self.size, self.augment, self.valid_pct = Path(root).expanduser(), size, augment, valid_pct
+        self.download, self.skip_bad_files, self.seed = download, skip_bad_files, seed
+
+    def _pets(self, split: str) -> OxfordIIITPet:
+        try:
+            ds = OxfordIIITPet(str(self.root), split=split, download=self.download)
+        except RuntimeError as err:
+            raise DataError(
+                f"Oxford-IIIT Pet not found under {self.root / 'oxford-iiit-pet'} ({err}); "
+                "set data.root to where it is, or data.download=true when online"
+            ) from None
+        except OSError as err:
+            raise DataError(f"Oxford-IIIT Pet could not be downloaded to {self.root}: {err}") from None
+        if not ds._images:
+            raise DataError(f"split {split} of {self.root / 'oxford-iiit-pet'} has no images")
+        missing = [str(p) for p in ds._images if not p.is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} image file(s) listed in {split}.txt are missing: {', '.join(missing[:10])}")
+        bad = drop_unreadable(ds._images, self.skip_bad_files, f"{self.root} ({split})")
+        if bad:
+            keep = [k for k, p in enumerate(ds._images) if str(p) not in bad]
+            ds._images = [ds._images[k] for k in keep]
+            ds._labels = [ds._labels[k] for k in keep]
+            ds._segs = [ds._segs[k] for k in keep]
+            ds._bin_labels = [ds._bin_labels[k] for k in keep]
+        return ds
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_tf, eval_tf = image_transforms(self.size, self.augment)
+        trainval, test = self._pets("trainval"), self._pets("test")
+        order = np.random.default_rng(self.seed).permutation(len(trainval))
+        n_val = max(1, int(round(self.valid_pct * len(order))))
+        self.classes = list(trainval.classes)
+        self.splits = {
+            "train": Transformed(trainval, np.sort(order[n_val:]).tolist(), train_tf),
+            "val": Transformed(trainval, np.sort(order[:n_val]).tolist(), eval_tf),
+            "test": Transformed(test, range(len(test)), eval_tf),
+        }

@@ -1,0 +1,114 @@
+"""Pictures of how a classifier is doing, written to TensorBoard at the end of every stage.
+
+At the last validation epoch of each stage: the confusion matrix, and a grid of the validation
+images the model got most wrong (highest loss) with prediction, truth, loss and probability, as
+fastai's ``plot_top_losses``. Images are shown un-normalised with the datamodule's ``mean``/``std``.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from pytorch_lightning.callbacks import Callback  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from stagetune.plan import StagePlan  # noqa: E402
+
+
+class StageReport(Callback):
+    """Confusion matrix and worst predictions of the validation set, once per stage."""
+
+    def __init__(self, n_worst: int = 9) -> None:
+        self.n_worst = n_worst
+        self._reset()
+
+    def _reset(self) -> None:
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.worst: list[tuple[float, torch.Tensor, int, int, float]] = []
+
+    def _stage_ending(self, trainer: pl.Trainer) -> str | None:
+        """The name of the stage whose last epoch this is, else None."""
+        if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
+            return None
+        plans = [c for c in trainer.callbacks if isinstance(c, StagePlan)]
+        if not plans:
+            return None
+        plan = plans[0]
+        stage = plan.plan.stages[plan.active]
+        last_epoch = plan.plan.first_epoch(plan.active) + stage.epochs - 1
+        return stage.name if trainer.current_epoch == last_epoch else None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if outputs is None or self._stage_ending(trainer) is None:
+            return
+        x, y = batch
+        logits = outputs.detach().float().cpu()
+        y = y.cpu()
+        self.preds.append(logits.argmax(1))
+        self.targets.append(y)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        probs = logits.softmax(1)
+        for k in losses.argsort(descending=True)[: self.n_worst].tolist():
+            pred = int(logits[k].argmax())
+            self.worst.append((float(losses[k]), x[k].detach().cpu(), pred, int(y[k]), float(probs[k, pred])))
+        self.worst = sorted(self.worst, key=lambda w: -w[0])[: self.n_worst]
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stage = self._stage_ending(trainer)
+        if stage is None or not self.preds:
+            return
+        names = getattr(pl_module, "class_names", None) or [str(k) for k in range(int(torch.cat(self.targets).max()) + 1)]
+        writer = trainer.logger.experiment
+        step = trainer.global_step
+        writer.add_figure(f"confusion_matrix/{stage}", self.confusion_figure(names), step)
+        mean = getattr(trainer.datamodule, "mean", None)
+        std = getattr(trainer.datamodule, "std", None)
+        writer.add_figure(f"worst_predictions/{stage}", self.worst_figure(names, mean, std), step)
+        self._reset()
+
+    def confusion_matrix(self, n_classes: int) -> torch.Tensor:
+        """Counts: row = true class, column = predicted class."""
+        preds, targets = torch.cat(self.preds), torch.cat(self.targets)
+        return torch.bincount(targets * n_classes + preds, minlength=n_classes**2).view(n_classes, n_classes)
+
+    def confusion_figure(self, names: list[str]) -> plt.Figure:
+        matrix = self.confusion_matrix(len(names))
+        n = len(names)
+        fig, ax = plt.subplots(figsize=(2 + 0.4 * n, 2 + 0.4 * n))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="actual", title="confusion matrix")
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_yticklabels(names, fontsize=7)
+        if n <= 20:
+            dark = float(matrix.max()) / 2
+            for i in range(n):
+                for j in range(n):
+                    count = int(matrix[i, j])
+                    ax.text(j, i, count, ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
+        fig.tight_layout()
+        return fig
+
+    def worst_figure(self, names: list[str], mean, std) -> plt.Figure:
+        cols = max(1, int(len(self.worst) ** 0.5 + 0.999))
+        rows = max(1, -(-len(self.worst) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, (loss, image, pred, true, prob) in zip(axes.flat, self.worst):
+            if mean is not None and std is not None:
+                image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+            ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_title(f"{names[pred]}/{names[true]}\n{loss:.2f}/{prob:.2f}", fontsize=8)
+        fig.suptitle("prediction/actual, loss/probability", fontsize=9)
+        fig.tight_layout()
+        return fig
