@@ -23,6 +23,7 @@ from torchvision.datasets import ImageFolder, OxfordIIITPet
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import ConfigError, DataError
+from stagetune.loaders import epoch_loader
 from stagetune.vision.weights import IMAGENET
 
 log = logging.getLogger("stagetune")
@@ -56,9 +57,9 @@ class ImageDataModule(pl.LightningDataModule):
         return {f"{split}_images": len(ds) for split, ds in self.splits.items()} | {"classes": len(self.classes)}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return epoch_loader(
             self.splits[split],
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(self.splits[split]) > self.batch_size,
             num_workers=self.num_workers,
