@@ -52,8 +52,9 @@ class RatingsDataModule(pl.LightningDataModule):
     """What every ratings source shares: the two splits, loaders, model sizes, titles, counts.
 
     Subclasses fill ``train_set``/``val_set`` (indices 1..n, 0 = unknown), ``n_users``,
-    ``n_items``, ``item_titles`` (index -> title, or None) and ``unseen`` (counts of validation
-    ratings whose user or item never appears in training) in :meth:`load`.
+    ``n_items``, ``user_ids``/``item_ids`` (the raw id of index k+1 at position k),
+    ``item_titles`` (index -> title, or None) and ``unseen`` (counts of validation ratings whose
+    user or item never appears in training) in :meth:`load`.
     """
 
     def __init__(self, batch_size: int, valid_batch_size: int = 4096) -> None:
@@ -64,6 +65,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.val_set: RatingsTensor | None = None
         self.n_users = self.n_items = 0
         self.item_titles: list[str] | None = None
+        self.user_ids = self.item_ids = np.zeros(0, dtype=np.int64)
         self.unseen = {"users": 0, "items": 0, "ratings": 0}
 
     def load(self) -> None:
@@ -86,6 +88,12 @@ class RatingsDataModule(pl.LightningDataModule):
         if self.item_titles is not None:
             return self.item_titles
         return ["unknown"] + [f"item {k}" for k in range(1, self.n_items + 1)]
+
+    def index_of(self, kind: str, raw: int) -> int:
+        """The index (1..n) of a raw user or item id as the data wrote it; 0 when training never saw it."""
+        ids = self.user_ids if kind == "user" else self.item_ids
+        pos = np.flatnonzero(ids == raw)
+        return int(pos[0]) + 1 if len(pos) else UNKNOWN
 
     def model_kwargs(self) -> dict:
         self.setup()
@@ -162,6 +170,7 @@ class SyntheticRatings(RatingsDataModule):
         val, train = order[:n_val], order[n_val:]
         self.noise_floor = float(np.sqrt(np.mean((ratings[val] - truth[val]) ** 2)))
         self.n_users, self.n_items = h.n_users, h.n_items
+        self.user_ids, self.item_ids = np.arange(h.n_users), np.arange(h.n_items)
         seen_u, seen_i = np.zeros(h.n_users, bool), np.zeros(h.n_items, bool)
         seen_u[u[train]], seen_i[i[train]] = True, True
         new_u, new_i = ~seen_u[u[val]], ~seen_i[i[val]]

@@ -253,6 +253,7 @@ class MovieLens(RatingsDataModule):
     def _index(self, train: Ratings, valid: Ratings, titles: dict[int, str]) -> None:
         users, items = Vocabulary(train.users), Vocabulary(train.items)
         self.n_users, self.n_items = len(users), len(items)
+        self.user_ids, self.item_ids = users.ids, items.ids
         vu, vi = users.encode(valid.users), items.encode(valid.items)
         self.unseen = {
             "users": int(np.unique(valid.users[vu == UNKNOWN]).size),

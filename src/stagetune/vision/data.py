@@ -52,6 +52,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup()
         return {"n_classes": len(self.classes), "class_names": list(self.classes)}
 
+    def eval_transform(self):
+        """PIL image -> model input, exactly as validation images are prepared (for new files)."""
+        return image_transforms(self.size, augment=False)[1]
+
     def summary(self) -> dict:
         self.setup()
         return {f"{split}_images": len(ds) for split, ds in self.splits.items()} | {"classes": len(self.classes)}
@@ -104,6 +108,25 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], rng: np.ran
     return [np.sort(np.asarray(p, dtype=int)) for p in parts]
 
 
+def digits_input(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Grey ``(N, 1, h, w)`` pixels in [0, 1] (ink bright) as the model sees them: ``size`` px, 3 channels, normalised."""
+    pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (pixels.expand(-1, 3, -1, -1) - mean) / std
+
+
+class DigitsFile:
+    """An image file as a digits input: grey levels scaled to [0, 1], then :func:`digits_input`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        grey = torch.tensor(np.array(img.convert("L")), dtype=torch.float32) / 255.0
+        return digits_input(grey[None, None], self.size)[0]
+
+
 class DigitsData(ImageDataModule):
     """scikit-learn's 1,797 real 8x8 digits, upscaled to ``size`` px, 3 channels, normalised.
 
@@ -140,6 +163,10 @@ class DigitsData(ImageDataModule):
         self.val_pct, self.test_pct, self.augment, self.seed = val_pct, test_pct, augment, seed
         self.classes = [str(c) for c in chosen]
 
+    def eval_transform(self) -> DigitsFile:
+        """Image files become digits inputs the way the 8x8 originals do (read as grey, ink bright)."""
+        return DigitsFile(self.size)
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
@@ -149,11 +176,7 @@ class DigitsData(ImageDataModule):
         keep = np.isin(digits.target, self.chosen)
         relabel = {c: k for k, c in enumerate(self.chosen)}
         labels = np.array([relabel[c] for c in digits.target[keep]])
-        pixels = torch.as_tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1) / 16.0
-        pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(STD).view(1, 3, 1, 1)
-        images = (pixels.expand(-1, 3, -1, -1) - mean) / std
+        images = digits_input(torch.as_tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1) / 16.0, self.size)
         rng = np.random.default_rng(self.seed)
         test, val, train = stratified_split(labels, [self.test_pct, self.val_pct], rng)
         if self.train_per_class is not None:

@@ -1,0 +1,154 @@
+"""``stagetune-predict``: classify image files with a trained run's model.
+
+Files are prepared by the run's own datamodule (``eval_transform``: the size, normalisation and,
+for digits, the grey 8x8 path), predicted in batches, and written to a CSV: path, predicted class,
+its probability, and the top-k classes. ``--tta`` averages the probabilities of each image and its
+horizontal mirror (fastai's ``tta``, without its random crops). A file that cannot be read is
+listed and skipped; the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from stagetune.errors import DataError, StagetuneError
+from stagetune.trained import Trained, load_trained, one_line_errors
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    probability: float
+    top: list[tuple[str, float]]
+
+
+def image_files(inputs: Sequence[str]) -> list[Path]:
+    """The files given, and every image file under the folders given (sorted); none is an error."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"{name}: no such file or folder")
+    if not files:
+        raise DataError(f"no image files in {', '.join(inputs) or 'the arguments'} (extensions: {', '.join(IMG_EXTENSIONS)})")
+    return files
+
+
+def image_transform(trained: Trained) -> Callable[[Image.Image], torch.Tensor]:
+    """The run's evaluation transform; a run whose data is not images cannot predict files."""
+    transform = getattr(trained.datamodule, "eval_transform", None)
+    if transform is None:
+        raise StagetuneError(
+            f"{trained.run.path} is a {trained.cfg.get('experiment', '?')} run, not an image classifier "
+            "(stagetune-recommend uses rating runs)"
+        )
+    return transform()
+
+
+def read_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    with Image.open(path) as img:
+        return transform(img)
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Softmax of the model's logits; with ``tta``, averaged with those of the mirrored images."""
+    probs = model(x).softmax(1)
+    if tta:
+        probs = (probs + model(x.flip(-1)).softmax(1)) / 2
+    return probs
+
+
+def predict(
+    trained: Trained, files: Sequence[Path], batch_size: int = 64, tta: bool = False, top_k: int = 3
+) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Predictions for the readable files, and ``(path, reason)`` for each file that was skipped."""
+    if batch_size < 1:
+        raise StagetuneError(f"--batch-size {batch_size}: must be >= 1")
+    if top_k < 1:
+        raise StagetuneError(f"--top-k {top_k}: must be >= 1")
+    transform = image_transform(trained)
+    names = trained.model.class_names
+    k = min(top_k, len(names))
+    predictions: list[Prediction] = []
+    skipped: list[tuple[str, str]] = []
+    for start in range(0, len(files), batch_size):
+        batch, paths = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                batch.append(read_image(path, transform))
+                paths.append(str(path))
+            except Exception as err:  # noqa: BLE001 - every way a file fails to decode is a skipped file
+                skipped.append((str(path), str(err).splitlines()[0] if str(err) else type(err).__name__))
+        if not batch:
+            continue
+        probs = probabilities(trained.model, torch.stack(batch).to(trained.device), tta).cpu()
+        values, indices = probs.topk(k, dim=1)
+        for path, vals, idx in zip(paths, values.tolist(), indices.tolist()):
+            top = [(names[i], v) for i, v in zip(idx, vals)]
+            predictions.append(Prediction(path, top[0][0], top[0][1], top))
+    return predictions, skipped
+
+
+def write_csv(predictions: Sequence[Prediction], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "prediction", "probability", "top_k"])
+        for p in predictions:
+            top = " ".join(f"{label}:{prob:.4f}" for label, prob in p.top)
+            writer.writerow([p.path, p.label, f"{p.probability:.6f}", top])
+
+
+def print_table(predictions: Sequence[Prediction], rows: int = 20) -> None:
+    width = min(60, max(len(p.path) for p in predictions))
+    print(f"{'path':<{width}}  {'prediction':<12} probability")
+    for p in predictions[:rows]:
+        shown = p.path if len(p.path) <= width else "..." + p.path[-(width - 3) :]
+        print(f"{shown:<{width}}  {p.label:<12} {p.probability:.4f}")
+    if len(predictions) > rows:
+        print(f"... and {len(predictions) - rows} more")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stagetune-predict", description="Classify image files with a trained run's model.")
+    ap.add_argument("run_dir", help="a run directory (printed at the end of `stagetune experiment=...`)")
+    ap.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    ap.add_argument("--ckpt", default="best", choices=["best", "last"], help="which checkpoint (default: best)")
+    ap.add_argument("--tta", action="store_true", help="average over each image and its horizontal mirror")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--top-k", type=int, default=3, help="classes listed per image in the CSV (default: 3)")
+    ap.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    return ap
+
+
+@one_line_errors("stagetune-predict")
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    trained = load_trained(args.run_dir, args.ckpt, args.device)
+    files = image_files(args.images)
+    predictions, skipped = predict(trained, files, args.batch_size, args.tta, args.top_k)
+    for path, reason in skipped:
+        print(f"stagetune-predict: skipped unreadable image {path} ({reason})", file=sys.stderr)
+    if not predictions:
+        raise DataError(f"none of the {len(files)} file(s) could be read as an image")
+    out = Path(args.out)
+    write_csv(predictions, out)
+    print_table(predictions)
+    print(f"{len(predictions)} predicted, {len(skipped)} skipped; written to {out}", file=sys.stderr)
+    return 0

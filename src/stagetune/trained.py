@@ -1,0 +1,103 @@
+"""A trained model rebuilt from its run directory, for the commands that use it.
+
+The run's own ``config.yaml`` rebuilds the datamodule (transforms, class names, id maps) and the
+model exactly as training built them, except that the model's starting weights (``model.weights``)
+are not loaded: the checkpoint's ``state_dict`` replaces every tensor anyway, and the source file
+may be gone. Checkpoints load with ``weights_only=True``. Every user error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from stagetune.errors import StagetuneError
+from stagetune.faults import check_checkpoint
+from stagetune.rundir import RunDir
+
+CHECKPOINTS = ("best", "last")
+
+
+@dataclass
+class Trained:
+    """A run's config, datamodule and model (in eval mode, on ``device``), and where its weights came from."""
+
+    run: RunDir
+    cfg: DictConfig
+    datamodule: pl.LightningDataModule
+    model: pl.LightningModule
+    checkpoint: Path
+    device: torch.device
+
+
+def pick_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda"):
+        raise StagetuneError(f"--device {name}: use cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StagetuneError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> Trained:
+    """The model of run directory ``path`` with its ``best`` or ``last`` checkpoint's weights."""
+    if which not in CHECKPOINTS:
+        raise StagetuneError(f"--ckpt {which}: use best or last")
+    target = pick_device(device)
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise StagetuneError(f"{path}: no such run directory")
+    try:
+        cfg = run.config()
+        checkpoint = run.checkpoint(which)
+    except FileNotFoundError as err:
+        raise StagetuneError(str(err)) from None
+    state = check_checkpoint(checkpoint, f"--ckpt {which}")
+    if not isinstance(state.get("state_dict"), dict):
+        raise StagetuneError(f"--ckpt {which}: {checkpoint} holds no model state_dict")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if "weights" in model_cfg:
+        model_cfg["weights"] = None
+    datamodule = _build(cfg.data)
+    model = _build(OmegaConf.create(model_cfg), **datamodule.model_kwargs())
+    model.load_state_dict(state["state_dict"])
+    return Trained(run, cfg, datamodule, model.eval().to(target), checkpoint, target)
+
+
+def _build(node: DictConfig, **kwargs):
+    """``instantiate``, letting a StagetuneError from the target (missing data) through as itself."""
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, StagetuneError):
+            raise cause from None
+        raise
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], None]]:
+    """Run a command's ``main(argv) -> exit code``; a StagetuneError becomes ``prog: error: ...`` and its exit code."""
+
+    def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], None]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> None:
+            try:
+                code = main(argv)
+            except StagetuneError as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                code = err.exit_code
+            sys.exit(code)
+
+        return run
+
+    return wrap
