@@ -1,0 +1,120 @@
+"""``stagetune-recommend``: what a rating run's model suggests to a user, and which items it finds alike.
+
+Users and items are named by the ids the data used (MovieLens's ``userId``/``movieId``; 0-based
+for synthetic ratings). Recommendations are the items with the highest predicted rating among
+those the user has not rated (neither in the training nor the validation split) and that training
+saw at least once: an item nobody rated has only its initial factors. ``--similar`` ranks items by
+the cosine similarity of their learned factors.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from stagetune.collab.data import UNKNOWN, RatingsDataModule
+from stagetune.errors import StagetuneError
+from stagetune.trained import Trained, load_trained, one_line_errors
+
+
+@dataclass
+class Ranked:
+    item: int
+    title: str
+    score: float
+
+
+def ratings_data(trained: Trained) -> RatingsDataModule:
+    data = trained.datamodule
+    if not isinstance(data, RatingsDataModule):
+        raise StagetuneError(
+            f"{trained.run.path} is a {trained.cfg.get('experiment', '?')} run, not a rating model "
+            "(stagetune-predict uses image runs)"
+        )
+    return data
+
+
+def _index(data: RatingsDataModule, kind: str, raw: int) -> int:
+    index = data.index_of(kind, raw)
+    counts = data.train_set.users if kind == "user" else data.train_set.items
+    if index == UNKNOWN or not bool((counts == index).any()):
+        raise StagetuneError(f"unknown {kind} {raw}: it has no ratings in the run's training data")
+    return index
+
+
+def _ranked(data: RatingsDataModule, indices: torch.Tensor, scores: torch.Tensor) -> list[Ranked]:
+    titles = data.item_titles
+    return [
+        Ranked(int(data.item_ids[i - 1]), titles[i] if titles else "", float(s))
+        for i, s in zip(indices.tolist(), scores.tolist())
+    ]
+
+
+@torch.no_grad()
+def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
+    """The ``k`` items with the highest predicted rating that ``user`` has not rated."""
+    data = ratings_data(trained)
+    u = _index(data, "user", user)
+    candidates = torch.ones(data.n_items + 1, dtype=torch.bool)
+    candidates[UNKNOWN] = False
+    candidates[torch.as_tensor(data.item_counts() == 0)] = False
+    for split in (data.train_set, data.val_set):
+        candidates[split.items[split.users == u]] = False
+    items = candidates.nonzero().squeeze(1)
+    users = torch.full_like(items, u)
+    predicted = trained.model(users.to(trained.device), items.to(trained.device)).cpu()
+    scores, order = predicted.topk(min(k, len(items)))
+    return _ranked(data, items[order], scores)
+
+
+@torch.no_grad()
+def similar(trained: Trained, item: int, k: int = 10) -> list[Ranked]:
+    """The ``k`` items whose learned factors point the most the same way as ``item``'s."""
+    data = ratings_data(trained)
+    i = _index(data, "item", item)
+    factors = trained.model.item_factors.weight.detach().cpu()
+    cosine = F.cosine_similarity(factors, factors[i].unsqueeze(0), dim=1)
+    seen = torch.as_tensor(data.item_counts() > 0)
+    seen[i] = False
+    items = seen.nonzero().squeeze(1)
+    scores, order = cosine[items].topk(min(k, len(items)))
+    return _ranked(data, items[order], scores)
+
+
+def print_ranked(rows: list[Ranked], heading: str, score_name: str) -> None:
+    """A table of items; the title column only when the data had titles."""
+    print(heading)
+    width = max(len(r.title) for r in rows) if rows else 0
+    title = f"{'title':<{width}}  " if width else ""
+    print(f"{'item':>8}  {title}{score_name}")
+    for r in rows:
+        title = f"{r.title:<{width}}  " if width else ""
+        print(f"{r.item:>8}  {title}{r.score:.3f}")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stagetune-recommend", description="Recommend items with a trained rating model.")
+    ap.add_argument("run_dir", help="the run directory of a rating experiment (ratings_synthetic, movielens, ...)")
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="recommend to this user id (as in the data)")
+    who.add_argument("--similar", type=int, metavar="ITEM", help="list the items nearest to this item id")
+    ap.add_argument("-k", type=int, default=10, help="how many items (default: 10)")
+    ap.add_argument("--ckpt", default="best", choices=["best", "last"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    return ap
+
+
+@one_line_errors("stagetune-recommend")
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.k < 1:
+        raise StagetuneError(f"-k {args.k}: must be >= 1")
+    trained = load_trained(args.run_dir, args.ckpt, args.device)
+    if args.user is not None:
+        print_ranked(recommend(trained, args.user, args.k), f"top {args.k} for user {args.user}", "predicted rating")
+    else:
+        print_ranked(similar(trained, args.similar, args.k), f"nearest to item {args.similar}", "cosine")
+    return 0
