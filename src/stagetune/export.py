@@ -1,0 +1,102 @@
+"""``stagetune-export``: a run's model as one self-contained file (TorchScript or ONNX), checked.
+
+The file needs neither stagetune nor the run's config: TorchScript loads with ``torch.jit.load``,
+ONNX with any ONNX runtime. The sample batch is the first validation batch (at most 8 examples)
+without its target, so the file is traced on real inputs; it must then reproduce the
+checkpoint's outputs on that batch within 1e-5, or the export fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from stagetune.errors import StagetuneError
+from stagetune.trained import Trained, load_trained, one_line_errors
+
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+TOLERANCE = 1e-5
+
+
+def sample_inputs(trained: Trained, n: int = 8) -> tuple[torch.Tensor, ...]:
+    """The first ``n`` examples of the run's validation data, without the target (the batch's last element)."""
+    trained.datamodule.setup("validate")
+    batch = next(iter(trained.datamodule.val_dataloader()))
+    return tuple(t[:n].to(trained.device) for t in batch[:-1])
+
+
+def export_torchscript(trained: Trained, inputs: tuple[torch.Tensor, ...], out: Path) -> torch.Tensor:
+    """Trace the model, save it, load the file back and return its outputs on ``inputs``.
+
+    TorchScript is deprecated in PyTorch and Lightning (in favour of ``torch.export``/ONNX); it is
+    still what C++ and older serving stacks load, so its deprecation warnings are silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = trained.model.to_torchscript(method="trace", example_inputs=inputs)
+        torch.jit.save(scripted, str(out))
+        return torch.jit.load(str(out), map_location=trained.device)(*inputs)
+
+
+def export_onnx(trained: Trained, inputs: tuple[torch.Tensor, ...], out: Path) -> torch.Tensor:
+    """Export with a dynamic batch axis, then run the file in onnxruntime and return its outputs."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise StagetuneError("--format onnx needs the onnx extra: pip install 'stagetune[onnx]'") from None
+    names = [f"input{k}" for k in range(len(inputs))]
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        trained.model,
+        inputs,
+        str(out),
+        input_names=names,
+        output_names=["output"],
+        dynamic_shapes=tuple({0: batch} for _ in inputs),
+        dynamo=True,
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    feeds = {name: t.cpu().numpy() for name, t in zip(names, inputs)}
+    return torch.from_numpy(session.run(None, feeds)[0])
+
+
+def export(trained: Trained, fmt: str, out: Path) -> float:
+    """Write the model to ``out`` in ``fmt``; the largest difference from the checkpoint's outputs."""
+    if fmt not in FORMATS:
+        raise StagetuneError(f"--format {fmt}: use {' or '.join(FORMATS)}")
+    inputs = sample_inputs(trained)
+    with torch.no_grad():
+        expected = trained.model(*inputs).cpu()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = export_torchscript if fmt == "torchscript" else export_onnx
+    with torch.no_grad():
+        got = writer(trained, inputs, out).cpu()
+    return float((got - expected).abs().max())
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="stagetune-export", description="Write a run's model as a self-contained file.")
+    ap.add_argument("run_dir")
+    ap.add_argument("--format", required=True, choices=list(FORMATS))
+    ap.add_argument("--out", help="file to write (default: RUN_DIR/export/model.pt or model.onnx)")
+    ap.add_argument("--ckpt", default="best", choices=["best", "last"])
+    return ap
+
+
+@one_line_errors("stagetune-export")
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    trained = load_trained(args.run_dir, args.ckpt, "cpu")
+    out = Path(args.out) if args.out else trained.run.path / "export" / f"model{FORMATS[args.format]}"
+    diff = export(trained, args.format, out)
+    print(f"wrote {out}; max difference from the checkpoint's outputs: {diff:.2e}")
+    if not diff <= TOLERANCE:
+        print(f"stagetune-export: error: {out} differs from the checkpoint by {diff:.2e} (> {TOLERANCE:g})", file=sys.stderr)
+        return 1
+    return 0
