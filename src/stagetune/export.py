@@ -100,3 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stagetune-export: error: {out} differs from the checkpoint by {diff:.2e} (> {TOLERANCE:g})", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    main()

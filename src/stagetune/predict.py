@@ -74,14 +74,18 @@ def probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.T
 
 
 def predict(
-    trained: Trained, files: Sequence[Path], batch_size: int = 64, tta: bool = False, top_k: int = 3
+    trained: Trained,
+    files: Sequence[Path],
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int = 64,
+    tta: bool = False,
+    top_k: int = 3,
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Predictions for the readable files, and ``(path, reason)`` for each file that was skipped."""
     if batch_size < 1:
         raise StagetuneError(f"--batch-size {batch_size}: must be >= 1")
     if top_k < 1:
         raise StagetuneError(f"--top-k {top_k}: must be >= 1")
-    transform = image_transform(trained)
     names = trained.model.class_names
     k = min(top_k, len(names))
     predictions: list[Prediction] = []
@@ -141,8 +145,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     trained = load_trained(args.run_dir, args.ckpt, args.device)
+    transform = image_transform(trained)
     files = image_files(args.images)
-    predictions, skipped = predict(trained, files, args.batch_size, args.tta, args.top_k)
+    predictions, skipped = predict(trained, files, transform, args.batch_size, args.tta, args.top_k)
     for path, reason in skipped:
         print(f"stagetune-predict: skipped unreadable image {path} ({reason})", file=sys.stderr)
     if not predictions:
@@ -152,3 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(predictions)
     print(f"{len(predictions)} predicted, {len(skipped)} skipped; written to {out}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    main()

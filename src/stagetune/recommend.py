@@ -118,3 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_ranked(similar(trained, args.similar, args.k), f"nearest to item {args.similar}", "cosine")
     return 0
+
+
+if __name__ == "__main__":
+    main()
