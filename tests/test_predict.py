@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -94,9 +96,9 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def checkpoint_model(run: Path) -> ResNet34Classifier:
-    """The digits classifier rebuilt by hand from the best checkpoint, independently of the command."""
-    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
+def checkpoint_model(run: Path, name: str = "best-*.ckpt") -> ResNet34Classifier:
+    """The digits classifier rebuilt by hand from a checkpoint, independently of the commands."""
+    ckpt = next((run / "checkpoints").glob(name))
     model = ResNet34Classifier(n_classes=5, head="fastai", weights=None, class_names=["5", "6", "7", "8", "9"])
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
     return model.eval()
@@ -253,3 +255,18 @@ def test_the_module_entry_point_reports_without_a_traceback(tmp_path):
     )
     assert result.returncode == 1
     assert result.stderr == f"stagetune-recommend: error: {tmp_path / 'missing'}: no such run directory\n"
+
+
+def test_the_runs_starting_weights_are_not_needed_to_load_it(digits_run, tmp_path):
+    """A transfer run's source file (model.weights) may be gone: the checkpoint holds every tensor."""
+    moved = tmp_path / "run"
+    shutil.copytree(digits_run, moved)
+    cfg = OmegaConf.load(moved / "config.yaml")
+    cfg.model.weights = str(tmp_path / "deleted-source.pth")
+    (moved / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (moved / "metrics.json").unlink()  # its best checkpoint path points into the original run
+    trained = load_trained(moved)
+    assert trained.checkpoint == moved / "checkpoints" / "last.ckpt"
+    x = export.sample_inputs(trained)[0]
+    with torch.no_grad():
+        assert torch.equal(trained.model(x), checkpoint_model(digits_run, "last.ckpt")(x))
