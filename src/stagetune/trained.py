@@ -68,7 +68,11 @@ def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> 
         model_cfg["weights"] = None
     datamodule = _build(cfg.data)
     model = _build(OmegaConf.create(model_cfg), **datamodule.model_kwargs())
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:  # the config was edited after training, or the file is another run's
+        detail = str(err).strip().splitlines()[0]
+        raise StagetuneError(f"{checkpoint} does not fit the model in {run.path / 'config.yaml'} ({detail})") from None
     return Trained(run, cfg, datamodule, model.eval().to(target), checkpoint, target)
 
 
