@@ -17,9 +17,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -27,6 +25,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from stagetune import launch
 from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
 from stagetune.config import validate
+from stagetune.build import build
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
 from stagetune.hparams import HParamsSummary
@@ -66,30 +65,13 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
     )
 
 
-def build(node: DictConfig, **kwargs):
-    """``instantiate``, letting a StagetuneError raised by the target through as itself.
-
-    Hydra wraps every exception from a ``_target_`` in an InstantiationException; a user error
-    (bad data, missing weights) must still reach the CLI as its own one-line message.
-    """
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        if isinstance(cause, StagetuneError):
-            raise cause from None
-        raise
-
-
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
 def extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Lightning callbacks named under ``callbacks:`` in the config (each a ``_target_``)."""
-    return [instantiate(node) for node in (cfg.callbacks or {}).values() if node is not None]
+    return [build(node) for node in (cfg.callbacks or {}).values() if node is not None]
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
@@ -135,8 +117,8 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     """Build data, model, plan and Trainer; fit, test, and (on rank 0) record ``metrics.json``."""
     started = time.time()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build(cfg.data, _convert_="all")
-    model = build(cfg.model, _convert_="all", **datamodule.model_kwargs())
+    datamodule = build(cfg.data)
+    model = build(cfg.model, **datamodule.model_kwargs())
     check_batch_size(cfg, datamodule)
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
     callbacks = [ExactResume(), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]

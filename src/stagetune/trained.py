@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from stagetune.build import build
 from stagetune.errors import StagetuneError
 from stagetune.faults import check_checkpoint
 from stagetune.rundir import RunDir
@@ -66,27 +65,14 @@ def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if "weights" in model_cfg:
         model_cfg["weights"] = None
-    datamodule = _build(cfg.data)
-    model = _build(OmegaConf.create(model_cfg), **datamodule.model_kwargs())
+    datamodule = build(cfg.data)
+    model = build(OmegaConf.create(model_cfg), **datamodule.model_kwargs())
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:  # the config was edited after training, or the file is another run's
         detail = str(err).strip().splitlines()[0]
         raise StagetuneError(f"{checkpoint} does not fit the model in {run.path / 'config.yaml'} ({detail})") from None
     return Trained(run, cfg, datamodule, model.eval().to(target), checkpoint, target)
-
-
-def _build(node: DictConfig, **kwargs):
-    """``instantiate``, letting a StagetuneError from the target (missing data) through as itself."""
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        if isinstance(cause, StagetuneError):
-            raise cause from None
-        raise
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], None]]:
