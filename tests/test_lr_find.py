@@ -23,7 +23,7 @@ def lr_find_config(*overrides: str):
 
 
 def test_range_test_on_the_ratings_model_suggests_a_finite_lr_and_writes_its_plot(tmp_path):
-    cfg = lr_find_config(*TINY, "data.n_ratings=3000", "data.batch_size=32", "lr_find.steps=40")
+    cfg = lr_find_config(*TINY, "data.n_ratings=1500", "data.batch_size=32", "lr_find.steps=40")
     result = run_range_test(cfg, tmp_path)
     assert 5 <= len(result.lrs) <= 40 and len(result.lrs) == len(result.losses)
     assert result.lrs[0] == pytest.approx(1e-7)
