@@ -132,3 +132,31 @@ def test_an_unwritable_output_directory_is_one_line_with_exit_1(tmp_path):
         f"stagetune: error: cannot write the run directory {tmp_path}/afile/run: Not a directory; "
         "run from a writable directory or choose one with hydra.run.dir=DIR (sweeps: hydra.sweep.dir=DIR)"
     ]
+
+
+def test_data_error_catalogue(tmp_path):
+    """Missing data path, malformed ratings line, corrupt image, inverted y_range: one line each."""
+    from PIL import Image
+
+    (tmp_path / "u.data").write_text("1\t2\t4\t881250949\n1\tx\t3\n")
+    for split, cls in (("train", "a"), ("train", "b"), ("valid", "a"), ("valid", "b")):
+        (tmp_path / "imgs" / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / split / cls / "1.png")
+    (tmp_path / "imgs" / "train" / "a" / "bad.jpg").write_text("not an image")
+    cases = [
+        (["experiment=movielens", f"data.path={tmp_path}/nowhere"], 1,
+         f"stagetune: error: no MovieLens ratings file (u.data, ratings.dat or ratings.csv) in {tmp_path}/nowhere: "
+         "unzip https://files.grouplens.org/datasets/movielens/ml-100k.zip there, or set data.download=true"),
+        (["experiment=movielens", f"data.path={tmp_path}"], 1,
+         f"stagetune: error: {tmp_path}/u.data:2: expected USER<TAB>ITEM<TAB>RATING<TAB>TIMESTAMP "
+         "(integer ids, a number, an integer), got '1\\tx\\t3'"),
+        (["experiment=pets", "data=image_folder", f"data.root={tmp_path}/imgs", "model.weights=null", "data.size=32", "data.batch_size=2"], 1,
+         f"stagetune: error: 1 unreadable image file(s) in {tmp_path}/imgs/train: {tmp_path}/imgs/train/a/bad.jpg "
+         "(fix or remove them, or set data.skip_bad_files=true)"),
+        (["experiment=ratings_synthetic", "model.y_range=[5.5,0]"], 2,
+         "stagetune: config error: model.y_range=[5.5, 0]: two finite numbers [lo, hi] with lo < hi"),
+    ]  # fmt: skip
+    for k, (overrides, code, message) in enumerate(cases):
+        out = run_cli(*overrides, f"hydra.run.dir=run{k}", cwd=tmp_path)
+        assert (out.returncode, error_lines(out.stderr)) == (code, [message]), out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
