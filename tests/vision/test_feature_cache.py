@@ -56,6 +56,7 @@ def test_cached_head_outputs_equal_the_uncached_path():
             torch.testing.assert_close(model.forward_from(features, group), model(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_follows_the_uncached_run(caplog):
     """Same batches, same dropout draws: the head trained from cached features ends where the uncached one does."""
     data = digits()
