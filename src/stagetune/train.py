@@ -24,6 +24,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune import launch
 from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
+from stagetune.cache import FeatureCache
 from stagetune.config import validate
 from stagetune.build import build
 from stagetune.errors import ConfigError, StagetuneError
@@ -121,7 +122,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     model = build(cfg.model, **datamodule.model_kwargs())
     check_batch_size(cfg, datamodule)
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    callbacks = [ExactResume(), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]
+    callbacks = [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]
     trainer = build_trainer(cfg, plan, run, callbacks=callbacks)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 

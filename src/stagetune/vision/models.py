@@ -74,7 +74,10 @@ class ResNet34Classifier(StagedModule):
     """ResNet34 image classifier: cross-entropy loss; accuracy, error rate and top-5 metrics.
 
     ``weights``: ``imagenet``, a ``.pth`` state dict, a stagetune ``.ckpt`` (its body only) or
-    ``None`` for random weights. The head is always new.
+    ``None`` for random weights. The head is always new. ``channels_last`` stores convolution
+    weights and inputs NHWC (faster convolutions on GPUs with tensor cores); ``compile`` runs body
+    and head through ``torch.compile``. The model opts into feature caching
+    (:mod:`stagetune.cache`) through :meth:`features` and :meth:`forward_from`.
     """
 
     def __init__(
@@ -83,6 +86,8 @@ class ResNet34Classifier(StagedModule):
         head: str = "fastai",
         weights: str | None = "imagenet",
         class_names: Sequence[str] | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if n_classes < 2:
@@ -95,6 +100,13 @@ class ResNet34Classifier(StagedModule):
         self.head = make_head(head, n_classes)
         self.loss = nn.CrossEntropyLoss()
         self.metrics = nn.ModuleDict({split: self._split_metrics(n_classes) for split in ("val", "test")})
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if compile:
+            self.body.compile()
+            self.head.compile()
+        self.input_group = 0  # training batches hold the outputs of groups[:input_group] (feature cache)
 
     @staticmethod
     def _split_metrics(n_classes: int) -> torchmetrics.MetricCollection:
@@ -104,7 +116,29 @@ class ResNet34Classifier(StagedModule):
         return torchmetrics.MetricCollection(metrics)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+        return self.forward_from(x, 0)
+
+    def _group_modules(self) -> list[nn.Module]:
+        """One callable per layer group, in order (slices of the body share its modules)."""
+        return [self.body[: len(EARLY)], self.body[len(EARLY) :], self.head]
+
+    def features(self, x: torch.Tensor, upto_group: int) -> torch.Tensor:
+        """The output of layer groups ``[0, upto_group)`` for images ``x``."""
+        x = self._layout(x)
+        for module in self._group_modules()[:upto_group]:
+            x = module(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, group_index: int) -> torch.Tensor:
+        """Logits from ``x``, the output of groups ``[0, group_index)`` (images when 0)."""
+        if group_index == 0:
+            return self.head(self.body(self._layout(x)))
+        for module in self._group_modules()[group_index:]:
+            x = module(x)
+        return x
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def layer_groups(self) -> list[LayerGroup]:
         """``[conv1 .. layer2]``, ``[layer3, layer4]``, ``[head]``: fastai's resnet split."""
@@ -120,7 +154,7 @@ class ResNet34Classifier(StagedModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = self.loss(self(x), y)
+        loss = self.loss(self.forward_from(x, self.input_group), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 

@@ -1,0 +1,1 @@
+"""stagetune's performance benchmarks: every figure a ratio of two things timed side by side."""

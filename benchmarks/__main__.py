@@ -1,0 +1,141 @@
+"""``python -m benchmarks [--repeats N] [--quick]``: run every figure, print the table, write it out."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from benchmarks import cases
+from benchmarks.harness import Figure, per_step, side_by_side, table, write
+
+RATING_SIZES = (100_000, 1_000_000, 10_000_000)
+SCALE_BATCHES = 150  # batches timed per size; an epoch of 10M ratings is ~7,800 batches
+
+
+def overhead(repeats: int, warmup: int, steps: int) -> list[Figure]:
+    figures = []
+    for name, overrides, loss, target in (
+        ("pipeline overhead, ResNet34 32 px", cases.IMAGES, cases.image_loss, 0.97),
+        ("pipeline overhead, dot_bias batch 1024", cases.RATINGS, cases.rating_loss, 0.85),
+    ):
+        cfg = cases.config(overrides + [f"trainer.limit_train_batches={warmup + steps}"])
+        ratios = side_by_side(
+            lambda: cases.plain_steps(cfg, loss, warmup, steps),
+            lambda: per_step(cases.stagetune_fit(cfg)[0].stamps, warmup),
+            repeats,
+        )
+        note = "throughput of the stagetune Trainer (StagePlan, default callbacks, TensorBoard logging every step) relative to a plain loop"
+        figures.append(Figure(name, "plain s/step", "stagetune s/step", ratios, target, True, note))
+    return figures
+
+
+def frozen(repeats: int, warmup: int, steps: int) -> list[Figure]:
+    cfg = cases.config(cases.IMAGES)
+    figures = []
+    for train_bn, note in (
+        (False, "body frozen with its BatchNorm: autograd records nothing in the body, backward runs through the head only"),
+        (True, "train_bn=true (fastai's default): BatchNorm weights in the body train, so backward still flows through the whole body (only conv weight gradients are skipped)"),
+    ):
+        ratios = side_by_side(
+            lambda: cases.plain_steps(cfg, cases.image_loss, warmup, steps, freeze_to=-1, train_bn=train_bn),
+            lambda: cases.plain_steps(cfg, cases.image_loss, warmup, steps),
+            repeats,
+        )
+        figures.append(Figure(f"frozen body step, train_bn={str(train_bn).lower()}", "frozen s/step", "unfrozen s/step", ratios, 0.5, False, note))
+    return figures
+
+
+def feature_cache(repeats: int) -> Figure:
+    stage = ["plan.stages.all.epochs=2", "plan.stages.all.freeze_to=-1", "++plan.stages.all.train_bn=false"]
+    off = cases.config(cases.IMAGES + stage + ["plan.cache=off"])
+    auto = cases.config(cases.IMAGES + stage + ["plan.cache=auto"])
+    ratios = side_by_side(
+        lambda: cases.stagetune_fit(off)[1].seconds[-1],
+        lambda: cases.stagetune_fit(auto)[1].seconds[-1],
+        repeats,
+    )
+    note = "second epoch of a frozen-body stage (train_bn=false, no augmentation), 1,078 digits at 32 px; validation excluded"
+    return Figure("feature cache, later epoch", "uncached epoch s", "cached epoch s", ratios, 10, True, note)
+
+
+def loader(repeats: int, warmup: int, steps: int) -> Figure:
+    cfg = cases.config(cases.IMAGES + [f"trainer.limit_train_batches={warmup + steps}"])
+    ratios = side_by_side(
+        lambda: per_step(cases.stagetune_fit(cfg)[0].stamps, warmup),
+        lambda: cases.loader_batches(cfg, warmup, steps),
+        repeats,
+    )
+    note = "images/s of the training loader alone relative to the training step's (digits, 32 px, default loader settings)"
+    return Figure("data loader vs step", "step s/batch", "loader s/batch", ratios, 2, True, note)
+
+
+def ratings_scale(repeats: int, sizes: tuple[int, ...]) -> list[Figure]:
+    base = sizes[0]
+    runs = {}
+    for n in sizes:
+        cfg = cases.config(cases.RATINGS + [f"data.n_ratings={n}", f"trainer.limit_train_batches={SCALE_BATCHES}"])
+        data, _, _ = cases.build_run(cfg)
+        data.setup("fit")
+        runs[n] = (cfg, data)
+    epoch_seconds: list[float] = []
+
+    def seconds_per_rating(n: int) -> float:
+        cfg, data = runs[n]
+        steps, epochs = cases.stagetune_fit(cfg, data)
+        batches = len(steps.stamps)
+        if n == base:
+            epoch_seconds.append(epochs.seconds[-1])
+        return epochs.seconds[-1] / (batches * cfg.data.batch_size)
+
+    full = len(runs[base][1].train_dataloader())
+    figures = []
+    for n in sizes[1:]:
+        ratios = side_by_side(lambda: seconds_per_rating(n), lambda: seconds_per_rating(base), repeats)
+        note = f"epoch time per rating, {SCALE_BATCHES} batches timed of each epoch (whole epoch is {full} batches at {base:,})"
+        figures.append(Figure(f"ratings time per rating, {n:,} vs {base:,}", f"{n:,} s/rating", f"{base:,} s/rating", ratios, 1.25, False, note))
+    scale = full / min(full, SCALE_BATCHES)
+    epoch = [s * scale for s in epoch_seconds]
+    figures.append(
+        Figure(f"ratings epoch at {base:,}", "epoch s", "1 s", epoch, 1.0, False,
+               f"absolute: training epoch of {base:,} ratings ({full} batches of 1024), no validation")
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per figure")
+    parser.add_argument("--quick", action="store_true", help="fewer steps and ratings sizes up to 1M")
+    parser.add_argument("--out", default="outputs/bench", help="results go to OUT/<time>/")
+    args = parser.parse_args()
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    warmup, steps = (2, 4) if args.quick else (3, 8)
+    sizes = RATING_SIZES[:2] if args.quick else RATING_SIZES
+    started = time.time()
+    figures = [*overhead(args.repeats, warmup, steps), *frozen(args.repeats, warmup, steps), feature_cache(args.repeats),
+               loader(args.repeats, warmup, steps), *ratings_scale(args.repeats, sizes)]
+    context = {
+        "cpu cores": os.cpu_count(),
+        "torch threads": torch.get_num_threads(),
+        "load average at end": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "repeats": args.repeats,
+        "timed steps (after warm-up)": f"{steps} (after {warmup})",
+        "wall time s": round(time.time() - started, 1),
+    }
+    out = Path(args.out) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    write(figures, out, context)
+    print(table(figures))
+    print(f"\nresults: {out}/results.md, {out}/results.json")
+
+
+if __name__ == "__main__":
+    main()

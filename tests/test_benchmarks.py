@@ -1,0 +1,54 @@
+"""The benchmark harness's arithmetic and the GPU check's CPU-safe parts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+from benchmarks.harness import Figure, per_step, side_by_side
+from stagetune.vision.models import ResNet34Classifier
+
+
+def test_side_by_side_alternates_the_order_and_divides_a_by_b():
+    calls = []
+
+    def a():
+        calls.append("a")
+        return 3.0
+
+    def b():
+        calls.append("b")
+        return 2.0
+
+    assert side_by_side(a, b, 3) == [1.5, 1.5, 1.5]
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+
+
+def test_per_step_skips_the_warm_up_steps():
+    assert per_step([0.0, 5.0, 6.0, 7.0, 8.0], warmup=2) == pytest.approx(1.0)
+
+
+def test_figure_checks_its_target_in_the_right_direction():
+    assert Figure("f", "a", "b", [0.4, 0.6, 0.45], 0.5, higher_is_better=False).met
+    assert not Figure("f", "a", "b", [0.9, 0.99, 0.95], 0.97, higher_is_better=True).met
+
+
+def test_resnet34_forward_flops_at_224_px():
+    """torchvision lists 3.66 G multiply-adds for ResNet34 at 224 px: 7.3 GFLOPs plus the head."""
+    model = ResNet34Classifier(n_classes=10, head="linear", weights=None).eval()
+    assert gpu_check.forward_flops(model, 224) == pytest.approx(7.34e9, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("Tesla T4", None)],
+)
+def test_bf16_peak_by_card_name(name, peak):
+    assert gpu_check.bf16_peak(name) == peak
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_cleanly_without_cuda(capsys):
+    assert gpu_check.main([]) == 1
+    assert capsys.readouterr().err == "gpu_check: no CUDA device visible; run it on a machine with an NVIDIA GPU\n"
