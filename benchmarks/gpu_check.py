@@ -30,8 +30,11 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (gradients for inputs and weig
 def forward_flops(model: torch.nn.Module, size: int) -> int:
     """FLOPs (2 per multiply-add) of one image's forward pass at ``size`` px."""
     counter = FlopCounterMode(display=False)
+    training = model.training
+    model.eval()  # one image: BatchNorm needs eval mode; the FLOPs are the same
     with counter, torch.no_grad():
         model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    model.train(training)
     return counter.get_total_flops()
 
 
@@ -104,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name()
     peak = args.peak_tflops or bf16_peak(name)
     rows = []
+    per_image = None
     for compile in (False, True):
         model, step = resnet_step(args.batch, args.size, compile)
+        per_image = per_image or forward_flops(model, args.size)  # counted on the eager model
         seconds = timed(step, 10 if compile else 5, args.steps)
-        flops = TRAIN_FLOPS_PER_FORWARD * forward_flops(model, args.size) * args.batch / seconds
+        flops = TRAIN_FLOPS_PER_FORWARD * per_image * args.batch / seconds
         used = f"{flops / (peak * 1e12):.1%}" if peak else "peak unknown"
         label = f"ResNet34 {args.size}px bf16 channels_last{' compile' if compile else ''}, batch {args.batch}"
         rows.append((label, f"{args.batch / seconds:,.0f} images/s", f"{flops / 1e12:.1f} TFLOP/s", used))
