@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -158,8 +157,3 @@ def frozen_norm_layers(groups: Sequence[LayerGroup], trainable: Sequence[int], t
     if train_bn:
         return []
     return [m for k, g in enumerate(groups) if k not in trainable for m in g.norm_layers()]
-
-
-def trainable_parameters(model: nn.Module) -> list[torch.Tensor]:
-    """The parameters that currently require grad."""
-    return [p for p in model.parameters() if p.requires_grad]
