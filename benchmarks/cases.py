@@ -26,7 +26,8 @@ from stagetune.optim import build_optimizer, build_scheduler
 from stagetune.plan import Plan
 from stagetune.reproducibility import ExactResume
 from stagetune.rundir import RunDir
-from stagetune.train import build, build_trainer
+from stagetune.build import build
+from stagetune.train import build_trainer
 
 IMAGES = ["experiment=digits_scratch", "data.size=32", "data.classes=null", "data.train_per_class=null", "data.batch_size=32"]
 RATINGS = ["experiment=ratings_synthetic", "data.batch_size=1024"]
@@ -41,8 +42,8 @@ def config(overrides: list[str]) -> DictConfig:
 
 def build_run(cfg: DictConfig):
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = build(cfg.data, _convert_="all")
-    model = build(cfg.model, _convert_="all", **data.model_kwargs())
+    data = build(cfg.data)
+    model = build(cfg.model, **data.model_kwargs())
     return data, model, Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
 
 

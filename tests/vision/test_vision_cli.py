@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stagetune.train import conf_dir
+from stagetune.app import conf_dir
 from tests.vision.conftest import pets_tree, run_cli
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
