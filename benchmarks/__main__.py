@@ -54,7 +54,9 @@ def frozen(repeats: int, warmup: int, steps: int) -> list[Figure]:
 
 
 def feature_cache(repeats: int) -> Figure:
-    stage = ["plan.stages.all.epochs=2", "plan.stages.all.freeze_to=-1", "++plan.stages.all.train_bn=false", "data.train_per_class=40"]
+    # the image experiment's own stages would merge into the plan's mapping of stages: drop them
+    stage = ["~plan.stages.frozen", "~plan.stages.unfrozen", "plan.stages.all.epochs=2", "plan.stages.all.freeze_to=-1",
+             "++plan.stages.all.train_bn=false", "data.train_per_class=40"]
     off = cases.config(cases.IMAGES + stage + ["plan.cache=off"])
     auto = cases.config(cases.IMAGES + stage + ["plan.cache=auto"])
     ratios = side_by_side(
