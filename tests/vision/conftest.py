@@ -19,12 +19,19 @@ from stagetune.vision.data import DigitsData
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def fit(model: pl.LightningModule, data: pl.LightningDataModule, *stages: Stage, batches: int = 2, **kwargs) -> pl.Trainer:
-    """Fit ``model`` through ``stages`` with a few batches per epoch, no logger or checkpoints."""
+def fit(
+    model: pl.LightningModule,
+    data: pl.LightningDataModule,
+    *stages: Stage,
+    batches: int | None = 2,
+    callbacks: tuple[pl.Callback, ...] = (),
+    **kwargs,
+) -> pl.Trainer:
+    """Fit ``model`` through ``stages`` with a few batches per epoch (all with ``batches=None``)."""
     plan = Plan(tuple(stages), OptimSpec())
     trainer = pl.Trainer(
         max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan)],
+        callbacks=[StagePlan(plan), *callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -11,33 +11,21 @@ import torch
 from stagetune.cache import FeatureCache, compute_features
 from stagetune.errors import ConfigError
 from stagetune.groups import set_trainable
-from stagetune.optim import OptimSpec
-from stagetune.plan import Plan, Stage, StagePlan
+from stagetune.plan import Stage
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
+from tests.vision.conftest import fit
 
 
 def frozen_stage(train_bn: bool = False, epochs: int = 2) -> Stage:
     return Stage("frozen", epochs, -1, 1e-2, 0.01, schedule="constant", train_bn=train_bn)
 
 
-def fit(cache: str, data: DigitsData, *stages: Stage) -> ResNet34Classifier:
+def fit_cached(cache: str, data: DigitsData, *stages: Stage) -> ResNet34Classifier:
     """Fit a fresh (seeded) ResNet34 through ``stages``; no validation, logger or checkpoints."""
     pl.seed_everything(0, verbose=False)
     model = ResNet34Classifier(n_classes=3, weights=None)
-    plan = Plan(tuple(stages), OptimSpec())
-    trainer = pl.Trainer(
-        max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan), FeatureCache(cache)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-    )
-    trainer.fit(model, datamodule=data)
+    fit(model, data, *stages, batches=None, callbacks=(FeatureCache(cache),))
     return model
 
 
@@ -62,9 +50,9 @@ def test_training_from_the_cache_follows_the_uncached_run(caplog):
     data = digits()
     unfrozen = Stage("unfrozen", 1, 0, 1e-3, 0.01, schedule="constant", train_bn=True)
     with caplog.at_level(logging.INFO, logger="stagetune"):
-        cached = fit("on", data, frozen_stage(), unfrozen)
+        cached = fit_cached("on", data, frozen_stage(), unfrozen)
     assert "plan.cache: stage 'frozen' trains from cached outputs of 2 groups for 24 examples" in caplog.text
-    uncached = fit("off", data, frozen_stage(), unfrozen)
+    uncached = fit_cached("off", data, frozen_stage(), unfrozen)
     for (name, a), b in zip(cached.state_dict().items(), uncached.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
     assert cached.input_group == 0
@@ -72,7 +60,7 @@ def test_training_from_the_cache_follows_the_uncached_run(caplog):
 
 def test_cache_stays_off_with_one_line_when_bn_trains(caplog):
     with caplog.at_level(logging.INFO, logger="stagetune"):
-        model = fit("auto", digits(), frozen_stage(train_bn=True, epochs=1))
+        model = fit_cached("auto", digits(), frozen_stage(train_bn=True, epochs=1))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan.cache")]
     assert lines == ["plan.cache: stage 'frozen' trains without the feature cache: stage 'frozen' trains the normalisation layers of its frozen groups (train_bn: true)"]
     assert model.input_group == 0
@@ -80,14 +68,14 @@ def test_cache_stays_off_with_one_line_when_bn_trains(caplog):
 
 def test_cache_stays_off_with_one_line_under_augmentation(caplog):
     with caplog.at_level(logging.INFO, logger="stagetune"):
-        fit("auto", digits(augment=True), frozen_stage(epochs=2))
+        fit_cached("auto", digits(augment=True), frozen_stage(epochs=2))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan.cache")]
     assert len(lines) == 1 and "data.augment is true" in lines[0]
 
 
 def test_cache_on_when_inexact_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^plan.cache='on': stage 'frozen' cannot be cached exactly: .*train_bn"):
-        fit("on", digits(), frozen_stage(train_bn=True, epochs=1))
+        fit_cached("on", digits(), frozen_stage(train_bn=True, epochs=1))
 
 
 @pytest.mark.parametrize("train_bn", [False, True])
