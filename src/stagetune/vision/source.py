@@ -69,8 +69,11 @@ def source_weights(
         return str(path)
     log.info("source model: training ResNet34 on digits %s (saved to %s, reused by later runs)", settings["classes"], path)
     started = time.time()
+    run_seed = os.environ.get("PL_GLOBAL_SEED")
     with isolate_rng():
         state, val_acc = train_source(settings, progress_bar)
+    if run_seed is not None:  # the source's seed_everything must not reseed the run's data order
+        os.environ["PL_GLOBAL_SEED"] = run_seed
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, tmp)
