@@ -18,16 +18,13 @@ from torch.nn import functional as F
 
 from benchmarks.harness import StepClock, per_step
 from stagetune.app import conf_dir
-from stagetune.cache import FeatureCache
 from stagetune.config import validate
 from stagetune.groups import param_groups, set_trainable
-from stagetune.hparams import HParamsSummary
 from stagetune.optim import build_optimizer, build_scheduler
 from stagetune.plan import Plan
-from stagetune.reproducibility import ExactResume
 from stagetune.rundir import RunDir
 from stagetune.build import build
-from stagetune.train import build_trainer
+from stagetune.train import build_trainer, run_callbacks
 
 IMAGES = ["experiment=digits_scratch", "data.size=32", "data.classes=null", "data.train_per_class=null", "data.batch_size=32"]
 RATINGS = ["experiment=ratings_synthetic", "data.batch_size=1024"]
@@ -66,7 +63,7 @@ def stagetune_fit(cfg: DictConfig, data=None) -> tuple[StepClock, EpochClock]:
     data = data or fresh
     steps, epochs = StepClock(), EpochClock()
     with tempfile.TemporaryDirectory() as tmp:
-        callbacks = [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, []), steps, epochs]
+        callbacks = [*run_callbacks(cfg, []), steps, epochs]
         trainer = build_trainer(cfg, plan, RunDir(tmp), callbacks=callbacks)
         trainer.fit(model, datamodule=data)
     return steps, epochs

@@ -18,7 +18,7 @@ from torch import nn
 
 from stagetune.config import validate
 from stagetune.groups import LayerGroup, param_groups
-from stagetune.optim import OptimSpec, build_optimizer
+from stagetune.optim import build_optimizer
 from stagetune.plan import Plan, StagePlan
 from stagetune.sgd import ScratchSGD
 from stagetune.app import conf_dir
@@ -213,44 +213,6 @@ def test_config_optim_sgd_scratch_builds_scratch_sgd_with_the_configured_wd():
     assert opt.param_groups[0]["wd_kind"] == "l2"
     assert opt.param_groups[0]["momentum"] == 0.5
     assert opt.param_groups[1]["wd"] == 0.0  # the bias is exempt (optim.bias_wd false)
-
-
-def single_step(
-    spec: OptimSpec, w0: list[float], grad: list[float], lr: float
-) -> tuple[torch.optim.Optimizer, list[float]]:
-    """One step of the optimizer the engine builds for ``spec``; returns it and the new weights."""
-    w = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
-    group = {"params": [w], "lr": lr, "weight_decay": spec.wd, "layer_group": 0, "name": "w"}
-    opt = build_optimizer([group], spec)
-    w.grad = torch.tensor(grad, dtype=torch.float64)
-    opt.step()
-    return opt, w.tolist()
-
-
-def test_engine_l2_passes_twice_wd_to_torch_sgd():
-    spec = OptimSpec(name="sgd", wd=0.05, wd_kind="l2", momentum=0.9)
-    opt, w = single_step(spec, [1.0, -2.0], [0.5, 0.5], lr=0.1)
-    assert type(opt) is torch.optim.SGD
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1)
-    assert w == pytest.approx([0.94, -2.03], abs=1e-12)  # 1 - 0.1*(0.5 + 0.1), -2 - 0.1*(0.5 - 0.2)
-
-
-def test_engine_l2_passes_twice_wd_to_torch_adam():
-    spec = OptimSpec(name="adam", wd=0.05, wd_kind="l2", eps=1e-5)
-    opt, w = single_step(spec, [1.0, -2.0], [0.5, 0.5], lr=0.1)
-    assert type(opt) is torch.optim.Adam
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.1)
-    # Adam's first step is lr * g / (|g| + eps) with g = grad + 2*wd*w = [0.6, 0.3].
-    assert w == pytest.approx([1 - 0.1 * 0.6 / (0.6 + 1e-5), -2 - 0.1 * 0.3 / (0.3 + 1e-5)], abs=1e-12)
-
-
-def test_engine_decoupled_adam_is_adamw_with_the_same_wd():
-    spec = OptimSpec(name="adam", wd=0.05, wd_kind="decoupled", eps=1e-5)
-    opt, w = single_step(spec, [1.0, -2.0], [0.5, 0.5], lr=0.1)
-    assert type(opt) is torch.optim.AdamW
-    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.05)
-    # AdamW: w * (1 - lr*wd), then the Adam step on the gradient alone.
-    assert w == pytest.approx([0.995 - 0.1 * 0.5 / (0.5 + 1e-5), -1.99 - 0.1 * 0.5 / (0.5 + 1e-5)], abs=1e-12)
 
 
 def test_sgd_line_trains_with_scratch_sgd_through_the_stage_plan(tmp_path):

@@ -37,6 +37,7 @@ from stagetune.rundir import RunDir
 
 log = logging.getLogger("stagetune")
 
+
 def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.Callback]) -> pl.Trainer:
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
     checkpoint = ModelCheckpoint(
@@ -70,9 +71,10 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """Lightning callbacks named under ``callbacks:`` in the config (each a ``_target_``)."""
-    return [build(node) for node in (cfg.callbacks or {}).values() if node is not None]
+def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
+    """The callbacks every run adds to the Trainer's own, then those named under ``callbacks:``."""
+    named = [build(node) for node in (cfg.callbacks or {}).values() if node is not None]
+    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), *named]
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
@@ -122,8 +124,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     model = build(cfg.model, **datamodule.model_kwargs())
     check_batch_size(cfg, datamodule)
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    callbacks = [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, run.overrides()), *extra_callbacks(cfg)]
-    trainer = build_trainer(cfg, plan, run, callbacks=callbacks)
+    trainer = build_trainer(cfg, plan, run, callbacks=run_callbacks(cfg, run.overrides()))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
