@@ -9,11 +9,14 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from PIL import Image
 from torch.nn import functional as F
 
 from benchmarks.harness import StepClock, per_step
@@ -79,15 +82,21 @@ def rating_loss(model, batch) -> torch.Tensor:
     return F.mse_loss(model(users, items), ratings)
 
 
-def plain_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int, freeze_to: int = 0, train_bn: bool = True) -> float:
-    """Seconds per step of a hand-written loop: forward, backward, optimizer and schedule step."""
-    data, model, plan = build_run(cfg)
-    data.setup("fit")
+def optimizer_and_schedule(model, plan: Plan, steps: int, freeze_to: int = 0, train_bn: bool = True):
+    """The first stage's optimizer (same param groups as stagetune's) and a constant schedule."""
     stage, spec = plan.stages[0], plan.optim
     groups = model.layer_groups()
     trainable = set_trainable(groups, freeze_to, train_bn)
     optimizer = build_optimizer(param_groups(groups, trainable, stage.lr, stage.wd, spec.bn_wd, spec.bias_wd), spec)
-    scheduler = build_scheduler(optimizer, "constant", warmup + steps, 0.25, 25.0, 1e5)
+    return optimizer, build_scheduler(optimizer, "constant", steps, 0.25, 25.0, 1e5)
+
+
+def plain_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int, freeze_to: int = 0, train_bn: bool = True) -> float:
+    """Seconds per step of a hand-written loop: forward, backward, optimizer and schedule step."""
+    data, model, plan = build_run(cfg)
+    data.setup("fit")
+    groups = model.layer_groups()
+    optimizer, scheduler = optimizer_and_schedule(model, plan, warmup + steps, freeze_to, train_bn)
     model.train()
     if not train_bn:
         for group in groups[:-1]:
@@ -105,9 +114,56 @@ def plain_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int, freeze
     return per_step(stamps, warmup)
 
 
+class BareModule(pl.LightningModule):
+    """The model under Lightning with nothing else: no callbacks, no logging, no checkpoints."""
+
+    def __init__(self, model, plan: Plan, loss: Callable, steps: int) -> None:
+        super().__init__()
+        self.model, self.plan, self.loss_fn, self.steps = model, plan, loss, steps
+
+    def training_step(self, batch, batch_idx):
+        return self.loss_fn(self.model, batch)
+
+    def configure_optimizers(self):
+        optimizer, scheduler = optimizer_and_schedule(self.model, self.plan, self.steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def bare_lightning_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int) -> float:
+    """Seconds per step of a bare Lightning Trainer: the floor Lightning itself sets."""
+    data, model, plan = build_run(cfg)
+    clock = StepClock()
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+    )
+    trainer.fit(BareModule(model, plan, loss, warmup + steps), datamodule=data)
+    return per_step(clock.stamps, warmup)
+
+
+def write_image_folder(root: Path, per_class: int, classes: int = 4, size: tuple[int, int] = (320, 240)) -> Path:
+    """``root/{train,valid}/<class>/<k>.jpg``: photo-sized JPEGs (smooth colour fields plus noise)."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    ramp = np.linspace(0, 1, w)[None, :, None] * np.linspace(0, 1, h)[:, None, None]
+    for split, n in (("train", per_class), ("valid", 1)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                pixels = 255 * ramp * rng.random(3) + rng.normal(0, 20, (h, w, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{k}.jpg", quality=90)
+    return root
+
+
 def loader_batches(cfg: DictConfig, warmup: int, steps: int) -> float:
     """Seconds per batch of the training loader alone."""
     data, _, _ = build_run(cfg)
+    return datamodule_batches(data, warmup, steps)
+
+
+def datamodule_batches(data, warmup: int, steps: int) -> float:
+    """Seconds per batch of a datamodule's training loader, after ``warmup`` batches."""
     data.setup("fit")
     stamps = []
     for k, _ in enumerate(data.train_dataloader()):

@@ -18,13 +18,13 @@ import pytorch_lightning as pl
 
 @dataclass
 class Figure:
-    """One row of the table: ``ratio = a / b`` per repeat, against a target bound."""
+    """One row of the table: ``ratio = a / b`` per repeat, against a target bound (None: a reference)."""
 
     name: str
     a: str
     b: str
     ratios: list[float]
-    target: float
+    target: float | None
     higher_is_better: bool
     note: str = ""
 
@@ -33,30 +33,44 @@ class Figure:
         return statistics.median(self.ratios)
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
         return self.median >= self.target if self.higher_is_better else self.median <= self.target
 
     def row(self) -> dict:
         bound = ">=" if self.higher_is_better else "<="
+        target = "reference" if self.target is None else f"{bound} {self.target:g}"
         return {
             **asdict(self),
             "median": round(self.median, 3),
             "min": round(min(self.ratios), 3),
             "max": round(max(self.ratios), 3),
-            "target_text": f"{bound} {self.target:g}",
+            "target_text": target,
             "met": self.met,
         }
 
 
 def side_by_side(a: Callable[[], float], b: Callable[[], float], repeats: int) -> list[float]:
     """``a() / b()`` for each repeat, running A first on even repeats and B first on odd ones."""
-    ratios = []
+    return against(a, [b], repeats)[0]
+
+
+def against(a: Callable[[], float], others: list[Callable[[], float]], repeats: int) -> list[list[float]]:
+    """``a() / b()`` per repeat for each B in ``others``, all timed in one rotation.
+
+    One measurement of A serves every B of the same repeat (A is often the expensive side); the
+    order ``A, B1, B2, ...`` is reversed on odd repeats, as in :func:`side_by_side`.
+    """
+    ratios: list[list[float]] = [[] for _ in others]
+    sides = [a, *others]
     for r in range(repeats):
-        if r % 2 == 0:
-            va, vb = a(), b()
-        else:
-            vb, va = b(), a()
-        ratios.append(va / vb)
+        order = range(len(sides)) if r % 2 == 0 else reversed(range(len(sides)))
+        values = [0.0] * len(sides)
+        for k in order:
+            values[k] = sides[k]()
+        for k in range(len(others)):
+            ratios[k].append(values[0] / values[k + 1])
     return ratios
 
 
@@ -76,6 +90,9 @@ def per_step(stamps: list[float], warmup: int) -> float:
     return (timed[-1] - timed[0]) / (len(timed) - 1)
 
 
+MET = {True: "yes", False: "no", None: "-"}
+
+
 def table(figures: list[Figure]) -> str:
     """The figures as a Markdown table."""
     lines = [
@@ -85,7 +102,7 @@ def table(figures: list[Figure]) -> str:
     for f in figures:
         r = f.row()
         lines.append(
-            f"| {f.name} | {f.a} / {f.b} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['target_text']} | {'yes' if f.met else 'no'} |"
+            f"| {f.name} | {f.a} / {f.b} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['target_text']} | {MET[f.met]} |"
         )
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     return "\n".join(lines + ([""] + notes if notes else []))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from benchmarks.harness import Figure, per_step, side_by_side
+from benchmarks.harness import Figure, against, per_step, side_by_side, table
 from stagetune.vision.models import ResNet34Classifier
 
 
@@ -25,6 +25,16 @@ def test_side_by_side_alternates_the_order_and_divides_a_by_b():
     assert calls == ["a", "b", "b", "a", "a", "b"]
 
 
+def test_one_a_serves_several_bs_in_a_rotating_order():
+    calls = []
+
+    def side(name, value):
+        return lambda: calls.append(name) or value
+
+    assert against(side("a", 6.0), [side("b", 2.0), side("c", 3.0)], 2) == [[3.0, 3.0], [2.0, 2.0]]
+    assert calls == ["a", "b", "c", "c", "b", "a"]
+
+
 def test_per_step_skips_the_warm_up_steps():
     assert per_step([0.0, 5.0, 6.0, 7.0, 8.0], warmup=2) == pytest.approx(1.0)
 
@@ -32,6 +42,12 @@ def test_per_step_skips_the_warm_up_steps():
 def test_figure_checks_its_target_in_the_right_direction():
     assert Figure("f", "a", "b", [0.4, 0.6, 0.45], 0.5, higher_is_better=False).met
     assert not Figure("f", "a", "b", [0.9, 0.99, 0.95], 0.97, higher_is_better=True).met
+
+
+def test_a_reference_figure_has_no_verdict():
+    figure = Figure("floor", "a", "b", [0.8, 0.7, 0.9], None, higher_is_better=True)
+    assert figure.met is None and figure.row()["target_text"] == "reference"
+    assert table([figure]).splitlines()[2].endswith("| reference | - |")
 
 
 def test_resnet34_forward_flops_at_224_px():

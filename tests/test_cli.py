@@ -54,8 +54,10 @@ def test_two_runs_write_two_complete_run_directories_with_identical_metrics(tmp_
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"lr/embeddings", "lr/biases", "stage", "train/loss_step", "val/loss", "val/rmse"} <= tags
+    every = config["trainer"]["log_every_n_steps"]
     steps = [e.step for e in events.Scalars("lr/embeddings")]
-    assert steps == list(range(metrics["global_step"])), "the LR of every group, every step"
+    assert steps == list(range(0, metrics["global_step"], every)), "the LR of every group, every n steps"
+    assert [e.step for e in events.Scalars("train/loss_step")] == steps
     assert metrics["global_step"] > 20
 
     other = json.loads((dirs[1] / "metrics.json").read_text())

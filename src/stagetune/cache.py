@@ -151,6 +151,7 @@ class FeatureCache(Callback):
             original.batch_size,
             shuffle=bool(getattr(sampler, "shuffle", True)),
             drop_last=original.drop_last,
+            whole_batches=True,  # a batch is one slice of the cached tensors, not batch_size lookups
             seed=getattr(sampler, "seed", None),
         )
 

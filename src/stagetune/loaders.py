@@ -44,6 +44,22 @@ class EpochBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
+MAX_WORKERS = 8
+
+
+def default_workers(decodes: bool) -> int:
+    """Loader processes when ``data.num_workers`` is null, chosen from this machine.
+
+    Data that is decoded or augmented per example gets one worker per core the training process
+    leaves free (at least one, at most :data:`MAX_WORKERS`); data already in memory as tensors gets
+    none, since workers would only add copying between processes.
+    """
+    if not decodes:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores - 1))
+
+
 def epoch_loader(
     dataset: Dataset,
     batch_size: int,

@@ -36,6 +36,7 @@ from stagetune.errors import ConfigError, StagetuneError  # noqa: E402
 from stagetune.plan import Plan, StagePlan  # noqa: E402
 from stagetune.rundir import RunDir, write_json  # noqa: E402
 from stagetune.app import conf_dir, register_resolvers  # noqa: E402
+from stagetune.cuda_probe import skip_unavailable_nvml_probe  # noqa: E402
 
 log = logging.getLogger("stagetune")
 
@@ -188,12 +189,13 @@ def run_range_test(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, **datamodule.model_kwargs())
     if cfg.ckpt_path:
-        model.load_state_dict(torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)["state_dict"])
     groups = model.layer_groups()
     plan = Plan.from_config(cfg.plan, cfg.optim, len(groups))
     index = pick_stage(plan, settings.stage)
     stage = dataclasses.replace(plan.stages[index], epochs=1, schedule="constant")
     sweep = LRSweep(settings)
+    skip_unavailable_nvml_probe()
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         precision=cfg.trainer.precision,

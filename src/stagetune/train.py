@@ -26,6 +26,7 @@ from stagetune import launch
 from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
 from stagetune.cache import FeatureCache
 from stagetune.config import validate
+from stagetune.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.build import build
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
@@ -34,6 +35,7 @@ from stagetune.plan import Plan, StagePlan
 from stagetune.progress import StageProgressBar
 from stagetune.reproducibility import ExactResume
 from stagetune.rundir import RunDir
+from stagetune.training_loss import TrainingLoss
 
 log = logging.getLogger("stagetune")
 
@@ -56,9 +58,10 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
     )
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks = [*callbacks, StageProgressBar()]
+    skip_unavailable_nvml_probe()
     return pl.Trainer(
         max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan), DivergenceGuard(), Interruption(), *callbacks, checkpoint],
+        callbacks=[StagePlan(plan), TrainingLoss(), DivergenceGuard(), Interruption(), *callbacks, checkpoint],
         plugins=[AtomicCheckpointIO()],
         logger=logger,
         default_root_dir=str(run.path),

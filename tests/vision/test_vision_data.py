@@ -57,7 +57,7 @@ def test_digits_augmentation_changes_training_images_only():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"classes": [3]}, "data.classes"), ({"classes": [1, 12]}, "data.classes"), ({"size": 4}, "data.size"), ({"train_per_class": 0}, "data.train_per_class")],
+    [({"classes": [3]}, "data.classes"), ({"classes": [1, 12]}, "data.classes"), ({"size": 4}, "data.size"), ({"train_per_class": 0}, "data.train_per_class"), ({"num_workers": -1}, "data.num_workers")],
 )
 def test_bad_digits_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -117,3 +117,22 @@ def test_pets_layout_gives_37_style_breeds_a_seeded_valid_split_and_the_test_spl
 def test_missing_pets_says_where_and_how_to_download(tmp_path):
     with pytest.raises(DataError, match=r"not found under .*oxford-iiit-pet.*data.download=true"):
         PetsData(root=str(tmp_path)).setup()
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 1), (4, 3), (16, 8), (64, 8)])
+def test_file_data_gets_a_worker_per_spare_core(monkeypatch, tmp_path, cores, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    image_tree(tmp_path, {"train": {"a": 2, "b": 2}, "valid": {"a": 1, "b": 1}})
+    data = ImageFolderData(root=str(tmp_path), size=16, batch_size=2)
+    data.setup()
+    loader = data.train_dataloader()
+    assert loader.num_workers == expected and loader.persistent_workers
+    assert loader.pin_memory == torch.cuda.is_available()
+
+
+def test_in_memory_digits_get_no_workers_unless_augmented(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
+    for kwargs, workers in (({}, 0), ({"augment": True}, 3), ({"num_workers": 2}, 2)):
+        data = DigitsData(size=8, **kwargs)
+        data.setup()
+        assert data.train_dataloader().num_workers == workers, kwargs

@@ -85,7 +85,6 @@ class RatingModule(StagedModule):
     def training_step(self, batch, batch_idx):
         users, items, ratings = batch
         loss = nn.functional.mse_loss(self(users, items), ratings)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(ratings))
         return loss
 
     def _evaluate(self, batch, split: str, rmse, mae):

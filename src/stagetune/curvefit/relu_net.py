@@ -78,19 +78,18 @@ class WidthLadder(StagedModule):
         return [WidthFitPlot(self.plot_every_n_epochs)]
 
     def _mses(self, batch, split: str) -> torch.Tensor:
+        """Each width's MSE, logged per width; their sum is the loss (each net has its own weights)."""
         x, y = batch
         mses = ((self(x) - y) ** 2).mean(dim=(1, 2))
         for net, mse in zip(self.nets, mses):
             self.log(f"{split}/mse/w{net.width}", mse, batch_size=len(x))
-        total = mses.sum()
-        self.log(f"{split}/loss", total, prog_bar=True, batch_size=len(x))
-        return total
+        return mses.sum()
 
     def training_step(self, batch, batch_idx):
         return self._mses(batch, "train")
 
     def validation_step(self, batch, batch_idx):
-        self._mses(batch, "val")
+        self.log("val/loss", self._mses(batch, "val"), prog_bar=True, batch_size=len(batch[0]))
 
 
 class WidthFitPlot(pl.Callback):

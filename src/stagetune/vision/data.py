@@ -23,7 +23,7 @@ from torchvision.datasets import ImageFolder, OxfordIIITPet
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import ConfigError, DataError
-from stagetune.loaders import epoch_loader
+from stagetune.loaders import default_workers, epoch_loader
 from stagetune.vision.weights import IMAGENET
 
 log = logging.getLogger("stagetune")
@@ -38,12 +38,16 @@ class ImageDataModule(pl.LightningDataModule):
     has_test = True
     mean, std = MEAN, STD
 
-    def __init__(self, batch_size: int, num_workers: int, eval_batch_size: int | None = None) -> None:
+    decodes_files = True  # examples are read and decoded per item, so loader workers pay off
+
+    def __init__(self, batch_size: int, num_workers: int | None, eval_batch_size: int | None = None) -> None:
         super().__init__()
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ConfigError(key, value, "must be >= 1")
-        self.batch_size, self.num_workers = batch_size, num_workers
+        if num_workers is not None and num_workers < 0:
+            raise ConfigError("data.num_workers", num_workers, "must be >= 0, or null to choose from the machine")
+        self.batch_size, self.requested_workers = batch_size, num_workers
         self.eval_batch_size = eval_batch_size or batch_size
         self.classes: list[str] = []
         self.splits: dict[str, Dataset] = {}
@@ -60,14 +64,23 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup()
         return {f"{split}_images": len(ds) for split, ds in self.splits.items()} | {"classes": len(self.classes)}
 
+    @property
+    def num_workers(self) -> int:
+        """``data.num_workers``, or when null one chosen from the machine (:func:`default_workers`)."""
+        if self.requested_workers is not None:
+            return self.requested_workers
+        return default_workers(self.decodes_files or bool(getattr(self, "augment", False)))
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
         return epoch_loader(
             self.splits[split],
             self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(self.splits[split]) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -136,6 +149,8 @@ class DigitsData(ImageDataModule):
     ``train_per_class`` images per class are kept (few labelled images).
     """
 
+    decodes_files = False  # the digits are one in-memory tensor
+
     def __init__(
         self,
         size: int = 32,
@@ -146,7 +161,7 @@ class DigitsData(ImageDataModule):
         augment: bool = False,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, eval_batch_size)
@@ -263,7 +278,7 @@ class ImageFolderData(ImageDataModule):
         valid_name: str = "valid",
         skip_bad_files: bool = False,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
         self.root, self.size, self.augment = Path(root).expanduser(), size, augment
@@ -335,7 +350,7 @@ class PetsData(ImageDataModule):
         download: bool = False,
         skip_bad_files: bool = False,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)

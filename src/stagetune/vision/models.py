@@ -155,7 +155,6 @@ class ResNet34Classifier(StagedModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self.forward_from(x, self.input_group), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
     def _evaluate(self, batch, split: str) -> torch.Tensor:
