@@ -20,7 +20,9 @@ from stagetune.loaders import default_workers
 from stagetune.vision.data import ImageFolderData
 
 RATING_SIZES = (100_000, 1_000_000, 10_000_000)
+MOVIELENS_SHAPES = {100_000: (943, 1_682), 1_000_000: (6_040, 3_706), 10_000_000: (69_878, 10_677)}  # users, items
 SCALE_BATCHES = 150  # batches timed per size; an epoch of 10M ratings is ~7,800 batches
+CACHE_SIZES = (32, 64)  # px: ResNet34's frozen body costs ~4x more per image at 64
 
 
 def overhead(repeats: int, warmup: int, steps: int) -> list[Figure]:
@@ -61,19 +63,24 @@ def frozen(repeats: int, warmup: int, steps: int) -> list[Figure]:
     ]
 
 
-def feature_cache(repeats: int) -> Figure:
+def feature_cache(repeats: int) -> list[Figure]:
     # the image experiment's own stages would merge into the plan's mapping of stages: drop them
     stage = ["~plan.stages.frozen", "~plan.stages.unfrozen", "plan.stages.all.epochs=2", "plan.stages.all.freeze_to=-1",
              "++plan.stages.all.train_bn=false", "data.train_per_class=40"]
-    off = cases.config(cases.IMAGES + stage + ["plan.cache=off"])
-    auto = cases.config(cases.IMAGES + stage + ["plan.cache=auto"])
-    ratios = side_by_side(
-        lambda: cases.stagetune_fit(off)[1].seconds[-1],
-        lambda: cases.stagetune_fit(auto)[1].seconds[-1],
-        repeats,
-    )
-    note = "second epoch of a frozen-body stage (train_bn=false, no augmentation), 400 digits at 32 px; validation excluded; the first epoch pays for computing the cache"
-    return Figure("feature cache, later epoch", "uncached epoch s", "cached epoch s", ratios, 10, True, note)
+    figures = []
+    for size in CACHE_SIZES:
+        off, auto = (cases.config(cases.IMAGES + stage + [f"data.size={size}", f"plan.cache={mode}"]) for mode in ("off", "auto"))
+        ratios = side_by_side(
+            lambda: cases.stagetune_fit(off)[1].seconds[-1],
+            lambda: cases.stagetune_fit(auto)[1].seconds[-1],
+            repeats,
+        )
+        note = (
+            f"second epoch of a frozen-body stage (train_bn=false, no augmentation), 400 digits at {size} px; validation excluded; "
+            "the first epoch pays for computing the cache; the body's share of an uncached step grows with the image size"
+        )
+        figures.append(Figure(f"feature cache, later epoch, {size} px", "uncached epoch s", "cached epoch s", ratios, 10, True, note))
+    return figures
 
 
 def loader(repeats: int, warmup: int, steps: int) -> list[Figure]:
@@ -96,37 +103,43 @@ def loader(repeats: int, warmup: int, steps: int) -> list[Figure]:
 
 
 def ratings_scale(repeats: int, sizes: tuple[int, ...]) -> list[Figure]:
+    """Time per rating at MovieLens-shaped sizes, with dense embeddings (the default) and sparse ones."""
     base = sizes[0]
-    runs = {}
+    datasets, configs = {}, {}
     for n in sizes:
-        cfg = cases.config(cases.RATINGS + [f"data.n_ratings={n}", f"trainer.limit_train_batches={SCALE_BATCHES}"])
-        data, _, _ = cases.build_run(cfg)
-        data.setup("fit")
-        runs[n] = (cfg, data)
-    epoch_seconds: list[float] = []
+        users, items = MOVIELENS_SHAPES[n]
+        shape = [f"data.n_ratings={n}", f"data.n_users={users}", f"data.n_items={items}", f"trainer.limit_train_batches={SCALE_BATCHES}"]
+        for sparse in (False, True):
+            configs[n, sparse] = cases.config(cases.RATINGS + shape + [f"model.sparse={str(sparse).lower()}"])
+        datasets[n], _, _ = cases.build_run(configs[n, False])
+        datasets[n].setup("fit")
 
-    def seconds_per_rating(n: int) -> float:
-        cfg, data = runs[n]
-        steps, epochs = cases.stagetune_fit(cfg, data)
-        batches = len(steps.stamps)
-        if n == base:
-            epoch_seconds.append(epochs.seconds[-1])
-        return epochs.seconds[-1] / (batches * cfg.data.batch_size)
+    def seconds_per_rating(n: int, sparse: bool) -> float:
+        cfg = configs[n, sparse]
+        return per_step(cases.stagetune_fit(cfg, datasets[n])[0].stamps, 5) / cfg.data.batch_size
 
-    full = len(runs[base][1].train_dataloader())
-    larger = sizes[1:]
-    per_size = against(lambda: seconds_per_rating(base), [lambda n=n: seconds_per_rating(n) for n in larger], repeats)
     figures = []
-    for n, ratios in zip(larger, per_size):
-        note = f"epoch time per rating, {SCALE_BATCHES} batches timed of each epoch (whole epoch is {full} batches at {base:,})"
-        # against() gives base / n; the figure is n / base
-        figures.append(Figure(f"ratings time per rating, {n:,} vs {base:,}", f"{n:,} s/rating", f"{base:,} s/rating", [1 / r for r in ratios], 1.25, False, note))
-    scale = full / min(full, SCALE_BATCHES)
-    epoch = [s * scale for s in epoch_seconds]
-    figures.append(
-        Figure(f"ratings epoch at {base:,}", "epoch s", "1 s", epoch, 1.0, False,
-               f"absolute: training epoch of {base:,} ratings ({full} batches of 1024), no validation")
-    )
+    for sparse in (False, True):
+        kind = "sparse" if sparse else "dense"
+        larger = sizes[1:]
+        per_size = against(lambda: seconds_per_rating(base, sparse), [lambda n=n: seconds_per_rating(n, sparse) for n in larger], repeats)
+        for n, ratios in zip(larger, per_size):
+            users, items = MOVIELENS_SHAPES[n]
+            note = (
+                f"s/rating of training steps ({SCALE_BATCHES} batches of 1024, first 5 not timed) with {users:,} users and {items:,} items "
+                f"against {base:,} ratings with {MOVIELENS_SHAPES[base][0]:,} and {MOVIELENS_SHAPES[base][1]:,}; "
+                + ("model.sparse=true: lazy Adam updates the rows a batch used" if sparse else "dense Adam updates every row of both tables each step")
+            )
+            # against() gives base / n; the figure is n / base
+            figures.append(Figure(f"ratings time per rating, {n:,} vs {base:,}, {kind}", f"{n:,} s/rating", f"{base:,} s/rating",
+                                  [1 / r for r in ratios], 1.25, False, note))
+    epochs = []
+    for _ in range(repeats):
+        full = cases.config(cases.RATINGS + [f"data.n_ratings={base}"])
+        epochs.append(cases.stagetune_fit(full, datasets[base])[1].seconds[-1])
+    batches = len(datasets[base].train_dataloader())
+    figures.append(Figure(f"ratings epoch at {base:,}", "epoch s", "1 s", epochs, 1.0, False,
+                          f"absolute: one whole training epoch of {base:,} ratings ({batches} batches of 1024), validation excluded"))
     return figures
 
 
@@ -146,7 +159,7 @@ def main() -> None:
     for run in (
         lambda: overhead(args.repeats, warmup, steps),
         lambda: frozen(args.repeats, warmup, steps),
-        lambda: [feature_cache(args.repeats)],
+        lambda: feature_cache(args.repeats),
         lambda: loader(args.repeats, warmup, steps),
         lambda: ratings_scale(args.repeats, sizes),
     ):

@@ -23,7 +23,7 @@ from benchmarks.harness import StepClock, per_step
 from stagetune.app import conf_dir
 from stagetune.config import validate
 from stagetune.groups import param_groups, set_trainable
-from stagetune.optim import build_optimizer, build_scheduler
+from stagetune.optim import build_optimizer, build_scheduler, has_sparse_gradients
 from stagetune.plan import Plan
 from stagetune.rundir import RunDir
 from stagetune.build import build
@@ -87,7 +87,7 @@ def optimizer_and_schedule(model, plan: Plan, steps: int, freeze_to: int = 0, tr
     stage, spec = plan.stages[0], plan.optim
     groups = model.layer_groups()
     trainable = set_trainable(groups, freeze_to, train_bn)
-    optimizer = build_optimizer(param_groups(groups, trainable, stage.lr, stage.wd, spec.bn_wd, spec.bias_wd), spec)
+    optimizer = build_optimizer(param_groups(groups, trainable, stage.lr, stage.wd, spec.bn_wd, spec.bias_wd), spec, has_sparse_gradients(model))
     return optimizer, build_scheduler(optimizer, "constant", steps, 0.25, 25.0, 1e5)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from stagetune.errors import ConfigError
+from stagetune.lazy_adam import LazyAdam
 from stagetune.sgd import ScratchSGD
 
 
@@ -48,8 +50,21 @@ class OptimSpec:
         )
 
 
-def build_optimizer(groups: list[dict], spec: OptimSpec) -> torch.optim.Optimizer:
-    """An optimizer over ``groups``, whose ``weight_decay`` entries hold our ``wd`` convention."""
+def has_sparse_gradients(module: torch.nn.Module) -> bool:
+    """Whether any embedding of ``module`` was built with ``sparse=True``."""
+    return any(getattr(m, "sparse", False) for m in module.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)))
+
+
+def build_optimizer(groups: list[dict], spec: OptimSpec, sparse: bool = False) -> torch.optim.Optimizer:
+    """An optimizer over ``groups``, whose ``weight_decay`` entries hold our ``wd`` convention.
+
+    ``sparse``: the model's embeddings give sparse gradients; Adam becomes :class:`LazyAdam`.
+    """
+    if sparse:
+        if spec.name != "adam":
+            raise ConfigError("optim.name", spec.name, "model.sparse=true trains with adam only (it updates the rows a batch used)")
+        torch_groups = [dict(g, wd=g["weight_decay"]) for g in groups]
+        return LazyAdam(torch_groups, lr=torch_groups[0]["lr"], betas=spec.betas, eps=spec.eps, wd_kind=spec.wd_kind)
     torch_groups = []
     for g in groups:
         g = dict(g)

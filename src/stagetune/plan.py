@@ -31,7 +31,7 @@ from stagetune.groups import (
     set_trainable,
     slice_lrs,
 )
-from stagetune.optim import OptimSpec, build_optimizer, build_scheduler
+from stagetune.optim import OptimSpec, build_optimizer, build_scheduler, has_sparse_gradients
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class StagePlan(Callback):
         trainable = self._freeze(self.active)
         spec = self.plan.optim
         groups = param_groups(self._groups, trainable, stage.lr, stage.wd, spec.bn_wd, spec.bias_wd)
-        optimizer = build_optimizer(groups, spec)
+        optimizer = build_optimizer(groups, spec, sparse=has_sparse_gradients(pl_module))
         total = stage.epochs * self.steps_per_epoch(trainer)
         scheduler = build_scheduler(optimizer, stage.schedule, total, stage.pct_start, stage.div, stage.div_final)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

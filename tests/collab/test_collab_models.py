@@ -1,6 +1,7 @@
 """Rating models: the forward formula, the range, the unknown index, the layer groups."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -78,3 +79,13 @@ def test_collab_nn_architecture_and_layer_groups():
     assert [g.name for g in DotBias(n_users=2, n_items=2).layer_groups()] == ["embeddings", "biases"]
     with pytest.raises(ConfigError, match=r"^model\.layers="):
         CollabNN(n_users=2, n_items=2, layers=[0])
+
+
+def test_sparse_embeddings_refuse_several_processes():
+    model = DotBias(n_users=3, n_items=4, n_factors=2, sparse=True)
+    model._trainer = SimpleNamespace(world_size=2, gradient_clip_val=None)
+    with pytest.raises(ConfigError, match="^model.sparse=True"):
+        model.setup("fit")
+    model._trainer = SimpleNamespace(world_size=1, gradient_clip_val=None)
+    model.setup("fit")
+    assert model.user_factors.sparse and model.item_bias.sparse

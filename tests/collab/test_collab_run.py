@@ -53,3 +53,20 @@ def test_inverted_y_range_stops_the_run_with_a_config_error(tmp_path):
     cfg = composed("experiment=ratings_synthetic", "model.y_range=[5.5,0]", "data.n_ratings=2000")
     with pytest.raises(ConfigError, match=r"^model\.y_range=\[5\.5, 0(\.0)?\]"):
         train(cfg, tmp_path)
+
+
+def test_sparse_embeddings_reach_the_noise_floor_too(tmp_path):
+    cfg = composed("experiment=ratings_synthetic", "trainer.enable_progress_bar=false", "model.sparse=true", *DENSE)
+    best = train(cfg, tmp_path)
+    floor = json.loads((tmp_path / "metrics.json").read_text())["data"]["noise_floor"]
+    assert best < 1.05 * floor, (best, floor)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [(["optim=sgd"], "optim.name"), (["trainer.gradient_clip_val=1.0"], "model.sparse")],
+)
+def test_sparse_embeddings_refuse_what_needs_dense_gradients(tmp_path, overrides, key):
+    cfg = composed("experiment=ratings_synthetic", "model.sparse=true", "data.n_ratings=2000", *overrides)
+    with pytest.raises(ConfigError, match=rf"^{key}="):
+        train(cfg, tmp_path)

@@ -39,12 +39,13 @@ def check_y_range(y_range) -> tuple[float, float]:
     return lo, hi
 
 
-def trunc_normal_embedding(n: int, dim: int, std: float = 0.01) -> nn.Embedding:
+def trunc_normal_embedding(n: int, dim: int, std: float = 0.01, sparse: bool = False) -> nn.Embedding:
     """``n`` known ids plus the unknown row 0, initialised as fastai does (truncated normal, std 0.01).
 
     Row 0 starts at zero and, as the padding index, never receives a gradient: it stays zero.
+    ``sparse``: gradients name the rows a batch used (see :mod:`stagetune.lazy_adam`).
     """
-    emb = nn.Embedding(n + 1, dim, padding_idx=UNKNOWN)
+    emb = nn.Embedding(n + 1, dim, padding_idx=UNKNOWN, sparse=sparse)
     with torch.no_grad():
         nn.init.trunc_normal_(emb.weight, std=std, a=-2 * std, b=2 * std)
         emb.weight[UNKNOWN].zero_()
@@ -59,9 +60,10 @@ def embedding_width(n: int) -> int:
 class RatingModule(StagedModule):
     """Shared logic for rating models: the range and offset, MSE loss, RMSE and MAE metrics."""
 
-    def __init__(self, y_range, global_mean: float | None) -> None:
+    def __init__(self, y_range, global_mean: float | None, sparse: bool = False) -> None:
         super().__init__()
         self.y_lo, self.y_hi = check_y_range(y_range)
+        self.sparse = sparse
         offset = 0.0
         if global_mean is not None:
             p = min(max((global_mean - self.y_lo) / (self.y_hi - self.y_lo), 1e-3), 1 - 1e-3)
@@ -77,6 +79,14 @@ class RatingModule(StagedModule):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return sigmoid_range(self.score(users, items) + self.offset, self.y_lo, self.y_hi)
+
+    def setup(self, stage: str) -> None:
+        if self.sparse and self.trainer.world_size > 1:
+            raise ConfigError(
+                "model.sparse", True, f"sparse embeddings train in one process only (this run has {self.trainer.world_size}); use model.sparse=false"
+            )
+        if self.sparse and self.trainer.gradient_clip_val:
+            raise ConfigError("model.sparse", True, "gradient clipping (trainer.gradient_clip_val) needs dense gradients; use model.sparse=false")
 
     def configure_callbacks(self) -> list[Callback]:
         """The end-of-run interpretation; Lightning adds model-supplied callbacks to the Trainer's."""
@@ -115,13 +125,14 @@ class DotBias(RatingModule):
         n_factors: int = 50,
         y_range=(0.0, 5.5),
         global_mean: float | None = None,
+        sparse: bool = False,
     ) -> None:
-        super().__init__(y_range, global_mean)
+        super().__init__(y_range, global_mean, sparse)
         self.save_hyperparameters()
-        self.user_factors = trunc_normal_embedding(n_users, n_factors)
-        self.item_factors = trunc_normal_embedding(n_items, n_factors)
-        self.user_bias = trunc_normal_embedding(n_users, 1)
-        self.item_bias = trunc_normal_embedding(n_items, 1)
+        self.user_factors = trunc_normal_embedding(n_users, n_factors, sparse=sparse)
+        self.item_factors = trunc_normal_embedding(n_items, n_factors, sparse=sparse)
+        self.user_bias = trunc_normal_embedding(n_users, 1, sparse=sparse)
+        self.item_bias = trunc_normal_embedding(n_items, 1, sparse=sparse)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         dot = (self.user_factors(users) * self.item_factors(items)).sum(1)
@@ -150,14 +161,15 @@ class CollabNN(RatingModule):
         item_width: int | None = None,
         y_range=(0.0, 5.5),
         global_mean: float | None = None,
+        sparse: bool = False,
     ) -> None:
-        super().__init__(y_range, global_mean)
+        super().__init__(y_range, global_mean, sparse)
         self.save_hyperparameters()
         sizes = [int(s) for s in layers]
         if not sizes or any(s < 1 for s in sizes):
             raise ConfigError("model.layers", list(layers), "one or more hidden sizes, each >= 1")
-        self.user_factors = trunc_normal_embedding(n_users, user_width or embedding_width(n_users + 1))
-        self.item_factors = trunc_normal_embedding(n_items, item_width or embedding_width(n_items + 1))
+        self.user_factors = trunc_normal_embedding(n_users, user_width or embedding_width(n_users + 1), sparse=sparse)
+        self.item_factors = trunc_normal_embedding(n_items, item_width or embedding_width(n_items + 1), sparse=sparse)
         blocks: list[nn.Module] = []
         width = self.user_factors.embedding_dim + self.item_factors.embedding_dim
         for size in sizes:
