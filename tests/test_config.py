@@ -1,10 +1,7 @@
 """The real configs compose, and every bad value stops the run with one line naming it."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from stagetune.config import validate
 from stagetune.errors import ConfigError

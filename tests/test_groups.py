@@ -1,8 +1,6 @@
 import math
 
 import pytest
-import torch
-from torch import nn
 
 from stagetune.groups import LayerGroup, check_partition, param_groups, set_trainable, slice_lrs
 from tests.tiny import TinyNet

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from stagetune.config import OptimConfig, PlanConfig
 from stagetune.plan import Plan, StagePlan
-from tests.tiny import TinyData, TinyNet
+from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 
 def make_plan(train_bn: bool, n_groups: int = 3, **optim) -> Plan:
@@ -45,15 +45,7 @@ def fit(plan: Plan, tmp_path):
     pl.seed_everything(0)
     model, data = TinyNet(), TinyData()
     recorder = Recorder()
-    trainer = pl.Trainer(
-        max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan), recorder],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=plan.total_epochs, callbacks=[StagePlan(plan), recorder], limit_val_batches=None, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     return model, trainer, recorder
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -22,6 +21,7 @@ from stagetune.optim import build_optimizer
 from stagetune.plan import Plan, StagePlan
 from stagetune.sgd import ScratchSGD
 from stagetune.app import conf_dir
+from tests.tiny import quiet_trainer
 
 STEPS = 100
 TOL = 1e-6
@@ -222,17 +222,7 @@ def test_sgd_line_trains_with_scratch_sgd_through_the_stage_plan(tmp_path):
     model = instantiate(cfg.model, **data.model_kwargs())
     plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
     start = (model.line.a.item(), model.line.b.item())
-    trainer = pl.Trainer(
-        max_epochs=1,
-        max_steps=3,
-        callbacks=[StagePlan(plan)],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=1, max_steps=3, callbacks=[StagePlan(plan)], default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     opt = trainer.optimizers[0]
     assert type(opt) is ScratchSGD

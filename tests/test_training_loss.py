@@ -8,7 +8,7 @@ from pytorch_lightning.loggers import Logger
 from stagetune.plan import StagePlan
 from stagetune.training_loss import TrainingLoss
 from tests.test_plan import make_plan
-from tests.tiny import TinyData, TinyNet
+from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 
 class MemoryLogger(Logger):
@@ -50,16 +50,12 @@ def fit(tmp_path, n=60, batch_size=8, every=3, accumulate=1):
     pl.seed_everything(0)
     model, data = TinyNet(dropout=0.0, batchnorm=False), TinyData(n=n, batch_size=batch_size)
     logger, losses = MemoryLogger(), Losses()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=4,
         callbacks=[StagePlan(make_plan(train_bn=True)), losses, TrainingLoss()],
         logger=logger,
         log_every_n_steps=every,
         accumulate_grad_batches=accumulate,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=data)

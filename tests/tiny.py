@@ -19,6 +19,12 @@ from stagetune.loaders import epoch_loader
 from stagetune.plan import StagedModule
 
 
+def quiet_trainer(**kwargs) -> pl.Trainer:
+    """A Trainer for tests: no logger, checkpoints, bar, summary or validation unless asked for."""
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    return pl.Trainer(**{**quiet, **kwargs})
+
+
 class TinyNet(StagedModule):
     """Three layer groups (body_early with BatchNorm, body_late, head), a classification loss."""
 

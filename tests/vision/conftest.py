@@ -15,6 +15,7 @@ from PIL import Image
 from stagetune.optim import OptimSpec
 from stagetune.plan import Plan, Stage, StagePlan
 from stagetune.vision.data import DigitsData
+from tests.tiny import quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,15 +30,10 @@ def fit(
 ) -> pl.Trainer:
     """Fit ``model`` through ``stages`` with a few batches per epoch (all with ``batches=None``)."""
     plan = Plan(tuple(stages), OptimSpec())
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=plan.total_epochs,
         callbacks=[StagePlan(plan), *callbacks],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_train_batches=batches,
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         accelerator="cpu",
         **kwargs,
