@@ -39,7 +39,7 @@ class TrainingLoss(pl.Callback):
         if loss is None:
             return
         # Lightning hands over the loss divided by the accumulation factor
-        loss = loss.detach() * trainer.accumulate_grad_batches
+        loss = loss.detach().float() * trainer.accumulate_grad_batches  # a bf16 sum would lose digits
         n = extract_batch_size(batch)
         self._sum = self._sum + loss * n
         self._count += n
