@@ -133,10 +133,8 @@ def ratings_scale(repeats: int, sizes: tuple[int, ...]) -> list[Figure]:
             # against() gives base / n; the figure is n / base
             figures.append(Figure(f"ratings time per rating, {n:,} vs {base:,}, {kind}", f"{n:,} s/rating", f"{base:,} s/rating",
                                   [1 / r for r in ratios], 1.25, False, note))
-    epochs = []
-    for _ in range(repeats):
-        full = cases.config(cases.RATINGS + [f"data.n_ratings={base}"])
-        epochs.append(cases.stagetune_fit(full, datasets[base])[1].seconds[-1])
+    full = cases.config(cases.RATINGS + [f"data.n_ratings={base}"])
+    epochs = [cases.stagetune_fit(full, datasets[base])[1].seconds[-1] for _ in range(repeats)]
     batches = len(datasets[base].train_dataloader())
     figures.append(Figure(f"ratings epoch at {base:,}", "epoch s", "1 s", epochs, 1.0, False,
                           f"absolute: one whole training epoch of {base:,} ratings ({batches} batches of 1024), validation excluded"))

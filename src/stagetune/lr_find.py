@@ -36,7 +36,6 @@ from stagetune.errors import ConfigError, StagetuneError  # noqa: E402
 from stagetune.plan import Plan, StagePlan  # noqa: E402
 from stagetune.rundir import RunDir, write_json  # noqa: E402
 from stagetune.app import conf_dir, register_resolvers  # noqa: E402
-from stagetune.cuda_probe import skip_unavailable_nvml_probe  # noqa: E402
 
 log = logging.getLogger("stagetune")
 
@@ -195,7 +194,6 @@ def run_range_test(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | 
     index = pick_stage(plan, settings.stage)
     stage = dataclasses.replace(plan.stages[index], epochs=1, schedule="constant")
     sweep = LRSweep(settings)
-    skip_unavailable_nvml_probe()
     trainer = pl.Trainer(
         accelerator=cfg.trainer.accelerator,
         precision=cfg.trainer.precision,

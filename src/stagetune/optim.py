@@ -55,6 +55,16 @@ def has_sparse_gradients(module: torch.nn.Module) -> bool:
     return any(getattr(m, "sparse", False) for m in module.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)))
 
 
+def check_sparse_training(module: torch.nn.Module, world_size: int, gradient_clip_val: float | None) -> None:
+    """Sparse embedding gradients train in one process and without gradient clipping (both need dense ones)."""
+    if not has_sparse_gradients(module):
+        return
+    if world_size > 1:
+        raise ConfigError("model.sparse", True, f"sparse embeddings train in one process only (this run has {world_size}); use model.sparse=false")
+    if gradient_clip_val:
+        raise ConfigError("model.sparse", True, "gradient clipping (trainer.gradient_clip_val) needs dense gradients; use model.sparse=false")
+
+
 def build_optimizer(groups: list[dict], spec: OptimSpec, sparse: bool = False) -> torch.optim.Optimizer:
     """An optimizer over ``groups``, whose ``weight_decay`` entries hold our ``wd`` convention.
 

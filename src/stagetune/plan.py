@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from stagetune.config import check_freeze_to
+from stagetune.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.groups import (
     LayerGroup,
     LearningRate,
@@ -31,7 +32,7 @@ from stagetune.groups import (
     set_trainable,
     slice_lrs,
 )
-from stagetune.optim import OptimSpec, build_optimizer, build_scheduler, has_sparse_gradients
+from stagetune.optim import OptimSpec, build_optimizer, build_scheduler, check_sparse_training, has_sparse_gradients
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class StagePlan(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._groups = list(pl_module.layer_groups())
         check_partition(pl_module, self._groups)
+        check_sparse_training(pl_module, trainer.world_size, trainer.gradient_clip_val)
+        skip_unavailable_nvml_probe()  # every step of the optimizers built here asks for the accelerator
         self._freeze(self.active)
 
     def _freeze(self, index: int) -> list[int]:

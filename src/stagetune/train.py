@@ -26,7 +26,6 @@ from stagetune import launch
 from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
 from stagetune.cache import FeatureCache
 from stagetune.config import validate
-from stagetune.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.build import build
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
@@ -58,7 +57,6 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
     )
     if trainer_kwargs.get("enable_progress_bar", True):
         callbacks = [*callbacks, StageProgressBar()]
-    skip_unavailable_nvml_probe()
     return pl.Trainer(
         max_epochs=plan.total_epochs,
         callbacks=[StagePlan(plan), TrainingLoss(), DivergenceGuard(), Interruption(), *callbacks, checkpoint],

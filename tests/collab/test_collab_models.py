@@ -1,13 +1,13 @@
 """Rating models: the forward formula, the range, the unknown index, the layer groups."""
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from stagetune.collab.models import CollabNN, DotBias, embedding_width
 from stagetune.errors import ConfigError
+from stagetune.optim import check_sparse_training
 
 
 def set_weights(model: DotBias, uf, itf, ub, ib) -> None:
@@ -83,9 +83,8 @@ def test_collab_nn_architecture_and_layer_groups():
 
 def test_sparse_embeddings_refuse_several_processes():
     model = DotBias(n_users=3, n_items=4, n_factors=2, sparse=True)
-    model._trainer = SimpleNamespace(world_size=2, gradient_clip_val=None)
     with pytest.raises(ConfigError, match="^model.sparse=True"):
-        model.setup("fit")
-    model._trainer = SimpleNamespace(world_size=1, gradient_clip_val=None)
-    model.setup("fit")
+        check_sparse_training(model, world_size=2, gradient_clip_val=None)
+    check_sparse_training(model, world_size=1, gradient_clip_val=None)
+    check_sparse_training(DotBias(n_users=3, n_items=4, n_factors=2), world_size=2, gradient_clip_val=1.0)
     assert model.user_factors.sparse and model.item_bias.sparse

@@ -60,10 +60,9 @@ def embedding_width(n: int) -> int:
 class RatingModule(StagedModule):
     """Shared logic for rating models: the range and offset, MSE loss, RMSE and MAE metrics."""
 
-    def __init__(self, y_range, global_mean: float | None, sparse: bool = False) -> None:
+    def __init__(self, y_range, global_mean: float | None) -> None:
         super().__init__()
         self.y_lo, self.y_hi = check_y_range(y_range)
-        self.sparse = sparse
         offset = 0.0
         if global_mean is not None:
             p = min(max((global_mean - self.y_lo) / (self.y_hi - self.y_lo), 1e-3), 1 - 1e-3)
@@ -79,14 +78,6 @@ class RatingModule(StagedModule):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return sigmoid_range(self.score(users, items) + self.offset, self.y_lo, self.y_hi)
-
-    def setup(self, stage: str) -> None:
-        if self.sparse and self.trainer.world_size > 1:
-            raise ConfigError(
-                "model.sparse", True, f"sparse embeddings train in one process only (this run has {self.trainer.world_size}); use model.sparse=false"
-            )
-        if self.sparse and self.trainer.gradient_clip_val:
-            raise ConfigError("model.sparse", True, "gradient clipping (trainer.gradient_clip_val) needs dense gradients; use model.sparse=false")
 
     def configure_callbacks(self) -> list[Callback]:
         """The end-of-run interpretation; Lightning adds model-supplied callbacks to the Trainer's."""
@@ -127,7 +118,7 @@ class DotBias(RatingModule):
         global_mean: float | None = None,
         sparse: bool = False,
     ) -> None:
-        super().__init__(y_range, global_mean, sparse)
+        super().__init__(y_range, global_mean)
         self.save_hyperparameters()
         self.user_factors = trunc_normal_embedding(n_users, n_factors, sparse=sparse)
         self.item_factors = trunc_normal_embedding(n_items, n_factors, sparse=sparse)
@@ -163,7 +154,7 @@ class CollabNN(RatingModule):
         global_mean: float | None = None,
         sparse: bool = False,
     ) -> None:
-        super().__init__(y_range, global_mean, sparse)
+        super().__init__(y_range, global_mean)
         self.save_hyperparameters()
         sizes = [int(s) for s in layers]
         if not sizes or any(s < 1 for s in sizes):

@@ -20,7 +20,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.seed import isolate_rng
 
-from stagetune.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.optim import OptimSpec
 from stagetune.plan import Plan, Stage, StagePlan
 from stagetune.progress import StageProgressBar
@@ -98,7 +97,6 @@ def train_source(settings: dict, progress_bar: bool = True) -> tuple[dict[str, t
     )
     model = ResNet34Classifier(weights=None, head=settings["head"], **data.model_kwargs())
     stage = Stage(name="source", epochs=settings["epochs"], freeze_to=0, lr=settings["lr"], wd=0.01)
-    skip_unavailable_nvml_probe()
     trainer = pl.Trainer(
         max_epochs=settings["epochs"],
         callbacks=[StagePlan(Plan((stage,), OptimSpec()))] + ([StageProgressBar()] if progress_bar else []),
