@@ -16,7 +16,7 @@ import torch
 
 from benchmarks import cases
 from benchmarks.harness import Figure, against, per_step, side_by_side, table, write
-from stagetune.loaders import default_workers
+from stagetune.engine.loaders import default_workers
 from stagetune.vision.data import ImageFolderData
 
 RATING_SIZES = (100_000, 1_000_000, 10_000_000)

@@ -22,12 +22,12 @@ from torch.nn import functional as F
 from benchmarks.harness import StepClock, per_step
 from stagetune.app import conf_dir
 from stagetune.config import validate
-from stagetune.groups import param_groups, set_trainable
-from stagetune.optim import build_optimizer, build_scheduler, has_sparse_gradients
-from stagetune.plan import Plan
-from stagetune.rundir import RunDir
+from stagetune.engine.groups import param_groups, set_trainable
+from stagetune.engine.optim import build_optimizer, build_scheduler, has_sparse_gradients
+from stagetune.engine.plan import Plan
+from stagetune.runs.rundir import RunDir
 from stagetune.build import build
-from stagetune.train import build_trainer, run_callbacks
+from stagetune.commands.train import build_trainer, run_callbacks
 
 IMAGES = ["experiment=digits_scratch", "data.size=32", "data.classes=null", "data.train_per_class=null", "data.batch_size=32"]
 RATINGS = ["experiment=ratings_synthetic", "data.batch_size=1024"]

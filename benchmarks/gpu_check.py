@@ -17,8 +17,8 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from stagetune.collab.models import DotBias
-from stagetune.groups import param_groups, set_trainable
-from stagetune.optim import OptimSpec, build_optimizer
+from stagetune.engine.groups import param_groups, set_trainable
+from stagetune.engine.optim import OptimSpec, build_optimizer
 from stagetune.vision.models import ResNet34Classifier
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor's data sheets.

@@ -62,7 +62,7 @@ def test_bad_values_name_key_value_and_allowed(plan, override, key, allowed):
 
 
 def test_freeze_to_past_the_groups_is_a_config_error():
-    from stagetune.plan import Plan
+    from stagetune.engine.plan import Plan
 
     cfg = validate(composed("plan=fine_tune", "plan.stages.frozen.freeze_to=3"))
     with pytest.raises(ConfigError, match=r"plan.stages.frozen.freeze_to=3: the model has 3 layer groups: allowed -3..2"):

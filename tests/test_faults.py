@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stagetune.errors import StagetuneError
-from stagetune.faults import AtomicCheckpointIO, check_checkpoint
+from stagetune.engine.faults import AtomicCheckpointIO, check_checkpoint
 from tests.conftest import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny"]

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from stagetune.groups import LayerGroup, check_partition, param_groups, set_trainable, slice_lrs
+from stagetune.engine.groups import LayerGroup, check_partition, param_groups, set_trainable, slice_lrs
 from tests.tiny import TinyNet
 
 

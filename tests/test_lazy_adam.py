@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from stagetune.errors import ConfigError
-from stagetune.lazy_adam import LazyAdam
-from stagetune.optim import OptimSpec, build_optimizer, has_sparse_gradients
+from stagetune.engine.lazy_adam import LazyAdam
+from stagetune.engine.optim import OptimSpec, build_optimizer, has_sparse_gradients
 
 STEPS, LR, WD, BETAS, EPS = 20, 1e-2, 0.1, (0.9, 0.99), 1e-5
 

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stagetune.errors import ConfigError
-from stagetune.lr_find import RangeTest, run_range_test
+from stagetune.commands.lr_find import RangeTest, run_range_test
 from stagetune.app import conf_dir
 from tests.sweep_cli import TINY
 

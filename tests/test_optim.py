@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from stagetune.optim import OptimSpec, build_optimizer, build_scheduler
-from stagetune.sgd import ScratchSGD
+from stagetune.engine.optim import OptimSpec, build_optimizer, build_scheduler
+from stagetune.engine.sgd import ScratchSGD
 
 W0 = [1.0, -2.0]
 C = [0.5, 0.25]  # loss = sum(C * w), so dL/dw = C

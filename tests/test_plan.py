@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 from stagetune.config import OptimConfig, PlanConfig
-from stagetune.plan import Plan, StagePlan
+from stagetune.engine.plan import Plan, StagePlan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 

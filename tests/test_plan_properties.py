@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from stagetune.config import OptimConfig, PlanConfig, check_plan
 from stagetune.errors import ConfigError
-from stagetune.plan import Plan
+from stagetune.engine.plan import Plan
 
 rates = st.floats(min_value=1e-8, max_value=10.0, allow_nan=False, allow_infinity=False)
 

@@ -23,8 +23,8 @@ from sklearn.datasets import load_digits
 
 from stagetune import export, predict, recommend
 from stagetune.app import conf_dir
-from stagetune.train import train
-from stagetune.trained import load_trained
+from stagetune.commands.train import train
+from stagetune.runs.trained import load_trained
 from stagetune.vision.data import DigitsData, DigitsFile
 from stagetune.vision.models import ResNet34Classifier
 
@@ -250,7 +250,7 @@ def test_bad_inputs_are_one_line_errors(digits_run, ratings_run, tmp_path, capsy
 def test_the_module_entry_point_reports_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run(
-        [sys.executable, "-m", "stagetune.recommend", str(tmp_path / "missing"), "--user", "1"],
+        [sys.executable, "-m", "stagetune.commands.recommend", str(tmp_path / "missing"), "--user", "1"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert result.returncode == 1

@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from stagetune.config import validate
-from stagetune.groups import LayerGroup, param_groups
-from stagetune.optim import build_optimizer
-from stagetune.plan import Plan, StagePlan
-from stagetune.sgd import ScratchSGD
+from stagetune.engine.groups import LayerGroup, param_groups
+from stagetune.engine.optim import build_optimizer
+from stagetune.engine.plan import Plan, StagePlan
+from stagetune.engine.sgd import ScratchSGD
 from stagetune.app import conf_dir
 from tests.tiny import quiet_trainer
 

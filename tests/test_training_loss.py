@@ -5,8 +5,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
 
-from stagetune.plan import StagePlan
-from stagetune.training_loss import TrainingLoss
+from stagetune.engine.plan import StagePlan
+from stagetune.engine.training_loss import TrainingLoss
 from tests.test_plan import make_plan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 

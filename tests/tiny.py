@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from stagetune.groups import LayerGroup
-from stagetune.loaders import epoch_loader
-from stagetune.plan import StagedModule
+from stagetune.engine.groups import LayerGroup
+from stagetune.engine.loaders import epoch_loader
+from stagetune.engine.plan import StagedModule
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:

@@ -1,6 +1,6 @@
 """``python -m stagetune`` is the ``stagetune`` command."""
 
-from stagetune.train import main
+from stagetune.commands.train import main
 
 if __name__ == "__main__":
     main()

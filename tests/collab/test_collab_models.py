@@ -7,7 +7,7 @@ import torch
 
 from stagetune.collab.models import CollabNN, DotBias, embedding_width
 from stagetune.errors import ConfigError
-from stagetune.optim import check_sparse_training
+from stagetune.engine.optim import check_sparse_training
 
 
 def set_weights(model: DotBias, uf, itf, ub, ib) -> None:

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from stagetune.errors import ConfigError
 from stagetune.app import conf_dir
-from stagetune.train import train
+from stagetune.commands.train import train
 
 # Dense enough (300 x 300, 80,000 ratings, rank 2) that a fitted model can come close to the truth;
 # the MovieLens-shaped default is harder: see the README for its numbers.

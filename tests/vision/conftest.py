@@ -12,8 +12,8 @@ import pytest
 import pytorch_lightning as pl
 from PIL import Image
 
-from stagetune.optim import OptimSpec
-from stagetune.plan import Plan, Stage, StagePlan
+from stagetune.engine.optim import OptimSpec
+from stagetune.engine.plan import Plan, Stage, StagePlan
 from stagetune.vision.data import DigitsData
 from tests.tiny import quiet_trainer
 

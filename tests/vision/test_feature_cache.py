@@ -8,10 +8,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from stagetune.cache import FeatureCache, compute_features
+from stagetune.engine.cache import FeatureCache, compute_features
 from stagetune.errors import ConfigError
-from stagetune.groups import set_trainable
-from stagetune.plan import Stage
+from stagetune.engine.groups import set_trainable
+from stagetune.engine.plan import Stage
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
 from tests.vision.conftest import fit

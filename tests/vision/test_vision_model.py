@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 from stagetune.errors import ConfigError, DataError
-from stagetune.groups import check_partition
-from stagetune.plan import Stage
+from stagetune.engine.groups import check_partition
+from stagetune.engine.plan import Stage
 from stagetune.vision.models import ResNet34Classifier
 from stagetune.vision.weights import imagenet_cache_path
 from tests.vision.conftest import fit

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stagetune.errors import ConfigError
-from stagetune.loaders import epoch_loader
+from stagetune.engine.loaders import epoch_loader
 
 UNKNOWN = 0
 LISTED_CELLS = 2**25  # up to this many (user, item) cells, synthetic data lists the free ones (256 MB)

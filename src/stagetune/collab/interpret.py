@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from stagetune.rundir import write_atomic
+from stagetune.runs.rundir import write_atomic
 
 
 def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,8 @@ from torch import nn
 from stagetune.collab.data import UNKNOWN
 from stagetune.collab.interpret import Interpretation
 from stagetune.errors import ConfigError
-from stagetune.groups import LayerGroup
-from stagetune.plan import StagedModule
+from stagetune.engine.groups import LayerGroup
+from stagetune.engine.plan import StagedModule
 
 
 def sigmoid_range(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -43,7 +43,7 @@ def trunc_normal_embedding(n: int, dim: int, std: float = 0.01, sparse: bool = F
     """``n`` known ids plus the unknown row 0, initialised as fastai does (truncated normal, std 0.01).
 
     Row 0 starts at zero and, as the padding index, never receives a gradient: it stays zero.
-    ``sparse``: gradients name the rows a batch used (see :mod:`stagetune.lazy_adam`).
+    ``sparse``: gradients name the rows a batch used (see :mod:`stagetune.engine.lazy_adam`).
     """
     emb = nn.Embedding(n + 1, dim, padding_idx=UNKNOWN, sparse=sparse)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from stagetune.loaders import epoch_loader
+from stagetune.engine.loaders import epoch_loader
 
 from stagetune.errors import ConfigError
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from stagetune.curvefit.figures import log_figure, new_figure, run_dir, save_gif, to_image
-from stagetune.groups import LayerGroup
-from stagetune.plan import StagedModule
+from stagetune.engine.groups import LayerGroup
+from stagetune.engine.plan import StagedModule
 
 
 class Affine(nn.Module):

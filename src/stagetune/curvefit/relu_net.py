@@ -13,8 +13,8 @@ from torch import nn
 from stagetune.curvefit.data import column
 from stagetune.curvefit.figures import log_figure, new_figure, run_dir
 from stagetune.errors import ConfigError
-from stagetune.groups import LayerGroup
-from stagetune.plan import StagedModule
+from stagetune.engine.groups import LayerGroup
+from stagetune.engine.plan import StagedModule
 
 
 class ReluNet(nn.Module):

@@ -23,7 +23,7 @@ from torchvision.datasets import ImageFolder, OxfordIIITPet
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import ConfigError, DataError
-from stagetune.loaders import default_workers, epoch_loader
+from stagetune.engine.loaders import default_workers, epoch_loader
 from stagetune.vision.weights import IMAGENET
 
 log = logging.getLogger("stagetune")

@@ -18,8 +18,8 @@ import torchvision
 from torch import nn
 
 from stagetune.errors import ConfigError
-from stagetune.groups import LayerGroup
-from stagetune.plan import StagedModule
+from stagetune.engine.groups import LayerGroup
+from stagetune.engine.plan import StagedModule
 from stagetune.vision.report import StageReport
 from stagetune.vision.weights import load_body_weights
 
@@ -77,7 +77,7 @@ class ResNet34Classifier(StagedModule):
     ``None`` for random weights. The head is always new. ``channels_last`` stores convolution
     weights and inputs NHWC (faster convolutions on GPUs with tensor cores); ``compile`` runs body
     and head through ``torch.compile``. The model opts into feature caching
-    (:mod:`stagetune.cache`) through :meth:`features` and :meth:`forward_from`.
+    (:mod:`stagetune.engine.cache`) through :meth:`features` and :meth:`forward_from`.
     """
 
     def __init__(

@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from stagetune.plan import StagePlan  # noqa: E402
+from stagetune.engine.plan import StagePlan  # noqa: E402
 
 
 class StageReport(Callback):

@@ -20,9 +20,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.seed import isolate_rng
 
-from stagetune.optim import OptimSpec
-from stagetune.plan import Plan, Stage, StagePlan
-from stagetune.progress import StageProgressBar
+from stagetune.engine.optim import OptimSpec
+from stagetune.engine.plan import Plan, Stage, StagePlan
+from stagetune.engine.progress import StageProgressBar
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
 

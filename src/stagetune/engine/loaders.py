@@ -4,7 +4,7 @@ Every datamodule builds its loaders here. The order of an epoch never depends on
 numbers were drawn before it, so a resumed run sees exactly the batches the uninterrupted run saw,
 and each rank of a DDP run takes its own shard (Lightning's own sampler injection is off:
 ``use_distributed_sampler: false``). Nothing here draws from the global generators, which
-:mod:`stagetune.reproducibility` carries through checkpoints for dropout and augmentation.
+:mod:`stagetune.engine.reproducibility` carries through checkpoints for dropout and augmentation.
 """
 
 from __future__ import annotations

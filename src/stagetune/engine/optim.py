@@ -17,8 +17,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 from stagetune.errors import ConfigError
-from stagetune.lazy_adam import LazyAdam
-from stagetune.sgd import ScratchSGD
+from stagetune.engine.lazy_adam import LazyAdam
+from stagetune.engine.sgd import ScratchSGD
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from stagetune.plan import Plan, StagePlan
+from stagetune.engine.plan import Plan, StagePlan
 
 HParam = int | float | str | bool
 

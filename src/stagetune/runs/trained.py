@@ -20,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stagetune.build import build
 from stagetune.errors import StagetuneError
-from stagetune.faults import check_checkpoint
-from stagetune.rundir import RunDir
+from stagetune.engine.faults import check_checkpoint
+from stagetune.runs.rundir import RunDir
 
 CHECKPOINTS = ("best", "last")
 

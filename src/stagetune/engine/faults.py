@@ -44,7 +44,7 @@ class Interrupted(StagetuneError):
 
 
 def _stage_name(trainer: pl.Trainer) -> str:
-    from stagetune.plan import StagePlan
+    from stagetune.engine.plan import StagePlan
 
     for cb in trainer.callbacks:
         if isinstance(cb, StagePlan):

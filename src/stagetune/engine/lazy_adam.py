@@ -8,7 +8,7 @@ updates the rows present in the batch, and only them: their moments, their weigh
 weight decay ("lazy" Adam, as ``torch.optim.SparseAdam`` and TensorFlow's LazyAdam do). Dense
 gradients (an MLP on top of the embeddings) get plain Adam on the whole tensor.
 
-The weight-decay convention is stagetune's (:mod:`stagetune.optim`), applied to the rows used:
+The weight-decay convention is stagetune's (:mod:`stagetune.engine.optim`), applied to the rows used:
 
 * ``l2``: the rows' gradient gains ``2 * wd * w``;
 * ``decoupled``: the rows shrink, ``w *= 1 - lr * wd``, before the Adam update (as AdamW).

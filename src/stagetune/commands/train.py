@@ -22,19 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from stagetune import launch
+from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
-from stagetune.cache import FeatureCache
+from stagetune.engine.cache import FeatureCache
 from stagetune.config import validate
 from stagetune.build import build
 from stagetune.errors import ConfigError, StagetuneError
-from stagetune.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
-from stagetune.hparams import HParamsSummary
-from stagetune.plan import Plan, StagePlan
-from stagetune.progress import StageProgressBar
-from stagetune.reproducibility import ExactResume
-from stagetune.rundir import RunDir
-from stagetune.training_loss import TrainingLoss
+from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
+from stagetune.runs.hparams import HParamsSummary
+from stagetune.engine.plan import Plan, StagePlan
+from stagetune.engine.progress import StageProgressBar
+from stagetune.engine.reproducibility import ExactResume
+from stagetune.runs.rundir import RunDir
+from stagetune.engine.training_loss import TrainingLoss
 
 log = logging.getLogger("stagetune")
 

@@ -29,8 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stagetune.errors import ConfigError
-from stagetune.loaders import epoch_loader
-from stagetune.plan import StagePlan
+from stagetune.engine.loaders import epoch_loader
+from stagetune.engine.plan import StagePlan
 
 log = logging.getLogger("stagetune")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stagetune.errors import StagetuneError
-from stagetune.trained import Trained, load_trained, one_line_errors
+from stagetune.runs.trained import Trained, load_trained, one_line_errors
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 TOLERANCE = 1e-5

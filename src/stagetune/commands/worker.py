@@ -1,14 +1,14 @@
 """Entry point of the extra ranks that a stagetune rank 0 starts for a DDP run.
 
-``python -m stagetune.worker RUN_DIR [CKPT]`` reads the resolved config that rank 0 wrote into
+``python -m stagetune.commands.worker RUN_DIR [CKPT]`` reads the resolved config that rank 0 wrote into
 RUN_DIR and joins its process group (from the environment rank 0 set). It writes nothing itself.
 """
 
 import sys
 
 from stagetune.config import validate
-from stagetune.rundir import RunDir
-from stagetune.train import fit_run
+from stagetune.runs.rundir import RunDir
+from stagetune.commands.train import fit_run
 
 
 def main(argv: list[str]) -> None:

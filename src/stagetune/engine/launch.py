@@ -3,7 +3,7 @@
 Lightning's ``ddp`` strategy normally re-executes the command line for every extra rank, which
 re-runs a whole Hydra sweep when the command was ``stagetune -m ...``. stagetune launches the extra
 ranks itself instead: rank 0 is the Hydra job; it writes the resolved config into the run
-directory, starts ``python -m stagetune.worker RUN_DIR`` for ranks 1..N-1 with the usual
+directory, starts ``python -m stagetune.commands.worker RUN_DIR`` for ranks 1..N-1 with the usual
 ``MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK/LOCAL_RANK`` variables, and sets the same variables for
 itself. Lightning sees ``LOCAL_RANK`` and treats the processes as launched externally. Each sweep
 job therefore gets its own process group on a fresh port and its own run directory.
@@ -97,7 +97,7 @@ def ranks(trainer_cfg, run_dir: Path, ckpt_path: str | None) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in DIST_VARS}
     workers = []
     for rank in range(1, world):
-        args = [sys.executable, "-m", "stagetune.worker", str(run_dir)]
+        args = [sys.executable, "-m", "stagetune.commands.worker", str(run_dir)]
         if ckpt_path:
             args.append(str(ckpt_path))
         workers.append(subprocess.Popen(args, env={**os.environ, **env, "RANK": str(rank), "LOCAL_RANK": str(rank)}))

@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from stagetune.config import check_freeze_to
-from stagetune.cuda_probe import skip_unavailable_nvml_probe
-from stagetune.groups import (
+from stagetune.engine.cuda_probe import skip_unavailable_nvml_probe
+from stagetune.engine.groups import (
     LayerGroup,
     LearningRate,
     check_partition,
@@ -32,7 +32,7 @@ from stagetune.groups import (
     set_trainable,
     slice_lrs,
 )
-from stagetune.optim import OptimSpec, build_optimizer, build_scheduler, check_sparse_training, has_sparse_gradients
+from stagetune.engine.optim import OptimSpec, build_optimizer, build_scheduler, check_sparse_training, has_sparse_gradients
 
 
 @dataclass(frozen=True)

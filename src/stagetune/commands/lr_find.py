@@ -33,8 +33,8 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from stagetune.config import validate  # noqa: E402
 from stagetune.errors import ConfigError, StagetuneError  # noqa: E402
-from stagetune.plan import Plan, StagePlan  # noqa: E402
-from stagetune.rundir import RunDir, write_json  # noqa: E402
+from stagetune.engine.plan import Plan, StagePlan  # noqa: E402
+from stagetune.runs.rundir import RunDir, write_json  # noqa: E402
 from stagetune.app import conf_dir, register_resolvers  # noqa: E402
 
 log = logging.getLogger("stagetune")

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from stagetune.collab.data import UNKNOWN, RatingsDataModule
 from stagetune.errors import StagetuneError
-from stagetune.trained import Trained, load_trained, one_line_errors
+from stagetune.runs.trained import Trained, load_trained, one_line_errors
 
 
 @dataclass

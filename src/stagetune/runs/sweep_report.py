@@ -1,7 +1,7 @@
 """Sweep report: one row per job (overrides, final metrics, time, status), a table and a plot.
 
 A sweep directory holds one run directory per job (``0/``, ``1/``, ...). The report reads each
-through :class:`~stagetune.rundir.RunDir`, finds the swept keys (the command-line keys whose value
+through :class:`~stagetune.runs.rundir.RunDir`, finds the swept keys (the command-line keys whose value
 differs between jobs) and writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the sweep
 directory: a heatmap of the metric over weight decay x learning rate when both were swept, else the
 metric against each swept key. It runs by itself at the end of every multirun (the Hydra callback
@@ -11,7 +11,6 @@ metric against each swept key. It runs by itself at the end of every multirun (t
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -29,7 +28,7 @@ import yaml  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from stagetune.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
+from stagetune.runs.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
 
 log = logging.getLogger("stagetune")
 
@@ -269,17 +268,3 @@ class SweepReport(Callback):
         print(report.markdown(), file=sys.stderr)
         print("sweep report: " + ", ".join(str(p) for p in paths), file=sys.stderr)
         print(f"tensorboard:  tensorboard --logdir {report.sweep_dir}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
-    parser = argparse.ArgumentParser(prog="stagetune-report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/ratings_synthetic/multirun/<time>")
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
-        print(f"stagetune-report: {args.sweep_dir} holds no run directories", file=sys.stderr)
-        raise SystemExit(1)
-    report = Report(args.sweep_dir)
-    paths = report.write()
-    print(report.markdown())
-    print("wrote " + ", ".join(str(p) for p in paths))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from stagetune.plan import StagePlan
-from stagetune.training_loss import TrainingLoss
+from stagetune.engine.plan import StagePlan
+from stagetune.engine.training_loss import TrainingLoss
 
 
 class StageProgressBar(TQDMProgressBar):

@@ -1,0 +1,1 @@
+"""The console commands: thin entry points that parse, call and report in one line."""

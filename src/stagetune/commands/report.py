@@ -1,0 +1,23 @@
+"""``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stagetune.runs.sweep_report import Report, job_dirs
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
+    parser = argparse.ArgumentParser(prog="stagetune-report", description=__doc__.splitlines()[0].strip('`'))
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/ratings_synthetic/multirun/<time>")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
+        print(f"stagetune-report: {args.sweep_dir} holds no run directories", file=sys.stderr)
+        raise SystemExit(1)
+    report = Report(args.sweep_dir)
+    paths = report.write()
+    print(report.markdown())
+    print("wrote " + ", ".join(str(p) for p in paths))
