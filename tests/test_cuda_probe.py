@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stagetune import cuda_probe
+from stagetune.engine import cuda_probe
 
 
 @pytest.mark.parametrize(("before", "loadable", "after"), [("1", False, "0"), ("1", True, "1"), (None, False, None), ("0", True, "0")])

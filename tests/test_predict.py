@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from stagetune import export, predict, recommend
+from stagetune.commands import export, predict, recommend
 from stagetune.app import conf_dir
 from stagetune.commands.train import train
 from stagetune.runs.trained import load_trained
