@@ -21,13 +21,13 @@ from torch.nn import functional as F
 
 from benchmarks.harness import StepClock, per_step
 from stagetune.app import conf_dir
-from stagetune.config import validate
+from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.groups import param_groups, set_trainable
-from stagetune.engine.optim import build_optimizer, build_scheduler, has_sparse_gradients
+from stagetune.engine.optim import Optim, build_optimizer, build_scheduler, has_sparse_gradients
 from stagetune.engine.plan import Plan
 from stagetune.runs.rundir import RunDir
 from stagetune.build import build
-from stagetune.commands.train import build_trainer, run_callbacks
+from stagetune.commands.train import run_trainer
 
 IMAGES = ["experiment=digits_scratch", "data.size=32", "data.classes=null", "data.train_per_class=null", "data.batch_size=32"]
 RATINGS = ["experiment=ratings_synthetic", "data.batch_size=1024"]
@@ -40,11 +40,11 @@ def config(overrides: list[str]) -> DictConfig:
         return validate(compose("train", overrides=base + overrides))
 
 
-def build_run(cfg: DictConfig):
+def build_run(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Plan, Optim]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build(cfg.data)
     model = build(cfg.model, **data.model_kwargs())
-    return data, model, Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
+    return data, model, plan_of(cfg), optim_of(cfg)
 
 
 class EpochClock(pl.Callback):
@@ -61,13 +61,13 @@ class EpochClock(pl.Callback):
 
 
 def stagetune_fit(cfg: DictConfig, data=None) -> tuple[StepClock, EpochClock]:
-    """Fit through ``train.build_trainer`` with the callbacks ``stagetune`` adds, plus two clocks."""
-    fresh, model, plan = build_run(cfg)
+    """Fit through the Trainer ``stagetune`` builds (``train.run_trainer``), plus two clocks."""
+    fresh, model, _, _ = build_run(cfg)
     data = data or fresh
     steps, epochs = StepClock(), EpochClock()
     with tempfile.TemporaryDirectory() as tmp:
-        callbacks = [*run_callbacks(cfg, []), steps, epochs]
-        trainer = build_trainer(cfg, plan, RunDir(tmp), callbacks=callbacks)
+        trainer = run_trainer(cfg, RunDir(tmp))
+        trainer.callbacks.extend([steps, epochs])
         trainer.fit(model, datamodule=data)
     return steps, epochs
 
@@ -82,21 +82,22 @@ def rating_loss(model, batch) -> torch.Tensor:
     return F.mse_loss(model(users, items), ratings)
 
 
-def optimizer_and_schedule(model, plan: Plan, steps: int, freeze_to: int = 0, train_bn: bool = True):
+def optimizer_and_schedule(model, plan: Plan, spec: Optim, steps: int, freeze_to: int = 0, train_bn: bool = True):
     """The first stage's optimizer (same param groups as stagetune's) and a constant schedule."""
-    stage, spec = plan.stages[0], plan.optim
+    stage = plan.ordered[0]
+    wd = spec.wd if stage.wd is None else stage.wd
     groups = model.layer_groups()
     trainable = set_trainable(groups, freeze_to, train_bn)
-    optimizer = build_optimizer(param_groups(groups, trainable, stage.lr, stage.wd, spec.bn_wd, spec.bias_wd), spec, has_sparse_gradients(model))
+    optimizer = build_optimizer(param_groups(groups, trainable, stage.lr, wd, spec.bn_wd, spec.bias_wd), spec, has_sparse_gradients(model))
     return optimizer, build_scheduler(optimizer, "constant", steps, 0.25, 25.0, 1e5)
 
 
 def plain_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int, freeze_to: int = 0, train_bn: bool = True) -> float:
     """Seconds per step of a hand-written loop: forward, backward, optimizer and schedule step."""
-    data, model, plan = build_run(cfg)
+    data, model, plan, spec = build_run(cfg)
     data.setup("fit")
     groups = model.layer_groups()
-    optimizer, scheduler = optimizer_and_schedule(model, plan, warmup + steps, freeze_to, train_bn)
+    optimizer, scheduler = optimizer_and_schedule(model, plan, spec, warmup + steps, freeze_to, train_bn)
     model.train()
     if not train_bn:
         for group in groups[:-1]:
@@ -117,27 +118,27 @@ def plain_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int, freeze
 class BareModule(pl.LightningModule):
     """The model under Lightning with nothing else: no callbacks, no logging, no checkpoints."""
 
-    def __init__(self, model, plan: Plan, loss: Callable, steps: int) -> None:
+    def __init__(self, model, plan: Plan, spec: Optim, loss: Callable, steps: int) -> None:
         super().__init__()
-        self.model, self.plan, self.loss_fn, self.steps = model, plan, loss, steps
+        self.model, self.plan, self.spec, self.loss_fn, self.steps = model, plan, spec, loss, steps
 
     def training_step(self, batch, batch_idx):
         return self.loss_fn(self.model, batch)
 
     def configure_optimizers(self):
-        optimizer, scheduler = optimizer_and_schedule(self.model, self.plan, self.steps)
+        optimizer, scheduler = optimizer_and_schedule(self.model, self.plan, self.spec, self.steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def bare_lightning_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: int) -> float:
     """Seconds per step of a bare Lightning Trainer: the floor Lightning itself sets."""
-    data, model, plan = build_run(cfg)
+    data, model, plan, spec = build_run(cfg)
     clock = StepClock()
     trainer = pl.Trainer(
         max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
     )
-    trainer.fit(BareModule(model, plan, loss, warmup + steps), datamodule=data)
+    trainer.fit(BareModule(model, plan, spec, loss, warmup + steps), datamodule=data)
     return per_step(clock.stamps, warmup)
 
 
@@ -158,7 +159,7 @@ def write_image_folder(root: Path, per_class: int, classes: int = 4, size: tuple
 
 def loader_batches(cfg: DictConfig, warmup: int, steps: int) -> float:
     """Seconds per batch of the training loader alone."""
-    data, _, _ = build_run(cfg)
+    data, *_ = build_run(cfg)
     return datamodule_batches(data, warmup, steps)
 
 

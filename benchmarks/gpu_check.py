@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stagetune.collab.models import DotBias
 from stagetune.engine.groups import param_groups, set_trainable
-from stagetune.engine.optim import OptimSpec, build_optimizer
+from stagetune.engine.optim import Optim, build_optimizer
 from stagetune.vision.models import ResNet34Classifier
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor's data sheets.
@@ -62,7 +62,7 @@ def resnet_step(batch: int, size: int, compile: bool):
     """One bf16 training step of ResNet34 (all groups trainable, channels_last) on synthetic images."""
     model = ResNet34Classifier(n_classes=37, head="fastai", weights=None, channels_last=True, compile=compile).cuda()
     groups = model.layer_groups()
-    optimizer = build_optimizer(param_groups(groups, set_trainable(groups, 0, True), [1e-5, 1e-3], 0.01), OptimSpec())
+    optimizer = build_optimizer(param_groups(groups, set_trainable(groups, 0, True), [1e-5, 1e-3], 0.01), Optim())
     x = torch.randn(batch, 3, size, size, device="cuda")
     y = torch.randint(0, 37, (batch,), device="cuda")
 
@@ -82,8 +82,8 @@ def ratings_step(batch: int, sparse: bool, n_users: int = 162_541, n_items: int 
     Dense: AdamW over both whole tables. Sparse (``model.sparse=true``): LazyAdam over the rows used.
     """
     model = DotBias(n_users=n_users, n_items=n_items, n_factors=50, y_range=[0.0, 5.5], sparse=sparse).cuda()
-    groups = [{"params": list(model.parameters()), "lr": 1e-2, "weight_decay": 0.1}]
-    optimizer = build_optimizer(groups, OptimSpec(), sparse=sparse)
+    groups = [{"params": list(model.parameters()), "lr": 1e-2, "wd": 0.1}]
+    optimizer = build_optimizer(groups, Optim(), sparse=sparse)
     users = torch.randint(0, n_users, (batch,), device="cuda")
     items = torch.randint(0, n_items, (batch,), device="cuda")
     ratings = torch.rand(batch, device="cuda") * 4 + 1

@@ -62,11 +62,11 @@ def test_bad_values_name_key_value_and_allowed(plan, override, key, allowed):
 
 
 def test_freeze_to_past_the_groups_is_a_config_error():
-    from stagetune.engine.plan import Plan
+    from stagetune.config import plan_of
 
     cfg = validate(composed("plan=fine_tune", "plan.stages.frozen.freeze_to=3"))
     with pytest.raises(ConfigError, match=r"plan.stages.frozen.freeze_to=3: the model has 3 layer groups: allowed -3..2"):
-        Plan.from_config(cfg.plan, cfg.optim, n_groups=3)
+        plan_of(cfg).check_groups(n_groups=3)
 
 
 def test_cli_config_error_is_one_line_with_exit_code_2(tmp_path):

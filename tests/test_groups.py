@@ -66,8 +66,8 @@ def test_param_groups_split_out_bias_and_bn_from_weight_decay():
     assert by_name["body_early"]["lr"] == pytest.approx(1e-5)
     assert by_name["body_late"]["lr"] == pytest.approx(1e-4)
     assert by_name["head/no_wd"]["lr"] == pytest.approx(1e-3)
-    assert by_name["body_early"]["weight_decay"] == 0.1
-    assert by_name["body_early/no_wd"]["weight_decay"] == 0.0
+    assert by_name["body_early"]["wd"] == 0.1
+    assert by_name["body_early/no_wd"]["wd"] == 0.0
     no_wd = {id(p) for p in by_name["body_early/no_wd"]["params"]}
     assert no_wd == {id(net.early[0].bias), id(net.early[1].weight), id(net.early[1].bias)}
     assert sum(len(g["params"]) for g in pg) == len(list(net.parameters()))

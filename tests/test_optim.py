@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from stagetune.engine.optim import OptimSpec, build_optimizer, build_scheduler
+from stagetune.engine.optim import Optim, build_optimizer, build_scheduler
 from stagetune.engine.sgd import ScratchSGD
 
 W0 = [1.0, -2.0]
@@ -13,16 +13,16 @@ C = [0.5, 0.25]  # loss = sum(C * w), so dL/dw = C
 LR, WD = 0.1, 0.05
 
 
-def one_step(spec: OptimSpec) -> tuple[torch.optim.Optimizer, list[float]]:
+def one_step(spec: Optim) -> tuple[torch.optim.Optimizer, list[float]]:
     w = torch.nn.Parameter(torch.tensor(W0, dtype=torch.float64))
-    opt = build_optimizer([{"params": [w], "lr": LR, "weight_decay": WD}], spec)
+    opt = build_optimizer([{"params": [w], "lr": LR, "wd": WD}], spec)
     (w * torch.tensor(C, dtype=torch.float64)).sum().backward()
     opt.step()
     return opt, w.detach().tolist()
 
 
 def test_sgd_l2_adds_twice_wd_times_w_to_the_gradient():
-    opt, w = one_step(OptimSpec(name="sgd", wd_kind="l2", momentum=0.0))
+    opt, w = one_step(Optim(name="sgd", wd_kind="l2", momentum=0.0))
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(2 * WD)
     expected = [w0 - LR * (c + 2 * WD * w0) for w0, c in zip(W0, C)]
@@ -30,14 +30,14 @@ def test_sgd_l2_adds_twice_wd_times_w_to_the_gradient():
 
 
 def test_sgd_decoupled_shrinks_weights_then_steps():
-    opt, w = one_step(OptimSpec(name="sgd", wd_kind="decoupled", momentum=0.0))
+    opt, w = one_step(Optim(name="sgd", wd_kind="decoupled", momentum=0.0))
     assert isinstance(opt, ScratchSGD)
     expected = [w0 * (1 - LR * WD) - LR * c for w0, c in zip(W0, C)]
     assert w == pytest.approx(expected, abs=1e-12)
 
 
 def test_adam_decoupled_is_adamw_with_the_same_wd():
-    opt, w = one_step(OptimSpec(name="adam", wd_kind="decoupled", eps=1e-5))
+    opt, w = one_step(Optim(name="adam", wd_kind="decoupled", eps=1e-5))
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(WD)
     # first Adam step: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps)
@@ -46,7 +46,7 @@ def test_adam_decoupled_is_adamw_with_the_same_wd():
 
 
 def test_adam_l2_folds_twice_wd_times_w_into_the_gradient():
-    opt, w = one_step(OptimSpec(name="adam", wd_kind="l2", eps=1e-5))
+    opt, w = one_step(Optim(name="adam", wd_kind="l2", eps=1e-5))
     assert type(opt) is torch.optim.Adam
     g = [c + 2 * WD * w0 for w0, c in zip(W0, C)]
     expected = [w0 - LR * gi / (abs(gi) + 1e-5) for w0, gi in zip(W0, g)]
@@ -54,7 +54,7 @@ def test_adam_l2_folds_twice_wd_times_w_into_the_gradient():
 
 
 def test_fastai_adam_defaults_are_the_config_defaults():
-    spec = OptimSpec()
+    spec = Optim()
     assert (spec.name, spec.wd, spec.wd_kind, spec.betas, spec.eps) == ("adam", 0.01, "decoupled", (0.9, 0.99), 1e-5)
 
 

@@ -5,23 +5,22 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from stagetune.config import OptimConfig, PlanConfig
+from stagetune.config import plan_of, typed
 from stagetune.engine.plan import Plan, StagePlan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 
-def make_plan(train_bn: bool, n_groups: int = 3, **optim) -> Plan:
-    plan = OmegaConf.merge(
-        OmegaConf.structured(PlanConfig),
-        {
+def make_plan(train_bn: bool, n_groups: int = 3) -> Plan:
+    cfg = typed(OmegaConf.create({"plan": {
             "lr": 1e-2,
             "stages": {
                 "frozen": {"epochs": 2, "freeze_to": -1, "lr": [1e-2], "train_bn": train_bn, "pct_start": 0.5},
                 "unfrozen": {"epochs": 2, "freeze_to": 0, "lr": [1e-4, 1e-2], "div": 5.0, "pct_start": 0.3},
             },
-        },
-    )
-    return Plan.from_config(plan, OmegaConf.merge(OmegaConf.structured(OptimConfig), optim), n_groups)
+        }}))
+    plan = plan_of(cfg)
+    plan.check_groups(n_groups)
+    return plan
 
 
 class Recorder(pl.Callback):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from stagetune.config import OptimConfig, PlanConfig, check_plan
+from stagetune.config import plan_of, typed
 from stagetune.errors import ConfigError
 from stagetune.engine.plan import Plan
 
@@ -42,10 +42,10 @@ def valid_plans(draw):
 
 
 def build(n_groups: int, stages: dict) -> Plan:
-    plan = OmegaConf.merge(OmegaConf.structured(PlanConfig), {"lr": 1e-3, "stages": stages})
-    optim = OmegaConf.structured(OptimConfig)
-    check_plan(plan, optim)
-    return Plan.from_config(plan, optim, n_groups)
+    plan = plan_of(typed(OmegaConf.create({"plan": {"lr": 1e-3, "stages": stages}})))
+    plan.check()
+    plan.check_groups(n_groups)
+    return plan
 
 
 @settings(max_examples=200, deadline=None)

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
-from stagetune.config import validate
+from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.groups import LayerGroup, param_groups
 from stagetune.engine.optim import build_optimizer
 from stagetune.engine.plan import Plan, StagePlan
@@ -205,9 +205,8 @@ def one_layer_group() -> list[LayerGroup]:
 
 def test_config_optim_sgd_scratch_builds_scratch_sgd_with_the_configured_wd():
     cfg = composed("optim=sgd_scratch", "optim.wd=0.03", "optim.momentum=0.5")
-    plan = Plan.from_config(cfg.plan, cfg.optim, 1)
-    stage = plan.stages[0]
-    opt = build_optimizer(param_groups(one_layer_group(), [0], stage.lr, stage.wd), plan.optim)
+    stage, optim = plan_of(cfg).ordered[0], optim_of(cfg)
+    opt = build_optimizer(param_groups(one_layer_group(), [0], stage.lr, optim.wd), optim)
     assert type(opt) is ScratchSGD
     assert opt.param_groups[0]["wd"] == 0.03
     assert opt.param_groups[0]["wd_kind"] == "l2"
@@ -220,9 +219,9 @@ def test_sgd_line_trains_with_scratch_sgd_through_the_stage_plan(tmp_path):
     cfg = composed("experiment=sgd_line")
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, **data.model_kwargs())
-    plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
+    plan = plan_of(cfg)
     start = (model.line.a.item(), model.line.b.item())
-    trainer = quiet_trainer(max_epochs=1, max_steps=3, callbacks=[StagePlan(plan)], default_root_dir=tmp_path)
+    trainer = quiet_trainer(max_epochs=1, max_steps=3, callbacks=[StagePlan(plan, optim_of(cfg))], default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)
     opt = trainer.optimizers[0]
     assert type(opt) is ScratchSGD

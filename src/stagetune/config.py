@@ -1,90 +1,42 @@
-"""Structured-config schemas and the start-up checks that turn a bad value into one clear line.
+"""The run's config: its schema, and the start-up checks that turn a bad value into one clear line.
 
-Hydra composes YAML from ``conf/``; :func:`validate` merges it onto these schemas (types) and then
-checks the values (ranges, choices, slices) before any work starts. Every failure is a
+Hydra composes YAML from ``conf/``; :func:`validate` merges it onto :class:`RunConfig`, whose
+parts are the engine's own types (:class:`~stagetune.engine.plan.Plan`,
+:class:`~stagetune.engine.optim.Optim`), so a type or an allowed value is declared once, and then
+runs each type's own checks before any work starts. ``trainer:`` takes any argument of
+``pytorch_lightning.Trainer``, checked against its signature. Every failure is a
 :class:`~stagetune.errors.ConfigError` naming the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stagetune.engine.optim import Optim
+from stagetune.engine.plan import Plan, Stage
+from stagetune.engine.trainer import check_trainer_args, trainer_defaults
 from stagetune.errors import ConfigError
 
-SCHEDULES = ("one_cycle", "constant", "cosine")
-OPTIMIZERS = ("adam", "sgd", "sgd_scratch")
-WD_KINDS = ("l2", "decoupled")
-CACHE_MODES = ("auto", "on", "off")
-METRIC_MODES = ("min", "max")
 
+class MetricMode(StrEnum):
+    """Whether the run's ``metric`` is better lower or higher."""
 
-@dataclass
-class StageConfig:
-    """One stage of a plan: how long, which groups train, at what rates."""
-
-    epochs: int = 1
-    freeze_to: int = 0
-    lr: Any = "${plan.lr}"
-    wd: float | None = None
-    schedule: str = "one_cycle"
-    pct_start: float = 0.25
-    div: float = 25.0
-    div_final: float = 1e5
-    train_bn: bool = True
-
-
-@dataclass
-class PlanConfig:
-    lr: float = 2e-3
-    stages: dict[str, StageConfig] = field(default_factory=dict)
-    cache: str = "auto"
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adam"
-    wd: float = 0.01
-    wd_kind: str = "decoupled"
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-5
-    momentum: float = 0.9
-    nesterov: bool = False
-    bn_wd: bool = False
-    bias_wd: bool = False
-
-
-@dataclass
-class TrainerConfig:
-    """Keys passed to ``pytorch_lightning.Trainer``; ``max_epochs`` comes from the plan."""
-
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "32-true"
-    sync_batchnorm: bool = False
-    log_every_n_steps: int = 1
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
-    enable_progress_bar: bool = True
-    use_distributed_sampler: bool = False
-    deterministic: Any = False
-    benchmark: bool | None = None
+    min = "min"
+    max = "max"
 
 
 @dataclass
 class LoggerConfig:
     tensorboard: bool = True
-    log_graph: bool = False
 
 
 @dataclass
@@ -92,96 +44,82 @@ class RunConfig:
     experiment: str = "default"
     seed: int = 42
     metric: str = "val/loss"
-    metric_mode: str = "min"
+    metric_mode: MetricMode = MetricMode.min
     resume: str | None = None
     ckpt_path: str | None = None
     test: bool = True
     callbacks: Any = None
     model: Any = None
     data: Any = None
-    plan: PlanConfig = field(default_factory=PlanConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plan: Plan = field(default_factory=Plan)
+    optim: Optim = field(default_factory=Optim)
+    trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def _typed(cfg: DictConfig) -> DictConfig:
-    """Merge onto the schema, turning OmegaConf's type errors into a ConfigError."""
+@contextmanager
+def omegaconf_errors() -> Iterator[None]:
+    """OmegaConf's type, value and missing-key errors as a ConfigError naming the key."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
-        OmegaConf.resolve(merged)
+        yield
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "config"
         msg = str(err).splitlines()[0]
         raise ConfigError(key, getattr(err, "value", None) or "?", msg) from None
+
+
+def defaults_of(schema: type, *leave_out: str) -> dict[str, Any]:
+    """A schema's defaults as plain YAML values (no types), for Hydra to compose overrides onto."""
+    values = OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+    return {k: v for k, v in values.items() if k not in leave_out}
+
+
+def register_defaults() -> None:
+    """Give Hydra every key's default at composition, taken from the schema (never restated in YAML).
+
+    ``train.yaml`` starts from ``stagetune_defaults`` (every :class:`RunConfig` key, and under
+    ``trainer`` every ``pytorch_lightning.Trainer`` argument with Lightning's default), and a plan's
+    stages from ``stage/defaults`` (every :class:`Stage` key but ``freeze_to``), so
+    ``optim.eps=1e-8`` or ``plan.stages.frozen.div=10`` override a key the YAML does not state.
+    Types and choices are checked afterwards by :func:`validate`, in one clear line.
+    """
+    store = ConfigStore.instance()
+    store.store(name="stagetune_defaults", node={**defaults_of(RunConfig), "trainer": trainer_defaults()})
+    store.store(group="stage", name="defaults", node=defaults_of(Stage, "name", "freeze_to"))
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """Merge onto the schema and resolve; a value of the wrong type or choice is a ConfigError."""
+    with omegaconf_errors():
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        check_stage_names(merged.plan)
+        OmegaConf.resolve(merged)
     return merged
 
 
-def check_lr(key: str, lr: Any) -> None:
-    """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``."""
-    allowed = "a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi"
-    values = list(lr) if isinstance(lr, (list, tuple, ListConfig)) else [lr]
-    if not 1 <= len(values) <= 2 or not all(_is_number(v) for v in values):
-        raise ConfigError(key, lr, allowed)
-    if not all(math.isfinite(float(v)) and float(v) > 0 for v in values):
-        raise ConfigError(key, lr, "every end must be finite and > 0; " + allowed)
-    if len(values) == 2 and float(values[0]) > float(values[1]):
-        raise ConfigError(key, lr, "the low end is above the high end; " + allowed)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(key, value, "allowed: " + ", ".join(allowed))
-
-
-def _positive(key: str, value: float, *, strict: bool = True) -> None:
-    ok = value > 0 if strict else value >= 0
-    if not (math.isfinite(value) and ok):
-        raise ConfigError(key, value, "must be " + ("> 0" if strict else ">= 0"))
-
-
-def check_plan(cfg: DictConfig, optim: DictConfig) -> None:
-    """Values of the plan and optimizer that a schema cannot express."""
-    _choice("plan.cache", cfg.cache, CACHE_MODES)
-    _positive("plan.lr", cfg.lr)
-    if not cfg.stages:
-        raise ConfigError("plan.stages", {}, "a plan needs at least one stage")
-    for name, stage in cfg.stages.items():
-        key = f"plan.stages.{name}"
-        if stage.epochs < 1:
-            raise ConfigError(f"{key}.epochs", stage.epochs, "must be >= 1")
-        check_lr(f"{key}.lr", stage.lr)
-        if stage.wd is not None:
-            _positive(f"{key}.wd", stage.wd, strict=False)
-        _choice(f"{key}.schedule", stage.schedule, SCHEDULES)
-        if not 0 < stage.pct_start < 1:
-            raise ConfigError(f"{key}.pct_start", stage.pct_start, "must be in (0, 1)")
-        _positive(f"{key}.div", stage.div)
-        _positive(f"{key}.div_final", stage.div_final)
-    _choice("optim.name", optim.name, OPTIMIZERS)
-    _choice("optim.wd_kind", optim.wd_kind, WD_KINDS)
-    _positive("optim.wd", optim.wd, strict=False)
-    _positive("optim.eps", optim.eps)
-    if len(optim.betas) != 2 or not all(0 <= b < 1 for b in optim.betas):
-        raise ConfigError("optim.betas", optim.betas, "two numbers in [0, 1)")
-    if not 0 <= optim.momentum < 1:
-        raise ConfigError("optim.momentum", optim.momentum, "must be in [0, 1)")
-
-
-def check_freeze_to(plan: DictConfig, n_groups: int) -> None:
-    """``freeze_to`` must name a layer group of the model: ``-n <= freeze_to < n``."""
-    for name, stage in plan.stages.items():
-        if not -n_groups <= stage.freeze_to < n_groups:
+def check_stage_names(plan: DictConfig) -> None:
+    """A stage without ``freeze_to`` was named by an override, not defined by the chosen plan."""
+    defined = [name for name in plan.stages if not OmegaConf.is_missing(plan.stages[name], "freeze_to")]
+    for name in plan.stages:
+        if name not in defined:
             raise ConfigError(
-                f"plan.stages.{name}.freeze_to",
-                stage.freeze_to,
-                f"the model has {n_groups} layer groups: allowed {-n_groups}..{n_groups - 1} "
-                "(-1 trains the last group only, 0 trains all)",
+                f"plan.stages.{name}",
+                OmegaConf.to_container(plan.stages[name]),
+                f"the chosen plan has no stage {name!r} (its stages: {', '.join(defined) or 'none'}); "
+                "a new stage needs at least freeze_to",
             )
+
+
+def plan_of(cfg: DictConfig) -> Plan:
+    """The typed plan of a typed config (the value the engine reads)."""
+    with omegaconf_errors():
+        return OmegaConf.to_object(cfg.plan)
+
+
+def optim_of(cfg: DictConfig) -> Optim:
+    """The typed optimizer settings of a typed config."""
+    with omegaconf_errors():
+        return OmegaConf.to_object(cfg.optim)
 
 
 def check_target(key: str, node: Any) -> None:
@@ -191,13 +129,17 @@ def check_target(key: str, node: Any) -> None:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Return the typed, resolved config or raise :class:`ConfigError` on the first bad value."""
-    typed = _typed(cfg)
-    check_target("model", typed.model)
-    check_target("data", typed.data)
-    check_plan(typed.plan, typed.optim)
-    _choice("metric_mode", typed.metric_mode, METRIC_MODES)
+    run = typed(cfg)
+    check_target("model", run.model)
+    check_target("data", run.data)
+    plan_of(run).check("plan")
+    optim_of(run).check("optim")
+    check_trainer_args(run.trainer)
     for key in ("resume", "ckpt_path"):
-        path = typed[key]
+        path = run[key]
         if path is not None and not Path(path).exists():
             raise ConfigError(key, path, "no such file or directory")
-    return typed
+    return run
+
+
+register_defaults()

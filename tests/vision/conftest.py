@@ -12,7 +12,6 @@ import pytest
 import pytorch_lightning as pl
 from PIL import Image
 
-from stagetune.engine.optim import OptimSpec
 from stagetune.engine.plan import Plan, Stage, StagePlan
 from stagetune.vision.data import DigitsData
 from tests.tiny import quiet_trainer
@@ -29,7 +28,7 @@ def fit(
     **kwargs,
 ) -> pl.Trainer:
     """Fit ``model`` through ``stages`` with a few batches per epoch (all with ``batches=None``)."""
-    plan = Plan(tuple(stages), OptimSpec())
+    plan = Plan(stages={s.name: s for s in stages})
     trainer = quiet_trainer(
         max_epochs=plan.total_epochs,
         callbacks=[StagePlan(plan), *callbacks],

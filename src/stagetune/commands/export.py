@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from stagetune.errors import StagetuneError
-from stagetune.runs.trained import Trained, load_trained, one_line_errors
+from stagetune.commands.cli import one_line_errors
+from stagetune.runs.trained import Trained, load_trained
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 TOLERANCE = 1e-5

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from stagetune.config import validate  # noqa: E402
+from stagetune.build import build  # noqa: E402
+from stagetune.commands.cli import hydra_command, hydra_task  # noqa: E402
+from stagetune.config import optim_of, plan_of, validate  # noqa: E402
+from stagetune.engine.faults import Diverged, check_checkpoint  # noqa: E402
+from stagetune.engine.optim import Schedule  # noqa: E402
+from stagetune.engine.plan import Plan  # noqa: E402
+from stagetune.engine.trainer import build_trainer, trainer_kwargs  # noqa: E402
 from stagetune.errors import ConfigError, StagetuneError  # noqa: E402
-from stagetune.engine.plan import Plan, StagePlan  # noqa: E402
 from stagetune.runs.rundir import RunDir, write_json  # noqa: E402
 from stagetune.app import conf_dir, register_resolvers  # noqa: E402
 
@@ -169,7 +171,7 @@ class LRSweep(Callback):
 
 
 def pick_stage(plan: Plan, name: str | None) -> int:
-    names = [s.name for s in plan.stages]
+    names = list(plan.stages)
     if name is None:
         return 0
     if name not in names:
@@ -185,32 +187,34 @@ def run_range_test(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | 
     run = RunDir(run_dir)
     run.save_config(cfg, overrides or [])
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, **datamodule.model_kwargs())
+    datamodule = build(cfg.data)
+    model = build(cfg.model, **datamodule.model_kwargs())
     if cfg.ckpt_path:
-        model.load_state_dict(torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)["state_dict"])
+        state = check_checkpoint(cfg.ckpt_path, "ckpt_path")
+        if not isinstance(state.get("state_dict"), dict):
+            raise StagetuneError(f"ckpt_path: {cfg.ckpt_path} holds no model state_dict")
+        model.load_state_dict(state["state_dict"])
     groups = model.layer_groups()
-    plan = Plan.from_config(cfg.plan, cfg.optim, len(groups))
+    plan = plan_of(cfg)
+    plan.check_groups(len(groups))
     index = pick_stage(plan, settings.stage)
-    stage = dataclasses.replace(plan.stages[index], epochs=1, schedule="constant")
+    stage = dataclasses.replace(plan.ordered[index], epochs=1, schedule=Schedule.constant)
     sweep = LRSweep(settings)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        precision=cfg.trainer.precision,
-        devices=1,
+    one_process = {"devices": 1, "num_nodes": 1, "strategy": "auto", "limit_val_batches": 0, "num_sanity_val_steps": 0}
+    trainer = build_trainer(
+        Plan(lr=plan.lr, stages={stage.name: stage}),
+        optim_of(cfg),
+        {**trainer_kwargs(cfg.trainer), **one_process},
+        callbacks=[sweep],
+        root_dir=str(run.path),
         max_steps=settings.steps,
-        callbacks=[StagePlan(Plan((stage,), plan.optim)), sweep],
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(run.path),
     )
-    trainer.fit(model, datamodule=datamodule)
-    trainable = plan.trainable_groups(index, len(groups))
-    lrs = plan.group_lrs(index, len(groups))
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    except Diverged:  # a non-finite loss is where the range test ends
+        sweep.diverged = True
+    trainable = stage.trainable_groups(len(groups))
+    lrs = stage.group_lrs(len(groups))
     result = RangeTest(
         stage=stage.name,
         groups={groups[k].name: lr / max(lrs) for k, lr in zip(trainable, lrs)},
@@ -272,16 +276,13 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="lr_find")
+@hydra_task("stagetune-lr-find")
 def hydra_main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
-    try:
-        result = run_range_test(cfg, run_dir, list(HydraConfig.get().overrides.task))
-    except StagetuneError as err:
-        kind = "config error" if err.exit_code == 2 else "error"
-        print(f"stagetune-lr-find: {kind}: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+    result = run_range_test(cfg, run_dir, list(HydraConfig.get().overrides.task))
     print(report(result, RunDir(run_dir)))
 
 
 def main() -> None:
-    hydra_main()
+    """Console entry point: ``stagetune-lr-find [key=value ...]``."""
+    hydra_command("stagetune-lr-find", hydra_main)

@@ -21,7 +21,8 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import DataError, StagetuneError
-from stagetune.runs.trained import Trained, load_trained, one_line_errors
+from stagetune.commands.cli import one_line_errors
+from stagetune.runs.trained import Trained, load_trained
 
 
 @dataclass

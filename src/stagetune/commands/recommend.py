@@ -17,7 +17,8 @@ from torch.nn import functional as F
 
 from stagetune.collab.data import UNKNOWN, RatingsDataModule
 from stagetune.errors import StagetuneError
-from stagetune.runs.trained import Trained, load_trained, one_line_errors
+from stagetune.commands.cli import one_line_errors
+from stagetune.runs.trained import Trained, load_trained
 
 
 @dataclass

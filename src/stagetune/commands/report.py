@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from stagetune.commands.cli import one_line_errors
+from stagetune.errors import StagetuneError
 from stagetune.runs.sweep_report import Report, job_dirs
 
 
-def main(argv: list[str] | None = None) -> None:
+@one_line_errors("stagetune-report")
+def main(argv: list[str] | None = None) -> int:
     """``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
     parser = argparse.ArgumentParser(prog="stagetune-report", description=__doc__.splitlines()[0].strip('`'))
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory, e.g. outputs/ratings_synthetic/multirun/<time>")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir() or not job_dirs(args.sweep_dir):
-        print(f"stagetune-report: {args.sweep_dir} holds no run directories", file=sys.stderr)
-        raise SystemExit(1)
+        raise StagetuneError(f"{args.sweep_dir} holds no run directories")
     report = Report(args.sweep_dir)
     paths = report.write()
     print(report.markdown())
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0

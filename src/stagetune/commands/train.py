@@ -17,31 +17,30 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune.engine import launch
-from stagetune.app import PACKAGE_DIR, UnwritableOutput, check_output_overrides, conf_dir
-from stagetune.engine.cache import FeatureCache
-from stagetune.config import validate
+from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
 from stagetune.build import build
-from stagetune.errors import ConfigError, StagetuneError
-from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, check_checkpoint
-from stagetune.runs.hparams import HParamsSummary
-from stagetune.engine.plan import Plan, StagePlan
-from stagetune.engine.progress import StageProgressBar
+from stagetune.commands.cli import hydra_command, hydra_task, in_multirun
+from stagetune.config import optim_of, plan_of, validate
+from stagetune.engine.cache import FeatureCache
+from stagetune.engine.faults import check_checkpoint
+from stagetune.engine.plan import StagePlan
 from stagetune.engine.reproducibility import ExactResume
+from stagetune.engine.trainer import build_trainer
+from stagetune.errors import ConfigError, StagetuneError
+from stagetune.runs.hparams import HParamsSummary
 from stagetune.runs.rundir import RunDir
-from stagetune.engine.training_loss import TrainingLoss
 
 log = logging.getLogger("stagetune")
 
 
-def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.Callback]) -> pl.Trainer:
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
-    checkpoint = ModelCheckpoint(
+def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
+    """``last.ckpt`` and the best checkpoint by the run's metric, in the run's ``checkpoints/``."""
+    return ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best-epoch{epoch}-step{step}",
         auto_insert_metric_name=False,
@@ -50,22 +49,12 @@ def build_trainer(cfg: DictConfig, plan: Plan, run: RunDir, callbacks: list[pl.C
         save_top_k=1,
         save_last=True,
     )
-    logger = (
-        TensorBoardLogger(save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False)
-        if cfg.logger.tensorboard
-        else False
-    )
-    if trainer_kwargs.get("enable_progress_bar", True):
-        callbacks = [*callbacks, StageProgressBar()]
-    return pl.Trainer(
-        max_epochs=plan.total_epochs,
-        callbacks=[StagePlan(plan), TrainingLoss(), DivergenceGuard(), Interruption(), *callbacks, checkpoint],
-        plugins=[AtomicCheckpointIO()],
-        logger=logger,
-        default_root_dir=str(run.path),
-        enable_model_summary=False,
-        **trainer_kwargs,
-    )
+
+
+def run_logger(cfg: DictConfig, run: RunDir) -> TensorBoardLogger | bool:
+    if not cfg.logger.tensorboard:
+        return False
+    return TensorBoardLogger(save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False)
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -73,9 +62,22 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
-    """The callbacks every run adds to the Trainer's own, then those named under ``callbacks:``."""
+    """The callbacks a run adds to every stagetune Trainer's own, then those named under ``callbacks:``."""
     named = [build(node) for node in (cfg.callbacks or {}).values() if node is not None]
     return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), *named]
+
+
+def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
+    """The Trainer of a run: the engine's, with the run's checkpoints, logger and callbacks."""
+    return build_trainer(
+        plan_of(cfg),
+        optim_of(cfg),
+        cfg.trainer,
+        callbacks=run_callbacks(cfg, run.overrides()),
+        checkpoint=run_checkpoint(cfg, run),
+        logger=run_logger(cfg, run),
+        root_dir=str(run.path),
+    )
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
@@ -120,16 +122,15 @@ def check_batch_size(cfg: DictConfig, datamodule) -> None:
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     """Build data, model, plan and Trainer; fit, test, and (on rank 0) record ``metrics.json``."""
     started = time.time()
+    trainer = run_trainer(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     model = build(cfg.model, **datamodule.model_kwargs())
     check_batch_size(cfg, datamodule)
-    plan = Plan.from_config(cfg.plan, cfg.optim, len(model.layer_groups()))
-    trainer = build_trainer(cfg, plan, run, callbacks=run_callbacks(cfg, run.overrides()))
+    plan_of(cfg).check_groups(len(model.layer_groups()))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
-    stages = list(stage_plan.history)  # before testing: loading the best checkpoint restores its history
+    stages = list(StagePlan.of(trainer).history)  # before testing: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
     final = _scalars(trainer.callback_metrics)
     best = checkpoint.best_model_score
@@ -177,44 +178,30 @@ def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
     print(f"tensorboard:   tensorboard --logdir {run.tensorboard}", file=sys.stderr)
 
 
-class _Progress:
-    """Whether Hydra got as far as calling the task (else a failure is a composition error)."""
-
-    task_started = False
+def record_failure(status: str, message: str) -> None:
+    """A failed job's status and error, in its run directory (rank 0 writes it)."""
+    if launch.global_rank() == 0:
+        RunDir(HydraConfig.get().runtime.output_dir).update_metrics(status=status, error=message)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+@hydra_task("stagetune", record=record_failure)
 def hydra_main(cfg: DictConfig) -> float:
-    _Progress.task_started = True
     hydra_cfg = HydraConfig.get()
-    run_dir = hydra_cfg.runtime.output_dir
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        return train(cfg, run_dir, list(hydra_cfg.overrides.task))
-    except StagetuneError as err:
-        status = getattr(err, "status", "failed")
-        kind = "config error" if err.exit_code == 2 else "error" if status == "failed" else status
-        print(f"stagetune: {kind}: {err}", file=sys.stderr)
-        if launch.global_rank() == 0:
-            RunDir(run_dir).update_metrics(status=status, error=str(err))
-        if multirun:
-            return math.nan
-        sys.exit(err.exit_code)
+        return train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    except StagetuneError:
+        raise
     except Exception as err:  # in a sweep, one broken job is recorded and the others still run
-        if not multirun:
+        if not in_multirun():
             raise
         log.exception("job %s failed", hydra_cfg.job.num)
-        RunDir(run_dir).update_metrics(status="failed", error=f"{type(err).__name__}: {err}")
+        record_failure("failed", f"{type(err).__name__}: {err}")
         return math.nan
 
 
 def main() -> None:
-    """Console entry point; Hydra's own composition errors (bad key, unknown group) exit with 2."""
+    """Console entry point: ``stagetune [key=value ...]``."""
     sys.argv = [sys.argv[0], *launch.hydra_args_for_rank(sys.argv[1:])]
-    try:
-        check_output_overrides(sys.argv[1:])
-        hydra_main()
-    except SystemExit as exit_:
-        if exit_.code == 1 and not _Progress.task_started and not isinstance(exit_, UnwritableOutput):
-            raise SystemExit(2) from None
-        raise
+    check_output_overrides(sys.argv[1:])
+    hydra_command("stagetune", hydra_main)

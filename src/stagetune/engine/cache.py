@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from stagetune.errors import ConfigError
 from stagetune.engine.loaders import epoch_loader
-from stagetune.engine.plan import StagePlan
+from stagetune.engine.plan import CacheMode, StagePlan
 
 log = logging.getLogger("stagetune")
 
@@ -49,9 +49,9 @@ def opts_in(module: nn.Module) -> bool:
 
 def inexact_reason(trainer: pl.Trainer, pl_module: nn.Module, plan: StagePlan, index: int) -> str | None:
     """Why caching the frozen prefix of stage ``index`` would change training; None when exact."""
-    stage = plan.plan.stages[index]
-    groups = plan._groups
-    first = plan.plan.trainable_groups(index, len(groups))[0]
+    stage = plan.plan.ordered[index]
+    groups = plan.groups
+    first = stage.trainable_groups(len(groups))[0]
     if not opts_in(pl_module):
         return f"{type(pl_module).__name__} does not implement features()/forward_from()"
     if trainer.world_size > 1:
@@ -73,39 +73,37 @@ def inexact_reason(trainer: pl.Trainer, pl_module: nn.Module, plan: StagePlan, i
 class FeatureCache(Callback):
     """Trains the unfrozen groups of a stage from cached outputs of its frozen prefix (see module doc)."""
 
-    def __init__(self, mode: str = "auto") -> None:
-        if mode not in ("auto", "on", "off"):
-            raise ConfigError("plan.cache", mode, "allowed: auto, on, off")
-        self.mode = mode
+    def __init__(self, mode: CacheMode | str = CacheMode.auto) -> None:
+        self.mode = CacheMode(mode)
         self._cached_stage: int | None = None
         self._decided: set[int] = set()
         self._original: _DataLoaderSource | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.mode != "on" or stage != "fit":
+        if self.mode is not CacheMode.on or stage != "fit":
             return
-        plan = stage_plan(trainer)
-        for index, s in enumerate(plan.plan.stages):
-            if plan.plan.trainable_groups(index, len(plan._groups))[0] == 0:
+        plan = StagePlan.of(trainer)
+        for index, s in enumerate(plan.plan.ordered):
+            if s.trainable_groups(len(plan.groups))[0] == 0:
                 continue
             reason = inexact_reason(trainer, pl_module, plan, index)
             if reason:
                 raise ConfigError("plan.cache", "on", f"stage {s.name!r} cannot be cached exactly: {reason}; use auto or off")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.mode == "off":
+        if self.mode is CacheMode.off:
             return
-        plan = stage_plan(trainer)
-        index = plan.active
+        plan = StagePlan.of(trainer)
+        index = plan.index
         if self._cached_stage is not None and self._cached_stage != index:
             self._restore(trainer, pl_module, reload=True)
         if self._cached_stage == index or index in self._decided:
             return
         self._decided.add(index)
-        first = plan.plan.trainable_groups(index, len(plan._groups))[0]
+        first = plan.stage.trainable_groups(len(plan.groups))[0]
         if first == 0:
             return
-        name = plan.plan.stages[index].name
+        name = plan.stage.name
         reason = inexact_reason(trainer, pl_module, plan, index)
         if reason is None:
             loader = self._cached_loader(trainer, pl_module, first, name)
@@ -115,7 +113,7 @@ class FeatureCache(Callback):
             pl_module.input_group = first
             self._cached_stage = index
             return
-        if self.mode == "on":
+        if self.mode is CacheMode.on:
             raise ConfigError("plan.cache", "on", f"stage {name!r} cannot be cached exactly: {reason}; use auto or off")
         log.info("plan.cache: stage %r trains without the feature cache: %s", name, reason)
 
@@ -139,7 +137,7 @@ class FeatureCache(Callback):
         features, targets = compute_features(pl_module, sequential, first, memory_budget())
         if features is None:
             message = f"the cached outputs would exceed {MEMORY_FRACTION:.0%} of memory"
-            if self.mode == "on":
+            if self.mode is CacheMode.on:
                 raise ConfigError("plan.cache", "on", f"stage {name!r}: {message}; use auto or off")
             log.info("plan.cache: stage %r trains without the feature cache: %s", name, message)
             return None
@@ -155,27 +153,34 @@ class FeatureCache(Callback):
             seed=getattr(sampler, "seed", None),
         )
 
-    def _swap(self, trainer: pl.Trainer, source: _DataLoaderSource) -> None:
-        """Point the fit loop at another training loader, positioned at the current epoch."""
-        loop = trainer.fit_loop
+    def _swap(self, trainer: pl.Trainer, source: _DataLoaderSource, reload: bool = True) -> None:
+        """Point the fit loop at another training loader (now when ``reload``, else at the next fit)."""
         if self._original is None:
-            self._original = loop._data_source
-        loop._data_source = source
-        loop._combined_loader = None
-        loop.setup_data()
-        for loader in loop._combined_loader.flattened:
-            _set_sampler_epoch(loader, loop.epoch_progress.current.processed)
+            self._original = trainer.fit_loop._data_source
+        set_training_source(trainer, source, reload)
 
     def _restore(self, trainer: pl.Trainer, pl_module: nn.Module, reload: bool) -> None:
         """The model takes images again; the original loader returns (now when ``reload``)."""
         pl_module.input_group = 0
         self._cached_stage = None
-        if reload:
-            self._swap(trainer, self._original)
-        else:
-            trainer.fit_loop._data_source = self._original
-            trainer.fit_loop._combined_loader = None
+        set_training_source(trainer, self._original, reload)
         self._original = None
+
+
+def set_training_source(trainer: pl.Trainer, source: _DataLoaderSource, reload: bool) -> None:
+    """Swap the fit loop's training loader mid-fit, positioned at the current epoch.
+
+    Lightning has no public API for this: it uses ``fit_loop._data_source``,
+    ``_combined_loader`` and ``setup_data`` as they are in pytorch-lightning 2.6
+    (tests/vision/test_feature_cache.py fails loudly if they change).
+    """
+    loop = trainer.fit_loop
+    loop._data_source = source
+    loop._combined_loader = None
+    if reload:
+        loop.setup_data()
+        for loader in loop._combined_loader.flattened:
+            _set_sampler_epoch(loader, loop.epoch_progress.current.processed)
 
 
 def compute_features(
@@ -203,6 +208,3 @@ def compute_features(
     model.train(was_training)
     return torch.cat(chunks), torch.cat(targets)
 
-
-def stage_plan(trainer: pl.Trainer) -> StagePlan:
-    return next(c for c in trainer.callbacks if isinstance(c, StagePlan))

@@ -44,12 +44,9 @@ class Interrupted(StagetuneError):
 
 
 def _stage_name(trainer: pl.Trainer) -> str:
-    from stagetune.engine.plan import StagePlan
+    from stagetune.engine.plan import StagePlan  # the plan imports nothing of this module's callers
 
-    for cb in trainer.callbacks:
-        if isinstance(cb, StagePlan):
-            return cb.plan.stages[cb.active].name
-    return "?"
+    return StagePlan.of(trainer).stage.name
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> Path | None:
@@ -106,12 +103,14 @@ class Interruption(Callback):
         if self.received is None:
             return
         signum, self.received = self.received, None
+        where = f"{signal.Signals(signum).name} received at stage {_stage_name(trainer)!r}, epoch {trainer.current_epoch}, step {trainer.global_step}"
         cb = trainer.checkpoint_callback
+        if cb is None:
+            raise Interrupted(f"{where}; this Trainer keeps no checkpoints, so there is nothing to resume", signum)
         path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         raise Interrupted(
-            f"{signal.Signals(signum).name} received at stage {_stage_name(trainer)!r}, epoch "
-            f"{trainer.current_epoch}, step {trainer.global_step}; checkpoint saved to {path}. "
+            f"{where}; checkpoint saved to {path}. "
             f"Continue with: stagetune resume={Path(trainer.default_root_dir).resolve()}",
             signum,
         )

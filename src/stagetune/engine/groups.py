@@ -124,7 +124,7 @@ def param_groups(
                     {
                         "params": params,
                         "lr": lrs.get(k, lowest),
-                        "weight_decay": group_wd,
+                        "wd": group_wd,
                         "layer_group": k,
                         "name": group.name + suffix + kind,
                     }

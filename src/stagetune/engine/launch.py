@@ -49,10 +49,10 @@ def free_port() -> int:
 
 def process_count(trainer_cfg) -> int:
     """Processes per node for the configured devices; more GPUs than the machine has is an error."""
-    accelerator = trainer_cfg.accelerator
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     available = torch.cuda.device_count() if on_gpu else os.cpu_count() or 1
-    devices = trainer_cfg.devices
+    devices = trainer_cfg.get("devices", "auto")
     if devices in (-1, "-1", "auto"):
         wanted = available
     elif isinstance(devices, (list, tuple, ListConfig)):
@@ -72,9 +72,9 @@ def process_count(trainer_cfg) -> int:
 def needs_launch(trainer_cfg) -> bool:
     """A multi-process ``ddp`` run that nobody has launched yet."""
     return (
-        str(trainer_cfg.strategy).startswith("ddp")
+        str(trainer_cfg.get("strategy", "auto")).startswith("ddp")
         and not launched_externally()
-        and trainer_cfg.num_nodes == 1
+        and trainer_cfg.get("num_nodes", 1) == 1
         and process_count(trainer_cfg) > 1
     )
 
@@ -85,7 +85,7 @@ def ranks(trainer_cfg, run_dir: Path, ckpt_path: str | None) -> Iterator[None]:
     if not needs_launch(trainer_cfg):
         yield
         return
-    if str(trainer_cfg.strategy) == "ddp_spawn":
+    if str(trainer_cfg.get("strategy")) == "ddp_spawn":
         raise ConfigError("trainer.strategy", "ddp_spawn", "use ddp: stagetune launches the ranks itself")
     world = process_count(trainer_cfg)
     env = {

@@ -8,7 +8,7 @@ updates the rows present in the batch, and only them: their moments, their weigh
 weight decay ("lazy" Adam, as ``torch.optim.SparseAdam`` and TensorFlow's LazyAdam do). Dense
 gradients (an MLP on top of the embeddings) get plain Adam on the whole tensor.
 
-The weight-decay convention is stagetune's (:mod:`stagetune.engine.optim`), applied to the rows used:
+The weight-decay convention is stagetune's (:mod:`stagetune.engine.weight_decay`), applied to the rows used:
 
 * ``l2``: the rows' gradient gains ``2 * wd * w``;
 * ``decoupled``: the rows shrink, ``w *= 1 - lr * wd``, before the Adam update (as AdamW).
@@ -26,15 +26,15 @@ import math
 import torch
 from torch.optim import Optimizer
 
+from stagetune.engine.weight_decay import WdKind
+
 
 class LazyAdam(Optimizer):
     """Adam/AdamW over sparse (row-wise) and dense gradients; see the module doc for the semantics."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5,
-                 weight_decay: float = 0.0, wd_kind: str = "decoupled") -> None:
-        if wd_kind not in ("l2", "decoupled"):
-            raise ValueError(f"wd_kind must be l2 or decoupled, not {wd_kind!r}")
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "wd_kind": wd_kind})
+                 wd: float = 0.0, wd_kind: WdKind | str = WdKind.decoupled) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "wd": wd, "wd_kind": WdKind(wd_kind)})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -50,7 +50,7 @@ class LazyAdam(Optimizer):
 
     def _update(self, p: torch.Tensor, group: dict) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        wd, kind = group["weight_decay"], group["wd_kind"]
+        wd, kind = group["wd"], group["wd_kind"]
         state = self.state[p]
         if not state:
             state["step"] = 0

@@ -1,33 +1,48 @@
-"""Optimizers and LR schedules from config, with one weight-decay convention throughout.
+"""Optimizers and LR schedules from config, in stagetune's one weight-decay convention.
 
-``optim.wd`` (and a stage's ``wd``) always means the same thing whatever the optimizer:
-
-* ``wd_kind: l2`` — the loss gains ``wd * sum(w^2)``, so the gradient gains ``2 * wd * w``.
-  Torch's ``weight_decay`` adds ``weight_decay * w``; we therefore pass ``weight_decay = 2 * wd``.
-* ``wd_kind: decoupled`` — each step shrinks the weights, ``w *= 1 - lr * wd`` (torch's AdamW,
-  fastai's default). fastai's ``wd=0.01`` is this, with the same number.
+:class:`Optim` is both the Hydra schema of ``optim:`` and the value the code reads. Param groups
+carry ``wd`` as :mod:`stagetune.engine.weight_decay` defines it; :func:`build_optimizer` is where it
+becomes a torch optimizer's ``weight_decay`` (or stays ``wd`` for stagetune's own optimizers).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-from stagetune.errors import ConfigError
 from stagetune.engine.lazy_adam import LazyAdam
 from stagetune.engine.sgd import ScratchSGD
+from stagetune.engine.weight_decay import WdKind, torch_weight_decay
+from stagetune.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class OptimSpec:
-    """The optimizer part of the config, as plain values."""
+class OptimizerName(StrEnum):
+    """``adam`` (AdamW when decoupled), ``sgd`` (torch's), ``sgd_scratch`` (:class:`ScratchSGD`)."""
 
-    name: str = "adam"
+    adam = "adam"
+    sgd = "sgd"
+    sgd_scratch = "sgd_scratch"
+
+
+class Schedule(StrEnum):
+    """The LR schedule inside one stage."""
+
+    one_cycle = "one_cycle"
+    constant = "constant"
+    cosine = "cosine"
+
+
+@dataclass
+class Optim:
+    """The optimizer every stage of a plan builds afresh (fastai's defaults)."""
+
+    name: OptimizerName = OptimizerName.adam
     wd: float = 0.01
-    wd_kind: str = "decoupled"
+    wd_kind: WdKind = WdKind.decoupled
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-5
     momentum: float = 0.9
@@ -35,19 +50,28 @@ class OptimSpec:
     bn_wd: bool = False
     bias_wd: bool = False
 
-    @classmethod
-    def from_config(cls, cfg) -> "OptimSpec":
-        return cls(
-            name=cfg.name,
-            wd=float(cfg.wd),
-            wd_kind=cfg.wd_kind,
-            betas=(float(cfg.betas[0]), float(cfg.betas[1])),
-            eps=float(cfg.eps),
-            momentum=float(cfg.momentum),
-            nesterov=bool(cfg.nesterov),
-            bn_wd=bool(cfg.bn_wd),
-            bias_wd=bool(cfg.bias_wd),
-        )
+    def __post_init__(self) -> None:
+        self.name, self.wd_kind = OptimizerName(self.name), WdKind(self.wd_kind)
+        self.betas = tuple(float(b) for b in self.betas)
+
+    def check(self, key: str = "optim") -> None:
+        """Ranges a schema cannot express; each failure names its key."""
+        check_non_negative(f"{key}.wd", self.wd)
+        check_positive(f"{key}.eps", self.eps)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{key}.betas", self.betas, "two numbers in [0, 1)")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{key}.momentum", self.momentum, "must be in [0, 1)")
+
+
+def check_positive(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(key, value, "must be > 0")
+
+
+def check_non_negative(key: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(key, value, "must be >= 0")
 
 
 def has_sparse_gradients(module: torch.nn.Module) -> bool:
@@ -65,33 +89,27 @@ def check_sparse_training(module: torch.nn.Module, world_size: int, gradient_cli
         raise ConfigError("model.sparse", True, "gradient clipping (trainer.gradient_clip_val) needs dense gradients; use model.sparse=false")
 
 
-def build_optimizer(groups: list[dict], spec: OptimSpec, sparse: bool = False) -> torch.optim.Optimizer:
-    """An optimizer over ``groups``, whose ``weight_decay`` entries hold our ``wd`` convention.
+def build_optimizer(groups: list[dict], spec: Optim, sparse: bool = False) -> torch.optim.Optimizer:
+    """An optimizer over ``groups``, whose ``wd`` entries are in stagetune's convention.
 
     ``sparse``: the model's embeddings give sparse gradients; Adam becomes :class:`LazyAdam`.
+    torch's own optimizers get ``weight_decay`` from :func:`torch_weight_decay`; stagetune's
+    (LazyAdam, ScratchSGD, and SGD with decoupled decay, which torch has no rule for under
+    momentum) read ``wd`` and ``wd_kind`` themselves.
     """
+    name, kind = OptimizerName(spec.name), WdKind(spec.wd_kind)
+    lr = groups[0]["lr"]
     if sparse:
-        if spec.name != "adam":
-            raise ConfigError("optim.name", spec.name, "model.sparse=true trains with adam only (it updates the rows a batch used)")
-        torch_groups = [dict(g, wd=g["weight_decay"]) for g in groups]
-        return LazyAdam(torch_groups, lr=torch_groups[0]["lr"], betas=spec.betas, eps=spec.eps, wd_kind=spec.wd_kind)
-    torch_groups = []
-    for g in groups:
-        g = dict(g)
-        wd = g.pop("weight_decay")
-        g["wd"] = wd
-        if spec.name == "sgd_scratch" or (spec.name == "sgd" and spec.wd_kind == "decoupled"):
-            g["wd_kind"] = spec.wd_kind
-        else:
-            g["weight_decay"] = 2 * wd if spec.wd_kind == "l2" else wd
-        torch_groups.append(g)
-    lr = torch_groups[0]["lr"]
-    if spec.name == "adam":
-        cls = torch.optim.AdamW if spec.wd_kind == "decoupled" else torch.optim.Adam
+        if name is not OptimizerName.adam:
+            raise ConfigError("optim.name", name.value, "model.sparse=true trains with adam only (it updates the rows a batch used)")
+        return LazyAdam(groups, lr=lr, betas=spec.betas, eps=spec.eps, wd_kind=kind)
+    if name is OptimizerName.sgd_scratch or (name is OptimizerName.sgd and kind is WdKind.decoupled):
+        return ScratchSGD(groups, lr=lr, momentum=spec.momentum, wd_kind=kind)
+    torch_groups = [{**g, "weight_decay": torch_weight_decay(g["wd"], kind)} for g in groups]
+    if name is OptimizerName.adam:
+        cls = torch.optim.AdamW if kind is WdKind.decoupled else torch.optim.Adam
         return cls(torch_groups, lr=lr, betas=spec.betas, eps=spec.eps)
-    if spec.name == "sgd" and spec.wd_kind == "l2":
-        return torch.optim.SGD(torch_groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
-    return ScratchSGD(torch_groups, lr=lr, momentum=spec.momentum, wd_kind=spec.wd_kind)
+    return torch.optim.SGD(torch_groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov)
 
 
 class _CosineFactor:
@@ -117,7 +135,7 @@ def has_momentum(optimizer: torch.optim.Optimizer) -> bool:
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
-    schedule: str,
+    schedule: Schedule | str,
     total_steps: int,
     pct_start: float,
     div: float,
@@ -129,7 +147,8 @@ def build_scheduler(
     cosine annealing to ``peak/div_final``, momentum (Adam's beta1) cycling 0.95 -> 0.85 -> 0.95.
     """
     total_steps = max(1, total_steps)
-    if schedule == "one_cycle":
+    schedule = Schedule(schedule)
+    if schedule is Schedule.one_cycle:
         momentum = has_momentum(optimizer)
         return OneCycleLR(
             optimizer,
@@ -143,6 +162,6 @@ def build_scheduler(
             base_momentum=0.85,
             max_momentum=0.95,
         )
-    if schedule == "cosine":
+    if schedule is Schedule.cosine:
         return LambdaLR(optimizer, _CosineFactor(total_steps, div_final))
     return LambdaLR(optimizer, _Constant())

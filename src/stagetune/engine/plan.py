@@ -1,112 +1,172 @@
 """Stages, plans, and the StagePlan callback that applies them.
 
-A plan is a list of stages; each stage says how long it runs, which layer groups train
-(``freeze_to``), its learning rate (a number or a slice over the trainable groups), its weight
-decay and its schedule. The :class:`StagePlan` callback owns every stage change: it sets
-``requires_grad``, builds a fresh optimizer (fastai resets Adam's state when groups unfreeze) and a
-fresh schedule sized to the stage, re-wraps the model for DDP so newly trainable parameters are
-all-reduced, logs the LR of every layer group, and saves the active stage in checkpoints so a
-resumed run continues where it stopped.
+A plan is an ordered mapping of named stages; each stage says how long it runs, which layer
+groups train (``freeze_to``), its learning rate (a number or a slice over the trainable groups),
+its weight decay and its schedule. :class:`Stage` and :class:`Plan` are both the Hydra schema of
+``plan:`` and the values the code reads (``OmegaConf.to_object``).
+
+The :class:`StagePlan` callback owns every stage change and is the one place the active stage is
+read from (``StagePlan.of(trainer).stage``). At each stage start it applies the stage's freezing
+(:mod:`~stagetune.engine.freezing`), has Lightning build a fresh optimizer and schedule sized to
+the stage (fastai resets Adam's state when groups unfreeze), re-wraps the model for DDP
+(:mod:`~stagetune.engine.ddp`), and it logs the LR of every layer group
+(:mod:`~stagetune.engine.lr_logging`) and saves the active stage in checkpoints.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 import pytorch_lightning as pl
-import torch
+from omegaconf import MISSING
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.strategies import DDPStrategy
-from pytorch_lightning.utilities.types import LRSchedulerConfig
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from stagetune.config import check_freeze_to
 from stagetune.engine.cuda_probe import skip_unavailable_nvml_probe
-from stagetune.engine.groups import (
-    LayerGroup,
-    LearningRate,
-    check_partition,
-    frozen_norm_layers,
-    param_groups,
-    set_trainable,
-    slice_lrs,
+from stagetune.engine.ddp import average_norm_buffers, rewrap_ddp
+from stagetune.engine.freezing import Freezing
+from stagetune.engine.groups import LayerGroup, LearningRate, check_partition, param_groups, slice_lrs
+from stagetune.engine.lr_logging import log_group_lrs
+from stagetune.engine.optim import (
+    Optim,
+    Schedule,
+    build_optimizer,
+    build_scheduler,
+    check_non_negative,
+    check_positive,
+    check_sparse_training,
+    has_sparse_gradients,
 )
-from stagetune.engine.optim import OptimSpec, build_optimizer, build_scheduler, check_sparse_training, has_sparse_gradients
+from stagetune.errors import ConfigError
+
+LR_ALLOWED = "a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi"
 
 
-@dataclass(frozen=True)
+class CacheMode(StrEnum):
+    """``plan.cache``: train frozen prefixes from cached outputs when exact (auto), always (on), never (off)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def check_lr(key: str, lr: Any) -> None:
+    """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``."""
+    values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
+    if not 1 <= len(values) <= 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(key, lr, LR_ALLOWED)
+    if not all(math.isfinite(float(v)) and float(v) > 0 for v in values):
+        raise ConfigError(key, lr, "every end must be finite and > 0; " + LR_ALLOWED)
+    if len(values) == 2 and float(values[0]) > float(values[1]):
+        raise ConfigError(key, lr, "the low end is above the high end; " + LR_ALLOWED)
+
+
+@dataclass
 class Stage:
-    """One resolved stage of a plan."""
+    """One stage of a plan: how long, which groups train, at what rates.
 
-    name: str
-    epochs: int
-    freeze_to: int
-    lr: LearningRate
-    wd: float
-    schedule: str = "one_cycle"
+    ``freeze_to`` has no default: it is what makes a stage, so an override that names a stage the
+    chosen plan does not have (``plan.stages.typo.epochs=3``) fails instead of adding a stage.
+    ``wd`` null takes ``optim.wd``. ``name`` is the stage's key in ``plan.stages``.
+    """
+
+    name: str = ""
+    epochs: int = 1
+    freeze_to: int = MISSING
+    lr: Any = "${plan.lr}"
+    wd: float | None = None
+    schedule: Schedule = Schedule.one_cycle
     pct_start: float = 0.25
     div: float = 25.0
     div_final: float = 1e5
     train_bn: bool = True
 
+    def __post_init__(self) -> None:
+        self.schedule = Schedule(self.schedule)
+        if isinstance(self.lr, Sequence) and not isinstance(self.lr, str):
+            self.lr = tuple(float(v) for v in self.lr)
 
-@dataclass(frozen=True)
+    def check(self, key: str) -> None:
+        """Ranges a schema cannot express; each failure names ``key.field``."""
+        if self.epochs < 1:
+            raise ConfigError(f"{key}.epochs", self.epochs, "must be >= 1")
+        check_lr(f"{key}.lr", self.lr)
+        if self.wd is not None:
+            check_non_negative(f"{key}.wd", self.wd)
+        if not 0 < self.pct_start < 1:
+            raise ConfigError(f"{key}.pct_start", self.pct_start, "must be in (0, 1)")
+        check_positive(f"{key}.div", self.div)
+        check_positive(f"{key}.div_final", self.div_final)
+
+    def trainable_groups(self, n_groups: int) -> list[int]:
+        start = self.freeze_to % n_groups if self.freeze_to < 0 else self.freeze_to
+        return list(range(start, n_groups))
+
+    def group_lrs(self, n_groups: int) -> list[float]:
+        """Peak LR of each trainable layer group."""
+        return slice_lrs(self.lr, len(self.trainable_groups(n_groups)))
+
+
+@dataclass
 class Plan:
-    """An ordered list of stages and the optimizer they share."""
+    """An ordered mapping of named stages (``plan.stages``), run one after the other."""
 
-    stages: tuple[Stage, ...]
-    optim: OptimSpec
+    lr: float = 2e-3
+    stages: dict[str, Stage] = field(default_factory=dict)
+    cache: CacheMode = CacheMode.auto
 
-    @classmethod
-    def from_config(cls, plan_cfg, optim_cfg, n_groups: int) -> "Plan":
-        """Build from validated config; ``freeze_to`` is checked against the model's groups."""
-        check_freeze_to(plan_cfg, n_groups)
-        optim = OptimSpec.from_config(optim_cfg)
-        stages = []
-        for name, s in plan_cfg.stages.items():
-            lr = float(s.lr) if isinstance(s.lr, (int, float)) else tuple(float(v) for v in s.lr)
-            stages.append(
-                Stage(
-                    name=str(name),
-                    epochs=int(s.epochs),
-                    freeze_to=int(s.freeze_to),
-                    lr=lr,
-                    wd=optim.wd if s.wd is None else float(s.wd),
-                    schedule=s.schedule,
-                    pct_start=float(s.pct_start),
-                    div=float(s.div),
-                    div_final=float(s.div_final),
-                    train_bn=bool(s.train_bn),
+    def __post_init__(self) -> None:
+        self.cache = CacheMode(self.cache)
+        for name, stage in self.stages.items():
+            stage.name = str(name)
+
+    @property
+    def ordered(self) -> tuple[Stage, ...]:
+        return tuple(self.stages.values())
+
+    def check(self, key: str = "plan") -> None:
+        check_positive(f"{key}.lr", self.lr)
+        if not self.stages:
+            raise ConfigError(f"{key}.stages", {}, "a plan needs at least one stage")
+        for name, stage in self.stages.items():
+            stage.check(f"{key}.stages.{name}")
+
+    def check_groups(self, n_groups: int, key: str = "plan") -> None:
+        """``freeze_to`` must name a layer group of the model: ``-n <= freeze_to < n``."""
+        for name, stage in self.stages.items():
+            if not -n_groups <= stage.freeze_to < n_groups:
+                raise ConfigError(
+                    f"{key}.stages.{name}.freeze_to",
+                    stage.freeze_to,
+                    f"the model has {n_groups} layer groups: allowed {-n_groups}..{n_groups - 1} "
+                    "(-1 trains the last group only, 0 trains all)",
                 )
-            )
-        return cls(tuple(stages), optim)
 
     @property
     def total_epochs(self) -> int:
-        return sum(s.epochs for s in self.stages)
+        return sum(s.epochs for s in self.ordered)
 
     def stage_at(self, epoch: int) -> int:
         """Index of the stage that runs in ``epoch`` (the last stage past the end)."""
         end = 0
-        for k, stage in enumerate(self.stages):
+        for k, stage in enumerate(self.ordered):
             end += stage.epochs
             if epoch < end:
                 return k
         return len(self.stages) - 1
 
     def first_epoch(self, index: int) -> int:
-        return sum(s.epochs for s in self.stages[:index])
+        return sum(s.epochs for s in self.ordered[:index])
 
     def trainable_groups(self, index: int, n_groups: int) -> list[int]:
-        freeze_to = self.stages[index].freeze_to
-        start = freeze_to % n_groups if freeze_to < 0 else freeze_to
-        return list(range(start, n_groups))
+        return self.ordered[index].trainable_groups(n_groups)
 
     def group_lrs(self, index: int, n_groups: int) -> list[float]:
         """Peak LR of each trainable layer group in stage ``index``."""
-        trainable = self.trainable_groups(index, n_groups)
-        return slice_lrs(self.stages[index].lr, len(trainable))
+        return self.ordered[index].group_lrs(n_groups)
 
 
 class StagedModule(pl.LightningModule):
@@ -119,101 +179,103 @@ class StagedModule(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must define layer_groups()")
 
     def configure_optimizers(self):
-        plans = [c for c in self.trainer.callbacks if isinstance(c, StagePlan)]
-        if len(plans) != 1:
-            raise RuntimeError(f"{type(self).__name__} needs exactly one StagePlan callback, found {len(plans)}")
-        return plans[0].configure_optimizers(self.trainer, self)
+        return StagePlan.of(self.trainer).configure_optimizers(self.trainer, self)
 
 
 class StagePlan(Callback):
     """Applies a :class:`Plan` to a :class:`StagedModule` during ``Trainer.fit``."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, optim: Optim | None = None) -> None:
         self.plan = plan
-        self.active = 0
-        self._groups: list[LayerGroup] = []
-        self._frozen_norms: list[nn.Module] = []
+        self.optim = optim or Optim()
+        self.index = 0
+        self.groups: list[LayerGroup] = []
+        self.freezing = Freezing()
         self.history: list[dict] = []
+
+    @classmethod
+    def of(cls, trainer: pl.Trainer) -> "StagePlan":
+        """The Trainer's StagePlan: how every other part of stagetune reads the active stage."""
+        plans = [c for c in trainer.callbacks if isinstance(c, cls)]
+        if len(plans) != 1:
+            raise RuntimeError(f"a stagetune Trainer has exactly one StagePlan callback, this one has {len(plans)}")
+        return plans[0]
+
+    @property
+    def stage(self) -> Stage:
+        """The stage that is training now (before fit: the first; after: the last one run)."""
+        return self.plan.ordered[self.index]
+
+    def stage_wd(self, stage: Stage) -> float:
+        return self.optim.wd if stage.wd is None else stage.wd
 
     @property
     def state_key(self) -> str:
         return "StagePlan"
 
     def state_dict(self) -> dict:
-        return {"active": self.active, "stages": [s.name for s in self.plan.stages], "history": self.history}
+        return {"active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        names = [s.name for s in self.plan.stages]
+        names = [s.name for s in self.plan.ordered]
         if state_dict["stages"] != names:
             raise ValueError(f"checkpoint was made with stages {state_dict['stages']}, this plan has {names}")
-        self.active = int(state_dict["active"])
+        self.index = int(state_dict["active"])
         self.history = list(state_dict.get("history", []))
-        if self._groups:
-            self._freeze(self.active)
+        if self.groups:
+            self._freeze()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._groups = list(pl_module.layer_groups())
-        check_partition(pl_module, self._groups)
+        self.groups = list(pl_module.layer_groups())
+        check_partition(pl_module, self.groups)
         check_sparse_training(pl_module, trainer.world_size, trainer.gradient_clip_val)
         skip_unavailable_nvml_probe()  # every step of the optimizers built here asks for the accelerator
-        self._freeze(self.active)
+        self._freeze()
 
-    def _freeze(self, index: int) -> list[int]:
-        stage = self.plan.stages[index]
-        trainable = set_trainable(self._groups, stage.freeze_to, stage.train_bn)
-        self._frozen_norms = frozen_norm_layers(self._groups, trainable, stage.train_bn)
-        frozen = {id(m) for m in self._frozen_norms}
-        for group in self._groups:
-            for layer in group.norm_layers():
-                if id(layer) not in frozen:
-                    layer.train()
-        return trainable
+    def _freeze(self) -> list[int]:
+        return self.freezing.apply(self.groups, self.stage.freeze_to, self.stage.train_bn)
 
     def steps_per_epoch(self, trainer: pl.Trainer) -> int:
         return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
 
     def configure_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
-        """Optimizer and per-step schedule for the active stage."""
-        stage = self.plan.stages[self.active]
-        trainable = self._freeze(self.active)
-        spec = self.plan.optim
-        groups = param_groups(self._groups, trainable, stage.lr, stage.wd, spec.bn_wd, spec.bias_wd)
-        optimizer = build_optimizer(groups, spec, sparse=has_sparse_gradients(pl_module))
+        """Optimizer and per-step schedule for the active stage (Lightning's configure_optimizers)."""
+        stage = self.stage
+        trainable = self._freeze()
+        groups = param_groups(self.groups, trainable, stage.lr, self.stage_wd(stage), self.optim.bn_wd, self.optim.bias_wd)
+        optimizer = build_optimizer(groups, self.optim, sparse=has_sparse_gradients(pl_module))
         total = stage.epochs * self.steps_per_epoch(trainer)
         scheduler = build_scheduler(optimizer, stage.schedule, total, stage.pct_start, stage.div, stage.div_final)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wanted = self.plan.stage_at(trainer.current_epoch)
-        if wanted != self.active:
+        if wanted != self.index:
             self.enter_stage(trainer, pl_module, wanted)
-        if not self.history or self.history[-1]["stage"] != self.plan.stages[self.active].name:
-            self.history.append(self.describe(self.active, trainer.current_epoch))
+        if not self.history or self.history[-1]["stage"] != self.stage.name:
+            self.history.append(self.describe(self.index, trainer.current_epoch))
 
     def enter_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         """Switch to stage ``index``: freeze, new optimizer and schedule, new DDP wrapper."""
-        self.active = index
-        config = self.configure_optimizers(trainer, pl_module)
-        trainer.strategy.optimizers = [config["optimizer"]]
-        trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(config["lr_scheduler"]["scheduler"], interval="step")]
+        self.index = index
+        trainer.strategy.setup_optimizers(trainer)  # calls configure_optimizers above
         rewrap_ddp(trainer, pl_module)
 
     def describe(self, index: int, epoch: int) -> dict:
         """A row of ``metrics.json``: the stage, its epochs, trainable groups and per-group LR."""
-        stage = self.plan.stages[index]
-        n = len(self._groups)
-        trainable = self.plan.trainable_groups(index, n)
-        lrs = self.plan.group_lrs(index, n)
+        stage = self.plan.ordered[index]
+        n = len(self.groups)
+        trainable = stage.trainable_groups(n)
         return {
             "stage": stage.name,
             "index": index,
             "first_epoch": epoch,
             "epochs": stage.epochs,
-            "trainable_groups": [self._groups[k].name for k in trainable],
-            "lr": {self._groups[k].name: lr for k, lr in zip(trainable, lrs)},
-            "wd": stage.wd,
-            "wd_kind": self.plan.optim.wd_kind,
-            "schedule": stage.schedule,
+            "trainable_groups": [self.groups[k].name for k in trainable],
+            "lr": {self.groups[k].name: lr for k, lr in zip(trainable, stage.group_lrs(n))},
+            "wd": self.stage_wd(stage),
+            "wd_kind": self.optim.wd_kind.value,
+            "schedule": stage.schedule.value,
         }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -224,45 +286,5 @@ class StagePlan(Callback):
             average_norm_buffers(pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        for layer in self._frozen_norms:
-            layer.eval()
-        if not trainer.loggers or trainer.global_step % trainer.log_every_n_steps:
-            return
-        # straight to the loggers: Lightning's self.log costs about a millisecond a value, which
-        # is the whole step of a small model
-        metrics = {f"lr/{g['name'].removesuffix('/no_wd')}": g["lr"] for g in trainer.optimizers[0].param_groups}
-        metrics["stage"] = float(self.active)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-
-def average_norm_buffers(module: nn.Module) -> None:
-    """Average BatchNorm running statistics over the ranks, so every rank holds the same model.
-
-    Each rank updates its running statistics from its own shard of the batch (unless
-    ``sync_batchnorm``); without this, ranks would validate and checkpoint slightly different
-    models. A no-op outside a multi-process run.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    world = torch.distributed.get_world_size()
-    if world == 1:
-        return
-    for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-            for buf in (layer.running_mean, layer.running_var):
-                torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
-                buf.div_(world)
-
-
-def rewrap_ddp(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-    """Wrap the module in a new DDP so it registers the parameters that now require grad.
-
-    DDP records the trainable parameters when it is built; a parameter unfrozen later would
-    otherwise train on each rank's local gradient and the ranks would drift apart silently.
-    Building the wrapper also broadcasts rank 0's parameters and buffers to every rank.
-    """
-    strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
-        strategy.model = strategy._setup_model(pl_module)
-        strategy._register_ddp_hooks()
+        self.freezing.hold()
+        log_group_lrs(trainer, self.index)

@@ -14,10 +14,9 @@ class StageProgressBar(TQDMProgressBar):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
-        stage = plan.plan.stages[plan.active]
+        plan = StagePlan.of(trainer)
         self.train_progress_bar.set_description(
-            f"stage {stage.name} ({plan.active + 1}/{len(plan.plan.stages)}) "
+            f"stage {plan.stage.name} ({plan.index + 1}/{len(plan.plan.stages)}) "
             f"· epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         )
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import torch
 
-WD_KINDS = ("l2", "decoupled")
+from stagetune.engine.weight_decay import WdKind
 
 
 class ScratchSGD(torch.optim.Optimizer):
@@ -34,7 +34,7 @@ class ScratchSGD(torch.optim.Optimizer):
         lr: float = 1e-2,
         momentum: float = 0.0,
         wd: float = 0.0,
-        wd_kind: str = "l2",
+        wd_kind: WdKind | str = WdKind.l2,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -42,9 +42,7 @@ class ScratchSGD(torch.optim.Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if wd < 0:
             raise ValueError(f"wd must be >= 0, got {wd}")
-        if wd_kind not in WD_KINDS:
-            raise ValueError(f"wd_kind must be one of {WD_KINDS}, got {wd_kind!r}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, wd=wd, wd_kind=wd_kind))
+        super().__init__(params, dict(lr=lr, momentum=momentum, wd=wd, wd_kind=WdKind(wd_kind)))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

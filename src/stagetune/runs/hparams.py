@@ -25,16 +25,16 @@ from stagetune.engine.plan import Plan, StagePlan
 HParam = int | float | str | bool
 
 
-def stage_hparams(plan: Plan, n_groups: int) -> dict[str, HParam]:
+def stage_hparams(plan: Plan, n_groups: int, default_wd: float) -> dict[str, HParam]:
     """Per stage: epochs, weight decay and the LR given to its lowest and highest group."""
     out: dict[str, HParam] = {}
-    for k, stage in enumerate(plan.stages):
+    for k, stage in enumerate(plan.ordered):
         lrs = plan.group_lrs(k, n_groups)
         prefix = f"plan.stages.{stage.name}"
         out[f"{prefix}.epochs"] = stage.epochs
         out[f"{prefix}.lr_lo"] = min(lrs)
         out[f"{prefix}.lr_hi"] = max(lrs)
-        out[f"{prefix}.wd"] = stage.wd
+        out[f"{prefix}.wd"] = default_wd if stage.wd is None else stage.wd
     return out
 
 
@@ -68,7 +68,7 @@ def run_hparams(cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overr
         "optim.wd_kind": cfg.optim.wd_kind,
         "model.n_params": n_params,
     }
-    out.update(stage_hparams(plan, n_groups))
+    out.update(stage_hparams(plan, n_groups, float(cfg.optim.wd)))
     if "batch_size" in cfg.data:
         out["data.batch_size"] = cfg.data.batch_size
     for key, value in cfg.model.items():
@@ -103,7 +103,7 @@ class HParamsSummary(Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or not trainer.is_global_zero:
             return
-        stage_plan = next(c for c in trainer.callbacks if isinstance(c, StagePlan))
+        stage_plan = StagePlan.of(trainer)
         n_params = sum(p.numel() for p in pl_module.parameters())
         params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides)
         params["status"] = status

@@ -8,9 +8,6 @@ may be gone. Checkpoints load with ``weights_only=True``. Every user error is on
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,20 +71,3 @@ def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> 
         raise StagetuneError(f"{checkpoint} does not fit the model in {run.path / 'config.yaml'} ({detail})") from None
     return Trained(run, cfg, datamodule, model.eval().to(target), checkpoint, target)
 
-
-def one_line_errors(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], None]]:
-    """Run a command's ``main(argv) -> exit code``; a StagetuneError becomes ``prog: error: ...`` and its exit code."""
-
-    def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], None]:
-        @functools.wraps(main)
-        def run(argv: list[str] | None = None) -> None:
-            try:
-                code = main(argv)
-            except StagetuneError as err:
-                print(f"{prog}: error: {err}", file=sys.stderr)
-                code = err.exit_code
-            sys.exit(code)
-
-        return run
-
-    return wrap

@@ -37,13 +37,9 @@ class StageReport(Callback):
         """The name of the stage whose last epoch this is, else None."""
         if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
             return None
-        plans = [c for c in trainer.callbacks if isinstance(c, StagePlan)]
-        if not plans:
-            return None
-        plan = plans[0]
-        stage = plan.plan.stages[plan.active]
-        last_epoch = plan.plan.first_epoch(plan.active) + stage.epochs - 1
-        return stage.name if trainer.current_epoch == last_epoch else None
+        plan = StagePlan.of(trainer)
+        last_epoch = plan.plan.first_epoch(plan.index) + plan.stage.epochs - 1
+        return plan.stage.name if trainer.current_epoch == last_epoch else None
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()

@@ -20,9 +20,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.seed import isolate_rng
 
-from stagetune.engine.optim import OptimSpec
-from stagetune.engine.plan import Plan, Stage, StagePlan
-from stagetune.engine.progress import StageProgressBar
+from stagetune.engine.optim import Optim
+from stagetune.engine.plan import Plan, Stage
+from stagetune.engine.trainer import build_trainer
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
 
@@ -96,17 +96,9 @@ def train_source(settings: dict, progress_bar: bool = True) -> tuple[dict[str, t
         seed=settings["seed"],
     )
     model = ResNet34Classifier(weights=None, head=settings["head"], **data.model_kwargs())
-    stage = Stage(name="source", epochs=settings["epochs"], freeze_to=0, lr=settings["lr"], wd=0.01)
-    trainer = pl.Trainer(
-        max_epochs=settings["epochs"],
-        callbacks=[StagePlan(Plan((stage,), OptimSpec()))] + ([StageProgressBar()] if progress_bar else []),
-        enable_progress_bar=progress_bar,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        accelerator="auto",
-        devices=1,
-        num_sanity_val_steps=0,
+    plan = Plan(stages={"source": Stage(epochs=settings["epochs"], freeze_to=0, lr=settings["lr"], wd=0.01)})
+    trainer = build_trainer(
+        plan, Optim(), {"enable_progress_bar": progress_bar, "accelerator": "auto", "devices": 1, "num_sanity_val_steps": 0}
     )
     trainer.fit(model, datamodule=data)
     val_acc = float(trainer.callback_metrics.get("val/acc", float("nan")))

@@ -1,0 +1,103 @@
+"""How every console command reports a user's mistake: one line, and an exit code that says its kind.
+
+A :class:`~stagetune.errors.StagetuneError` becomes ``PROG: config error: ...`` (exit 2) or
+``PROG: error: ...`` (exit 1; ``interrupted``/``diverged`` name themselves) with no traceback.
+Hydra commands get the same through :func:`hydra_task` (inside the task, where the run directory
+is known and the failure is recorded) and :func:`hydra_command` (around Hydra, whose own
+composition errors — an unknown key or group — exit 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from stagetune.app import UnwritableOutput
+from stagetune.engine.trainer import check_trainer_overrides
+from stagetune.errors import StagetuneError
+
+Recorder = Callable[[str, str], None]
+
+
+def status_of(err: StagetuneError) -> str:
+    return getattr(err, "status", "failed")
+
+
+def report_error(prog: str, err: StagetuneError) -> int:
+    """Print the one line for ``err`` and return the exit code."""
+    status = status_of(err)
+    kind = "config error" if err.exit_code == 2 else "error" if status == "failed" else status
+    print(f"{prog}: {kind}: {err}", file=sys.stderr)
+    return err.exit_code
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], None]]:
+    """Decorate a ``main(argv) -> exit code``: a StagetuneError is one line and its exit code."""
+
+    def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], None]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> None:
+            try:
+                code = main(argv)
+            except StagetuneError as err:
+                code = report_error(prog, err)
+            sys.exit(code)
+
+        return run
+
+    return wrap
+
+
+class _Task:
+    """Whether Hydra got as far as calling the task (else a failure is a composition error)."""
+
+    started = False
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Decorate a Hydra task: a StagetuneError is one line, recorded by ``record(status, message)``.
+
+    In a sweep the job returns NaN so the other jobs still run; alone it exits with the error's code.
+    """
+
+    def wrap(task: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        @functools.wraps(task)
+        def run(cfg: Any) -> Any:
+            _Task.started = True
+            try:
+                return task(cfg)
+            except StagetuneError as err:
+                code = report_error(prog, err)
+                if record is not None:
+                    record(status_of(err), str(err))
+                if in_multirun():
+                    return math.nan
+                sys.exit(code)
+
+        return run
+
+    return wrap
+
+
+def hydra_command(prog: str, app: Callable[[], Any]) -> None:
+    """Run a Hydra app; a failure before its task starts (bad override, unknown group) exits 2."""
+    try:
+        check_trainer_overrides(sys.argv[1:])
+    except StagetuneError as err:
+        sys.exit(report_error(prog, err))
+    try:
+        app()
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _Task.started and not isinstance(exit_, UnwritableOutput):
+            raise SystemExit(2) from None
+        raise

@@ -1,0 +1,23 @@
+"""The learning rate of every layer group, written straight to the loggers each logging step.
+
+Lightning's ``self.log`` costs about a millisecond a value, which is the whole step of a small
+model, so the values go to ``logger.log_metrics`` directly, at the steps the training loss is
+logged on. The active stage's index is logged beside them, so stage boundaries show on a chart.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+
+def group_lrs(optimizer) -> dict[str, float]:
+    """``lr/<param group name>`` for each param group; a group's no-decay half shares its tag."""
+    return {f"lr/{g['name'].removesuffix('/no_wd')}": g["lr"] for g in optimizer.param_groups}
+
+
+def log_group_lrs(trainer: pl.Trainer, stage_index: int) -> None:
+    if not trainer.loggers or trainer.global_step % trainer.log_every_n_steps:
+        return
+    metrics = {**group_lrs(trainer.optimizers[0]), "stage": float(stage_index)}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,113 @@
+"""The one way stagetune builds a ``pytorch_lightning.Trainer``: for runs, the LR finder and source models.
+
+Every Trainer gets the plan's callbacks (StagePlan, training loss, divergence guard, interruption),
+atomic checkpoint writes and stagetune's progress bar; ``trainer:`` in the config passes any other
+``Trainer`` argument through, checked against the Trainer's own signature at start-up.
+``max_epochs`` and ``max_steps`` belong to the plan.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+
+from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption
+from stagetune.engine.optim import Optim
+from stagetune.engine.plan import Plan, StagePlan
+from stagetune.engine.progress import StageProgressBar
+from stagetune.engine.training_loss import TrainingLoss
+from stagetune.errors import ConfigError
+
+OWNED = {
+    "max_epochs": "the plan sets it: the sum of plan.stages.NAME.epochs",
+    "max_steps": "the plan sets the length of a run: plan.stages.NAME.epochs",
+    "callbacks": "add callbacks under callbacks.NAME (a _target_ with its arguments)",
+    "logger": "choose the logger with logger=NAME",
+    "plugins": "stagetune sets its own checkpoint plugin",
+    "default_root_dir": "the run directory is hydra.run.dir",
+    "enable_checkpointing": "stagetune keeps last.ckpt and the best checkpoint in the run directory",
+}
+DEFAULTS = {"enable_model_summary": False}
+
+
+def trainer_arguments() -> list[str]:
+    """The keyword arguments of ``pytorch_lightning.Trainer`` in this installation."""
+    return [name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"]
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """Every Trainer argument stagetune does not set itself, with Lightning's default."""
+    params = inspect.signature(pl.Trainer.__init__).parameters
+    return {name: params[name].default for name in trainer_arguments() if name not in OWNED}
+
+
+def check_trainer_overrides(argv: Iterable[str]) -> None:
+    """Command-line ``trainer.KEY=...`` overrides, checked before Hydra composes (it would only say "could not override")."""
+    keys = {}
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        parts = key.split(".")
+        if len(parts) >= 2 and parts[0] == "trainer":
+            keys[parts[1]] = value
+    check_trainer_args(keys)
+
+
+def check_trainer_args(args: Mapping[str, Any]) -> None:
+    """Every ``trainer.KEY`` must be a Trainer argument that stagetune does not set itself."""
+    valid = trainer_arguments()
+    for key in args:
+        if key in OWNED:
+            raise ConfigError(f"trainer.{key}", args[key], OWNED[key])
+        if key not in valid:
+            close = difflib.get_close_matches(key, [k for k in valid if k not in OWNED], n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join('trainer.' + c for c in close)}?" if close else "see pytorch_lightning.Trainer's arguments"
+            raise ConfigError(f"trainer.{key}", args[key], f"not an argument of pytorch_lightning.Trainer; {hint}")
+
+
+def trainer_kwargs(args: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
+    """Plain keyword arguments; a null value means Lightning's default."""
+    if isinstance(args, DictConfig):
+        args = OmegaConf.to_container(args, resolve=True)
+    return {k: v for k, v in (args or {}).items() if v is not None}
+
+
+def build_trainer(
+    plan: Plan,
+    optim: Optim,
+    args: Mapping[str, Any] | DictConfig | None = None,
+    *,
+    callbacks: Iterable[pl.Callback] = (),
+    checkpoint: pl.Callback | None = None,
+    logger: Any = False,
+    root_dir: str | None = None,
+    max_steps: int = -1,
+) -> pl.Trainer:
+    """A Trainer that applies ``plan`` with ``optim``; ``args`` are the config's ``trainer:`` keys.
+
+    ``max_steps`` > 0 (the LR finder) runs that many steps whatever the plan's epochs.
+    """
+    kwargs = {**DEFAULTS, **trainer_kwargs(args)}
+    check_trainer_args(kwargs)
+    extra = list(callbacks)
+    if kwargs.get("enable_progress_bar", True):
+        extra.append(StageProgressBar())
+    engine = [StagePlan(plan, optim), TrainingLoss(), DivergenceGuard(), Interruption()]
+    try:
+        return pl.Trainer(
+            max_epochs=-1 if max_steps > 0 else plan.total_epochs,
+            max_steps=max_steps,
+            callbacks=[*engine, *extra, *([checkpoint] if checkpoint else [])],
+            enable_checkpointing=checkpoint is not None,
+            plugins=[AtomicCheckpointIO()],
+            logger=logger,
+            default_root_dir=root_dir,
+            **kwargs,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError("trainer", kwargs, str(err).strip().splitlines()[0]) from None
