@@ -65,8 +65,9 @@ def check_trainer_args(args: Mapping[str, Any]) -> None:
         if key in OWNED:
             raise ConfigError(f"trainer.{key}", args[key], OWNED[key])
         if key not in valid:
-            close = difflib.get_close_matches(key, [k for k in valid if k not in OWNED], n=3, cutoff=0.6)
-            hint = f"did you mean {', '.join('trainer.' + c for c in close)}?" if close else "see pytorch_lightning.Trainer's arguments"
+            choices = [k for k in valid if k not in OWNED]
+            close = difflib.get_close_matches(key, choices, n=3, cutoff=0.6) or difflib.get_close_matches(key, choices, n=3, cutoff=0.3)
+            hint = f"the closest are {', '.join('trainer.' + c for c in close)}" if close else "see pytorch_lightning.Trainer's arguments"
             raise ConfigError(f"trainer.{key}", args[key], f"not an argument of pytorch_lightning.Trainer; {hint}")
 
 
