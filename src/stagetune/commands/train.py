@@ -33,7 +33,8 @@ from stagetune.runs.hparams import HParamsSummary
 from stagetune.engine.plan import Plan, StagePlan
 from stagetune.engine.progress import StageProgressBar
 from stagetune.engine.reproducibility import ExactResume
-from stagetune.runs.rundir import RunDir
+from stagetune.runs.rundir import RunDir, check_resume_overrides
+from stagetune.runs.trained import without_start_weights
 from stagetune.engine.training_loss import TrainingLoss
 
 log = logging.getLogger("stagetune")
@@ -79,32 +80,48 @@ def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
-    """One run, start to finish; returns the configured metric (best value over validation)."""
-    cfg = validate(cfg)
+    """One run, start to finish; returns the configured metric (best value over validation).
+
+    Rank 0 is the run directory's one writer (:meth:`RunDir.claim`); a resume appends to the
+    records and takes nothing from the command line; a completed run is left as it is.
+    """
     run = RunDir(run_dir)
+    writer = launch.global_rank() == 0
+    resuming = bool(cfg.resume)  # the run's own config, read below, says resume: null
+    if writer and not resuming:
+        run.claim_fresh()
+    cfg = validate(cfg)
     ckpt_path = cfg.ckpt_path
-    if cfg.resume:
+    if resuming:
+        check_resume_overrides(cfg.resume, overrides or [])
+        done = run.claim_resume() if writer else run.completed()
+        if done is not None:
+            print(f"stagetune: {run.path} already completed; nothing to resume, nothing changed", file=sys.stderr)
+            return done.get("metric", {}).get("best", math.nan)
         resumed = RunDir(cfg.resume)
-        cfg = validate(resumed.config())
+        cfg = validate(resumed.checked_config())
         ckpt_path = str(resumed.checkpoint("last"))
         log.info("resuming %s from %s", run.path, ckpt_path)
-    if ckpt_path:
-        check_training_checkpoint(ckpt_path, "resume" if cfg.resume else "ckpt_path")
+    from_step = check_training_checkpoint(ckpt_path, "resume" if resuming else "ckpt_path") if ckpt_path else None
     launch.process_count(cfg.trainer)
-    if launch.global_rank() == 0:
-        if not cfg.resume:
-            run.save_config(cfg, overrides or [])
+    if writer and resuming:
+        run.record_resume(PACKAGE_DIR, from_step)
+    elif writer:
+        run.save_config(cfg, overrides or [])
         run.save_run_info(PACKAGE_DIR)
         run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
-    with launch.ranks(cfg.trainer, run.path, ckpt_path):
-        return fit_run(cfg, run, ckpt_path)
+    with launch.ranks(cfg.trainer, run.path, ckpt_path, run.worker_env()):
+        value = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
+    run.release()
+    return value
 
 
-def check_training_checkpoint(path: str, what: str) -> None:
-    """A checkpoint to continue from must be readable and hold stagetune's training state."""
+def check_training_checkpoint(path: str, what: str) -> int | None:
+    """A checkpoint to continue from must be readable and hold stagetune's training state; its step."""
     data = check_checkpoint(path, what)
     if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
         raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
+    return data.get("global_step")
 
 
 def check_batch_size(cfg: DictConfig, datamodule) -> None:
@@ -196,7 +213,7 @@ def hydra_main(cfg: DictConfig) -> float:
         kind = "config error" if err.exit_code == 2 else "error" if status == "failed" else status
         print(f"stagetune: {kind}: {err}", file=sys.stderr)
         if launch.global_rank() == 0:
-            RunDir(run_dir).update_metrics(status=status, error=str(err))
+            RunDir(run_dir).record_failure(status, str(err))
         if multirun:
             return math.nan
         sys.exit(err.exit_code)
@@ -204,7 +221,7 @@ def hydra_main(cfg: DictConfig) -> float:
         if not multirun:
             raise
         log.exception("job %s failed", hydra_cfg.job.num)
-        RunDir(run_dir).update_metrics(status="failed", error=f"{type(err).__name__}: {err}")
+        RunDir(run_dir).record_failure("failed", f"{type(err).__name__}: {err}")
         return math.nan
 
 
