@@ -94,12 +94,12 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     ckpt_path = cfg.ckpt_path
     if resuming:
         check_resume_overrides(cfg.resume, overrides or [])
+        resumed = RunDir(cfg.resume)
+        cfg = validate(resumed.checked_config())
         done = run.claim_resume() if writer else run.completed()
         if done is not None:
             print(f"stagetune: {run.path} already completed; nothing to resume, nothing changed", file=sys.stderr)
             return done.get("metric", {}).get("best", math.nan)
-        resumed = RunDir(cfg.resume)
-        cfg = validate(resumed.checked_config())
         ckpt_path = str(resumed.checkpoint("last"))
         log.info("resuming %s from %s", run.path, ckpt_path)
     from_step = check_training_checkpoint(ckpt_path, "resume" if resuming else "ckpt_path") if ckpt_path else None

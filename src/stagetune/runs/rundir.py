@@ -162,7 +162,11 @@ class RunDir:
 
     def checked_config(self) -> DictConfig:
         """``config.yaml`` to rebuild objects from: refused unless every ``_target_`` is allowlisted."""
-        return check_run_config(self.config(), self.path / CONFIG)
+        try:
+            cfg = self.config()
+        except FileNotFoundError as err:
+            raise StagetuneError(str(err)) from None
+        return check_run_config(cfg, self.path / CONFIG)
 
     def worker_env(self) -> dict[str, str]:
         """What the ranks a rank 0 starts need to build from the config it wrote or checked: its SHA-256.
