@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from stagetune.runs.targets import TRUST_ENV
 from tests.tiny import TinyData, TinyNet
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tiny model, data and callbacks are rebuilt from run directories (resume, predict): trust them
+# the way a user trusts their own code (README, "Security"); every other foreign target stays refused.
+os.environ.setdefault(TRUST_ENV, "tests.tiny")
 
 
 @pytest.fixture
@@ -23,12 +27,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     """Run ``python -m stagetune ARGS`` the way a user would, capturing its output."""
     if cwd is not None:
         Path(cwd).mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "stagetune", *args],
-        cwd=cwd or ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
+        [sys.executable, "-m", "stagetune", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=_cli_env(env)
     )
+
+
+def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m stagetune ARGS`` in the background (output captured): runs that overlap."""
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stagetune", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(env)
+    )
+
+
+def _cli_env(env: dict | None) -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", **(env or {})}

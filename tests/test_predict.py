@@ -270,3 +270,46 @@ def test_the_runs_starting_weights_are_not_needed_to_load_it(digits_run, tmp_pat
     x = export.sample_inputs(trained)[0]
     with torch.no_grad():
         assert torch.equal(trained.model(x), checkpoint_model(digits_run, "last.ckpt")(x))
+
+
+def test_predict_never_replaces_a_file_or_a_run_record_unless_forced(digits_run, digit_files, tmp_path, capsys):
+    folder, _ = digit_files
+    out = tmp_path / "pred.csv"
+    out.write_text("mine\n")
+    code, err = one_error_line(predict, capsys, digits_run, folder, "--out", out)
+    assert (code, err) == (2, f"stagetune-predict: error: --out='{out}': exists; choose another file, or add --force to replace it")
+    assert out.read_text() == "mine\n"
+    assert run_main(predict, digits_run, folder, "--out", out, "--force") == 0
+    assert len(read_csv(out)) == 6
+    capsys.readouterr()
+    for record in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/new.csv"):
+        path = digits_run / record
+        before = path.read_bytes() if path.exists() else None
+        code, err = one_error_line(predict, capsys, digits_run, folder, "--out", path)
+        assert code == 2 and err.endswith(f"is in the records of the run {digits_run} ({record.split('/')[0]}); write elsewhere, or add --force")
+        assert (path.read_bytes() if path.exists() else None) == before
+    code, err = one_error_line(predict, capsys, digits_run, folder, "--out", tmp_path)
+    assert code == 2 and err.endswith(f"is a directory; give a file name, e.g. --out {tmp_path / 'predictions.csv'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.csv"], "no temporary file left behind"
+
+
+def test_export_never_replaces_a_file_or_a_run_record_unless_forced(ratings_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(ratings_run, run)
+    exported = run / "export" / "model.pt"
+    assert run_main(export, run, "--format", "torchscript") == 0
+    first = exported.read_bytes()
+    capsys.readouterr()
+    code, err = one_error_line(export, capsys, run, "--format", "torchscript")
+    assert code == 2 and err.endswith("exists; choose another file, or add --force to replace it")
+    assert exported.read_bytes() == first
+    assert run_main(export, run, "--format", "torchscript", "--force") == 0
+    capsys.readouterr()
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    code, err = one_error_line(export, capsys, run, "--format", "torchscript", "--out", last)
+    assert code == 2 and f"is in the records of the run {run} (checkpoints)" in err
+    assert last.read_bytes() == before
+    assert run_main(export, run, "--format", "torchscript", "--out", run / "checkpoints" / "model.pt", "--force") == 0
+    assert torch.jit.load(str(run / "checkpoints" / "model.pt")) is not None
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["model.pt"], "no temporary file left behind"

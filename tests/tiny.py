@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -110,3 +111,18 @@ class KillAt(pl.Callback):
         if trainer.global_step == self.step and not self.marker.exists():
             self.marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class HoldAt(pl.Callback):
+    """Holds the run at a global step (writing ``marker``) until the file ``release`` exists: a live run to test against."""
+
+    def __init__(self, step: int, marker: str, release: str, timeout_s: float = 120) -> None:
+        self.step, self.marker, self.release, self.timeout_s = step, Path(marker), Path(release), timeout_s
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step != self.step:
+            return
+        self.marker.write_text("holding")
+        deadline = time.monotonic() + self.timeout_s
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

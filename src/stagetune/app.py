@@ -57,9 +57,10 @@ def _run_dir(resume: str | None, fresh: str) -> str:
     return str(Path(resume).resolve()) if resume else fresh
 
 
-def _config_subdir(resume: str | None) -> str | None:
-    """Where Hydra saves its view of the config: nowhere when resuming (keep the original)."""
-    return None if resume else ".hydra"
+def _config_subdir(resume: str | None, output_dir: str) -> str | None:
+    """Where Hydra saves its view of the config: nowhere when resuming, or when ``output_dir`` holds
+    a run already (a new run there is refused: its first records stay as they were)."""
+    return None if resume or (Path(output_dir) / "config.yaml").exists() else ".hydra"
 
 
 def register_resolvers() -> None:

@@ -17,6 +17,8 @@ import torch
 
 from stagetune.errors import StagetuneError
 from stagetune.commands.cli import one_line_errors
+from stagetune.runs.outputs import check_output, output_file
+from stagetune.runs.rundir import RunDir
 from stagetune.runs.trained import Trained, load_trained
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
@@ -67,17 +69,17 @@ def export_onnx(trained: Trained, inputs: tuple[torch.Tensor, ...], out: Path) -
     return torch.from_numpy(session.run(None, feeds)[0])
 
 
-def export(trained: Trained, fmt: str, out: Path) -> float:
-    """Write the model to ``out`` in ``fmt``; the largest difference from the checkpoint's outputs."""
+def export(trained: Trained, fmt: str, out: Path, force: bool = False) -> float:
+    """Write the model to ``out`` in ``fmt`` (over an existing file only with ``force``); the largest
+    difference from the checkpoint's outputs."""
     if fmt not in FORMATS:
         raise StagetuneError(f"--format {fmt}: use {' or '.join(FORMATS)}")
     inputs = sample_inputs(trained)
     with torch.no_grad():
         expected = trained.model(*inputs).cpu()
-    out.parent.mkdir(parents=True, exist_ok=True)
     writer = export_torchscript if fmt == "torchscript" else export_onnx
-    with torch.no_grad():
-        got = writer(trained, inputs, out).cpu()
+    with torch.no_grad(), output_file(out, force) as tmp:
+        got = writer(trained, inputs, tmp).cpu()
     return float((got - expected).abs().max())
 
 
@@ -85,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stagetune-export", description="Write a run's model as a self-contained file.")
     ap.add_argument("run_dir")
     ap.add_argument("--format", required=True, choices=list(FORMATS))
-    ap.add_argument("--out", help="file to write (default: RUN_DIR/export/model.pt or model.onnx)")
+    ap.add_argument("--out", help="file to write (default: RUN_DIR/export/model.pt or model.onnx); never an existing file")
+    ap.add_argument("--force", action="store_true", help="replace --out if it exists, even inside a run's records")
     ap.add_argument("--ckpt", default="best", choices=["best", "last"])
     return ap
 
@@ -93,9 +96,10 @@ def parser() -> argparse.ArgumentParser:
 @one_line_errors("stagetune-export")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    name = f"model{FORMATS[args.format]}"
+    out = check_output(Path(args.out) if args.out else RunDir(args.run_dir).path / "export" / name, args.force, name)
     trained = load_trained(args.run_dir, args.ckpt, "cpu")
-    out = Path(args.out) if args.out else trained.run.path / "export" / f"model{FORMATS[args.format]}"
-    diff = export(trained, args.format, out)
+    diff = export(trained, args.format, out, args.force)
     print(f"wrote {out}; max difference from the checkpoint's outputs: {diff:.2e}")
     if not diff <= TOLERANCE:
         print(f"stagetune-export: error: {out} differs from the checkpoint by {diff:.2e} (> {TOLERANCE:g})", file=sys.stderr)

@@ -22,6 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import DataError, StagetuneError
 from stagetune.commands.cli import one_line_errors
+from stagetune.runs.outputs import check_output, output_file
 from stagetune.runs.trained import Trained, load_trained
 
 
@@ -138,13 +139,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--top-k", type=int, default=3, help="classes listed per image in the CSV (default: 3)")
-    ap.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    ap.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv); never an existing file")
+    ap.add_argument("--force", action="store_true", help="replace --out if it exists, even inside a run's records")
     return ap
 
 
 @one_line_errors("stagetune-predict")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    out = check_output(Path(args.out), args.force, "predictions.csv")
     trained = load_trained(args.run_dir, args.ckpt, args.device)
     transform = image_transform(trained)
     files = image_files(args.images)
@@ -153,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stagetune-predict: skipped unreadable image {path} ({reason})", file=sys.stderr)
     if not predictions:
         raise DataError(f"none of the {len(files)} file(s) could be read as an image")
-    out = Path(args.out)
-    write_csv(predictions, out)
+    with output_file(out, args.force) as tmp:
+        write_csv(predictions, tmp)
     print_table(predictions)
     print(f"{len(predictions)} predicted, {len(skipped)} skipped; written to {out}", file=sys.stderr)
     return 0

@@ -33,7 +33,8 @@ from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.runs.hparams import HParamsSummary
-from stagetune.runs.rundir import RunDir
+from stagetune.runs.rundir import RunDir, check_resume_overrides
+from stagetune.runs.trained import without_start_weights
 
 log = logging.getLogger("stagetune")
 
@@ -81,32 +82,48 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
 
 
 def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
-    """One run, start to finish; returns the configured metric (best value over validation)."""
-    cfg = validate(cfg)
+    """One run, start to finish; returns the configured metric (best value over validation).
+
+    Rank 0 is the run directory's one writer (:meth:`RunDir.claim`); a resume appends to the
+    records and takes nothing from the command line; a completed run is left as it is.
+    """
     run = RunDir(run_dir)
+    writer = launch.global_rank() == 0
+    resuming = bool(cfg.resume)  # the run's own config, read below, says resume: null
+    if writer and not resuming:
+        run.claim_fresh()
+    cfg = validate(cfg)
     ckpt_path = cfg.ckpt_path
-    if cfg.resume:
+    if resuming:
+        check_resume_overrides(cfg.resume, overrides or [])
         resumed = RunDir(cfg.resume)
-        cfg = validate(resumed.config())
+        cfg = validate(resumed.checked_config())
+        done = run.claim_resume() if writer else run.completed()
+        if done is not None:
+            print(f"stagetune: {run.path} already completed; nothing to resume, nothing changed", file=sys.stderr)
+            return done.get("metric", {}).get("best", math.nan)
         ckpt_path = str(resumed.checkpoint("last"))
         log.info("resuming %s from %s", run.path, ckpt_path)
-    if ckpt_path:
-        check_training_checkpoint(ckpt_path, "resume" if cfg.resume else "ckpt_path")
+    from_step = check_training_checkpoint(ckpt_path, "resume" if resuming else "ckpt_path") if ckpt_path else None
     launch.process_count(cfg.trainer)
-    if launch.global_rank() == 0:
-        if not cfg.resume:
-            run.save_config(cfg, overrides or [])
+    if writer and resuming:
+        run.record_resume(PACKAGE_DIR, from_step)
+    elif writer:
+        run.save_config(cfg, overrides or [])
         run.save_run_info(PACKAGE_DIR)
         run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
-    with launch.ranks(cfg.trainer, run.path, ckpt_path):
-        return fit_run(cfg, run, ckpt_path)
+    with launch.ranks(cfg.trainer, run.path, ckpt_path, run.worker_env()):
+        value = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
+    run.release()
+    return value
 
 
-def check_training_checkpoint(path: str, what: str) -> None:
-    """A checkpoint to continue from must be readable and hold stagetune's training state."""
+def check_training_checkpoint(path: str, what: str) -> int | None:
+    """A checkpoint to continue from must be readable and hold stagetune's training state; its step."""
     data = check_checkpoint(path, what)
     if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
         raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
+    return data.get("global_step")
 
 
 def check_batch_size(cfg: DictConfig, datamodule) -> None:
@@ -181,7 +198,7 @@ def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
 def record_failure(status: str, message: str) -> None:
     """A failed job's status and error, in its run directory (rank 0 writes it)."""
     if launch.global_rank() == 0:
-        RunDir(HydraConfig.get().runtime.output_dir).update_metrics(status=status, error=message)
+        RunDir(HydraConfig.get().runtime.output_dir).record_failure(status, message)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

@@ -80,8 +80,11 @@ def needs_launch(trainer_cfg) -> bool:
 
 
 @contextlib.contextmanager
-def ranks(trainer_cfg, run_dir: Path, ckpt_path: str | None) -> Iterator[None]:
-    """Start ranks 1..N-1 for a self-launched DDP run around the body of the ``with`` block."""
+def ranks(trainer_cfg, run_dir: Path, ckpt_path: str | None, worker_env: dict[str, str] | None = None) -> Iterator[None]:
+    """Start ranks 1..N-1 for a self-launched DDP run around the body of the ``with`` block.
+
+    ``worker_env`` is added to their environment (the digest of the config they are to build).
+    """
     if not needs_launch(trainer_cfg):
         yield
         return
@@ -100,7 +103,8 @@ def ranks(trainer_cfg, run_dir: Path, ckpt_path: str | None) -> Iterator[None]:
         args = [sys.executable, "-m", "stagetune.commands.worker", str(run_dir)]
         if ckpt_path:
             args.append(str(ckpt_path))
-        workers.append(subprocess.Popen(args, env={**os.environ, **env, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
+        rank_env = {**os.environ, **(worker_env or {}), **env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        workers.append(subprocess.Popen(args, env=rank_env))
     os.environ.update({**env, "RANK": "0", "LOCAL_RANK": "0"})
     try:
         yield

@@ -5,27 +5,44 @@ A run directory holds the resolved config (``config.yaml``) and the command-line
 ``metrics.json`` (status, final and best metrics, a row per stage). ``run.json`` records what is
 needed to reproduce it: command line, git commit and dirty flag, package versions.
 Readers (report, predict, resume) go through this module rather than guessing paths.
+
+The records are append-only: ``config.yaml``, ``overrides.yaml`` and ``run.json`` are written once,
+when the run starts; a resume adds an entry to ``run.json``'s ``resumes`` and rewrites nothing.
+A run has one writer: the process holding an exclusive lock on ``.lock`` (``flock``; the kernel
+drops it when the process dies), and a new run never starts in a directory that holds one.
 """
 
 from __future__ import annotations
 
+import datetime
+import fcntl
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from stagetune.errors import ConfigError, StagetuneError
+from stagetune.runs.targets import check_run_config
+
 CONFIG = "config.yaml"
+OVERRIDES = "overrides.yaml"
 METRICS = "metrics.json"
 RUN_INFO = "run.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+LOCK = ".lock"
+# What a run writes about itself (Hydra adds .hydra/ and train.log): no command writes its output there.
+RECORDS = (CONFIG, OVERRIDES, RUN_INFO, METRICS, CHECKPOINTS, TENSORBOARD, LOCK, ".hydra", "train.log")
+CONFIG_DIGEST_ENV = "STAGETUNE_CONFIG_SHA256"
 PACKAGES = ("stagetune", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics", "tensorboard")
 
 
@@ -76,6 +93,33 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+class RunDirTaken(StagetuneError):
+    """The directory holds another run, or another process is writing it: choose another (exit 2)."""
+
+    exit_code = 2
+
+
+@dataclass
+class _Writer:
+    fd: int  # the open lock file; closing it (or dying) drops the lock
+    started: bool = False  # this process wrote the run's "running" status, so it records how it ends
+
+
+_writers: dict[Path, _Writer] = {}  # the run directories this process writes
+
+
+def check_resume_overrides(resume: str, overrides: list[str]) -> None:
+    """``resume=`` continues with the run's own config: any other override would be silently ignored."""
+    extra = [arg for arg in overrides if arg.partition("=")[0].lstrip("+~") != "resume"]
+    if extra:
+        raise ConfigError(
+            "resume",
+            resume,
+            f"continues the run with its own config.yaml and takes no other overrides; refused: {' '.join(extra)} "
+            "(to train with them, start a new run)",
+        )
+
+
 class RunDir:
     """A run directory on disk."""
 
@@ -110,14 +154,41 @@ class RunDir:
         raise FileNotFoundError(f"no checkpoint in {self.checkpoints}")
 
     def config(self) -> DictConfig:
+        """``config.yaml`` as written: to read values. To build objects from it, :meth:`checked_config`."""
         path = self.path / CONFIG
         if not path.exists():
             raise FileNotFoundError(f"{self.path} is not a stagetune run directory (no {CONFIG})")
         return OmegaConf.load(path)
 
+    def checked_config(self) -> DictConfig:
+        """``config.yaml`` to rebuild objects from: refused unless every ``_target_`` is allowlisted."""
+        try:
+            cfg = self.config()
+        except FileNotFoundError as err:
+            raise StagetuneError(str(err)) from None
+        return check_run_config(cfg, self.path / CONFIG)
+
+    def worker_env(self) -> dict[str, str]:
+        """What the ranks a rank 0 starts need to build from the config it wrote or checked: its SHA-256.
+
+        Empty without a config (a rank that torchrun started composes its own and starts none).
+        """
+        path = self.path / CONFIG
+        return {CONFIG_DIGEST_ENV: hashlib.sha256(path.read_bytes()).hexdigest()} if path.exists() else {}
+
+    def rank_config(self) -> DictConfig:
+        """The config a started rank builds: the very file its rank 0 vouched for, else a checked one."""
+        vouched = os.environ.get(CONFIG_DIGEST_ENV)
+        if not vouched:
+            return self.checked_config()
+        text = (self.path / CONFIG).read_bytes()
+        if hashlib.sha256(text).hexdigest() != vouched:
+            raise StagetuneError(f"{self.path / CONFIG} changed after rank 0 started the run; not building it")
+        return OmegaConf.create(text.decode())
+
     def overrides(self) -> list[str]:
         """The command-line overrides the run was started with (empty if none were recorded)."""
-        path = self.path / "overrides.yaml"
+        path = self.path / OVERRIDES
         return list(OmegaConf.load(path)) if path.exists() else []
 
     def metrics(self) -> dict:
@@ -125,7 +196,7 @@ class RunDir:
 
     def save_config(self, cfg: DictConfig, overrides: list[str]) -> None:
         write_atomic(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-        write_atomic(self.path / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+        write_atomic(self.path / OVERRIDES, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
     def save_run_info(self, source: Path) -> None:
         info = {
@@ -144,3 +215,91 @@ class RunDir:
         data.update(fields)
         write_json(self.metrics_path, data)
         return data
+
+    def claim(self, advice: str) -> None:
+        """Become the run's one writer (an exclusive lock on ``.lock``) or fail saying who holds it.
+
+        The lock is held until :meth:`release`, :meth:`record_failure` or the end of the process.
+        """
+        if self.path in _writers:  # this process already writes it (an earlier call that failed)
+            _writers[self.path].started = False
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StagetuneError(f"cannot write the run directory {self.path}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunDirTaken(f"{self.path} is being written by another stagetune run ({holder}); {advice}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {platform.node()}\n".encode())
+        _writers[self.path] = _Writer(fd)
+
+    def release(self) -> None:
+        writer = _writers.pop(self.path, None)
+        if writer is not None:
+            os.close(writer.fd)
+
+    def claim_fresh(self) -> None:
+        """Claim the directory for a new run; one that holds a run already is refused, with how to continue it."""
+        self.claim("start the new run in another directory (hydra.run.dir=DIR)")
+        if (self.path / CONFIG).exists():
+            self.release()
+            status = self.metrics().get("status", "unknown")
+            raise RunDirTaken(
+                f"{self.path} already holds a run (status: {status}); continue it with `stagetune resume={self.path}`, "
+                "or start the new run in another directory (hydra.run.dir=DIR)"
+            )
+        _writers[self.path].started = True
+
+    def claim_resume(self) -> dict | None:
+        """Claim a run to continue it; a completed run is left untouched, and its ``metrics.json`` returned.
+
+        Completed is final (nothing writes a completed run), so it is seen without taking the lock;
+        it is looked at again once the lock is held, in case another resume just finished it.
+        """
+        if not (self.path / CONFIG).exists():
+            raise StagetuneError(f"{self.path} is not a stagetune run directory (no {CONFIG}); nothing to resume")
+        done = self.completed()
+        if done is None:
+            self.claim(f"resume it once it has stopped: stagetune resume={self.path}")
+            done = self.completed()
+            if done is not None:
+                self.release()
+        return done
+
+    def completed(self) -> dict | None:
+        """``metrics.json`` when the run completed (a final state: nothing writes a completed run again)."""
+        metrics = self.metrics()
+        return metrics if metrics.get("status") == "completed" else None
+
+    def record_resume(self, source: Path, from_step: int | None) -> None:
+        """Append this resume to ``run.json`` (what is there stays byte for byte) and mark the run running."""
+        info = read_json(self.path / RUN_INFO) if (self.path / RUN_INFO).exists() else {}
+        metrics = self.metrics()
+        entry = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "argv": list(sys.argv),
+            "git": git_state(source),
+            "from_step": from_step,
+            "previous_status": metrics.get("status"),
+        }
+        if "error" in metrics:  # kept here: metrics.json describes the run as it goes on
+            entry["previous_error"] = metrics.pop("error")
+        info.setdefault("resumes", []).append(entry)
+        write_json(self.path / RUN_INFO, info)
+        write_json(self.metrics_path, {**metrics, "status": "running"})
+        _writers[self.path].started = True
+
+    def record_failure(self, status: str, error: str) -> None:
+        """Record how the run stopped, only if this process is its writer and started it; release it."""
+        writer = _writers.get(self.path)
+        if writer is None:
+            return
+        if writer.started:
+            self.update_metrics(status=status, error=error)
+        self.release()

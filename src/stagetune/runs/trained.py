@@ -3,17 +3,19 @@
 The run's own ``config.yaml`` rebuilds the datamodule (transforms, class names, id maps) and the
 model exactly as training built them, except that the model's starting weights (``model.weights``)
 are not loaded: the checkpoint's ``state_dict`` replaces every tensor anyway, and the source file
-may be gone. Checkpoints load with ``weights_only=True``. Every user error is one line on stderr.
+may be gone. Only allowlisted targets are built from the file (``runs/targets.py``); checkpoints
+load with ``weights_only=True``. Every user error is one line on stderr.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from stagetune.build import build
 from stagetune.errors import StagetuneError
@@ -43,6 +45,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def without_start_weights(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose model starts from random weights: a checkpoint replaces every tensor anyway.
+
+    Its source (``model.weights``: a file, or ``source_weights`` that trains and saves one) is then
+    neither needed nor made again when a run is rebuilt or resumed.
+    """
+    cfg = copy.deepcopy(cfg)
+    if "weights" in cfg.model:
+        cfg.model.weights = None
+    return cfg
+
+
 def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> Trained:
     """The model of run directory ``path`` with its ``best`` or ``last`` checkpoint's weights."""
     if which not in CHECKPOINTS:
@@ -52,18 +66,15 @@ def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> 
     if not run.path.is_dir():
         raise StagetuneError(f"{path}: no such run directory")
     try:
-        cfg = run.config()
+        cfg = run.checked_config()
         checkpoint = run.checkpoint(which)
     except FileNotFoundError as err:
         raise StagetuneError(str(err)) from None
     state = check_checkpoint(checkpoint, f"--ckpt {which}")
     if not isinstance(state.get("state_dict"), dict):
         raise StagetuneError(f"--ckpt {which}: {checkpoint} holds no model state_dict")
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if "weights" in model_cfg:
-        model_cfg["weights"] = None
     datamodule = build(cfg.data)
-    model = build(OmegaConf.create(model_cfg), **datamodule.model_kwargs())
+    model = build(without_start_weights(cfg).model, **datamodule.model_kwargs())
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:  # the config was edited after training, or the file is another run's
