@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from stagetune.runs.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
+from stagetune.sweeps import TRIAL_CALLBACK  # noqa: E402
 
 log = logging.getLogger("stagetune")
 
@@ -84,7 +85,7 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     """Keys whose value differs between jobs, in command-line order; every key for a single job."""
     keys: list[str] = []
     for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
+        keys += [k for k in job.overrides if k not in keys and not k.lstrip("+").startswith(TRIAL_CALLBACK)]
     if len(jobs) == 1:
         return [k for k in keys if k not in ("experiment", "sweep")]
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
