@@ -9,6 +9,7 @@ median, successive_halving, hyperband); any key of the Optuna class may be added
 
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -92,6 +93,16 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
+        from stagetune.errors import StagetuneError
+
+        try:
+            self._sweep(arguments)
+        except StagetuneError as err:  # a bad setting is one line, as everywhere in stagetune
+            print(f"stagetune: {'config error' if err.exit_code == 2 else 'error'}: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+
+    def _sweep(self, arguments: list[str]) -> None:
+        from stagetune.sweeps.report import StudyReport
         from stagetune.sweeps.space import search_space
         from stagetune.sweeps.study import storage_spec
         from stagetune.sweeps.worker import StudyWorker, WorkerSettings, check_launcher, pruner_spec, sampler_maker, write_results
@@ -124,3 +135,7 @@ class OptunaSweeper(Sweeper):
         study = worker.run()
         log.info("this worker ran trials %s", ", ".join(map(str, worker.ran)) or "none")
         write_results(study, sweep_dir)
+        report = StudyReport(study)
+        paths = report.write(sweep_dir)
+        print(report.markdown(), file=sys.stderr)
+        print("study report: " + ", ".join(str(p) for p in paths), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
+"""``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep (and of its Optuna study)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from stagetune.runs.sweep_report import Report, job_dirs
+from stagetune.sweeps.report import write_study_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,4 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(args.sweep_dir)
     paths = report.write()
     print(report.markdown())
+    study = write_study_report(args.sweep_dir)
+    if study is not None:
+        print(study[0].markdown())
+        paths += study[1]
     print("wrote " + ", ".join(str(p) for p in paths))

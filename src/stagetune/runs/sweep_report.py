@@ -29,13 +29,14 @@ from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from stagetune.runs.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
-from stagetune.sweeps import TRIAL_CALLBACK  # noqa: E402
 
 log = logging.getLogger("stagetune")
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 SUMMARY_PNG = "summary.png"
+# Config nodes a sweeper adds to every job for its own use (the Optuna trial handle): not swept values.
+TRIAL_CALLBACK = "callbacks.optuna_trial"
 
 
 @dataclass

@@ -4,5 +4,3 @@ The Hydra sweeper (``hydra_plugins.stagetune_optuna``) is a thin shell over :mod
 Lightning callback that reports each validation to the trial is :mod:`.pruning`.
 """
 
-# The config node the Optuna sweeper adds to each trial's job (the pruning callback and its trial).
-TRIAL_CALLBACK = "callbacks.optuna_trial"

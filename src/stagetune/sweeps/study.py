@@ -18,6 +18,7 @@ every storage.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -80,7 +81,23 @@ def _new_storage(spec: str | None) -> BaseStorage:
     if path.is_dir():
         raise ConfigError("hydra.sweeper.storage", spec, "a journal file path (e.g. study.log) or a database URL, not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not _is_journal(path):
+        raise ConfigError("hydra.sweeper.storage", spec, "this file exists and is not an Optuna journal; name a new or journal file")
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _is_journal(path: Path) -> bool:
+    """A missing or empty file, or one whose first line is a journal record (a JSON object with an op_code)."""
+    if not path.exists():
+        return True
+    with path.open("rb") as f:
+        first = f.readline()
+    if not first.strip():
+        return True
+    try:
+        return "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        return False
 
 
 def trial_of(spec: str | None, study_name: str, number: int, pruner: optuna.pruners.BasePruner) -> optuna.Trial:

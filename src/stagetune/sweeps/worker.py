@@ -34,7 +34,8 @@ from optuna.trial import TrialState
 
 from stagetune.errors import ConfigError
 from stagetune.runs.rundir import RunDir, write_atomic
-from stagetune.sweeps import TRIAL_CALLBACK
+from stagetune.runs.sweep_report import TRIAL_CALLBACK
+from stagetune.sweeps.report import STUDY_FILE
 from stagetune.sweeps.sampler import TrialSeeded
 from stagetune.sweeps.space import SearchSpace, render
 from stagetune.sweeps.study import (
@@ -50,7 +51,6 @@ from stagetune.sweeps.study import (
 log = logging.getLogger("stagetune")
 
 DIRECTIONS = ("minimize", "maximize")
-STUDY_FILE = "optuna_study.yaml"
 RESULTS_FILE = "optimization_results.yaml"
 
 
