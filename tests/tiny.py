@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -110,3 +111,15 @@ class KillAt(pl.Callback):
         if trainer.global_step == self.step and not self.marker.exists():
             self.marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class OptimizerDump(pl.Callback):
+    """Writes every rank's optimizer param groups (lr, weight decay) at each epoch end: ``rank{r}-epoch{e}.json``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.out.mkdir(parents=True, exist_ok=True)
+        groups = [{"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in trainer.optimizers[0].param_groups]
+        (self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(groups))
