@@ -7,13 +7,18 @@ RUN_DIR and joins its process group (from the environment rank 0 set). It writes
 import sys
 
 from stagetune.config import validate
+from stagetune.errors import StagetuneError
 from stagetune.runs.rundir import RunDir
 from stagetune.commands.train import fit_run
 
 
 def main(argv: list[str]) -> None:
     run = RunDir(argv[0])
-    fit_run(validate(run.config()), run, argv[1] if len(argv) > 1 else None)
+    try:
+        fit_run(validate(run.config()), run, argv[1] if len(argv) > 1 else None)
+    except StagetuneError as err:
+        # Every rank stops together (a pruned trial, a diverged loss); rank 0 reports why, in one line.
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":
