@@ -13,6 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -171,6 +173,10 @@ def test_a_deliberately_bad_trial_is_pruned_before_its_last_epoch(tmp_path):
     assert "stagetune: pruned: trial 2" in log and "Traceback" not in log
     assert [r["status"] for r in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())] == ["completed", "completed", "pruned"]
     assert "2 complete, 1 pruned, 0 failed" in (tmp_path / "sweep" / "study.md").read_text()
+    events = EventAccumulator(str(tmp_path / "sweep" / "2" / "tensorboard")).Reload()
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["status"].string_value == "pruned"
 
 
 def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_the_other_worker_runs_again(tmp_path):
