@@ -107,6 +107,14 @@ class OptunaSweeper(Sweeper):
         from stagetune.sweeps.study import storage_spec
         from stagetune.sweeps.worker import StudyWorker, WorkerSettings, check_launcher, pruner_spec, sampler_maker, write_results
 
+        from stagetune.engine import launch
+        from stagetune.errors import ConfigError
+
+        if launch.launched_externally():
+            raise ConfigError(
+                "hydra.sweeper", "optuna", "a study worker is one process (not torchrun/srun with several tasks): "
+                "stagetune starts each trial's DDP ranks itself, or the launcher's jobs do (hydra/launcher=slurm)",
+            )
         s = self.settings
         settings = WorkerSettings(
             study_name=str(s.get("study_name") or self.config.get("experiment") or "stagetune"),

@@ -51,6 +51,7 @@ from stagetune.sweeps.study import (
 log = logging.getLogger("stagetune")
 
 DIRECTIONS = ("minimize", "maximize")
+POLL_S = 2.0  # how often a worker with nothing to ask looks at the study again
 RESULTS_FILE = "optimization_results.yaml"
 
 
@@ -213,7 +214,7 @@ class StudyWorker:
             if now.waiting == 0 and now.taken >= s.n_trials:
                 if now.running == 0:
                     return
-                self.stop.wait(s.heartbeat_interval)  # the study is full: watch the others' trials
+                self.stop.wait(min(s.heartbeat_interval, POLL_S))  # the study is full: watch the others' trials
                 continue
             self.run_trial(study, study.ask())
 
