@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import cases
+from benchmarks import cases, study
 from benchmarks.harness import Figure, against, per_step, side_by_side, table, write
 from stagetune.engine.loaders import default_workers
 from stagetune.vision.data import ImageFolderData
@@ -22,6 +22,7 @@ from stagetune.vision.data import ImageFolderData
 RATING_SIZES = (100_000, 1_000_000, 10_000_000)
 MOVIELENS_SHAPES = {100_000: (943, 1_682), 1_000_000: (6_040, 3_706), 10_000_000: (69_878, 10_677)}  # users, items
 SCALE_BATCHES = 150  # batches timed per size; an epoch of 10M ratings is ~7,800 batches
+GROUPS = ("overhead", "frozen", "feature_cache", "loader", "ratings_scale", "study_workers")
 CACHE_SIZES = (32, 64)  # px: ResNet34's frozen body costs ~4x more per image at 64
 
 
@@ -142,11 +143,19 @@ def ratings_scale(repeats: int, sizes: tuple[int, ...]) -> list[Figure]:
     return figures
 
 
+def study_workers(repeats: int) -> list[Figure]:
+    ratios = side_by_side(lambda: study.study_seconds(1), lambda: study.study_seconds(2), repeats)
+    note = (f"one Optuna study of {study.N_TRIALS} ratings trials (~8 s each) on a journal file: wall time of one worker "
+            "process over two (one torch thread each), worker start-up included")
+    return [Figure(f"study workers, {study.N_TRIALS} trials", "1 worker s", "2 workers s", ratios, 1.6, True, note)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="A/B pairs per figure")
     parser.add_argument("--quick", action="store_true", help="fewer steps and ratings sizes up to 1M")
     parser.add_argument("--out", default="outputs/bench", help="results go to OUT/<time>/")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups of figures")
     args = parser.parse_args()
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -155,13 +164,17 @@ def main() -> None:
     sizes = RATING_SIZES[:2] if args.quick else RATING_SIZES
     started = time.time()
     figures: list[Figure] = []
-    for run in (
-        lambda: overhead(args.repeats, warmup, steps),
-        lambda: frozen(args.repeats, warmup, steps),
-        lambda: feature_cache(args.repeats),
-        lambda: loader(args.repeats, warmup, steps),
-        lambda: ratings_scale(args.repeats, sizes),
-    ):
+    groups = {
+        "overhead": lambda: overhead(args.repeats, warmup, steps),
+        "frozen": lambda: frozen(args.repeats, warmup, steps),
+        "feature_cache": lambda: feature_cache(args.repeats),
+        "loader": lambda: loader(args.repeats, warmup, steps),
+        "ratings_scale": lambda: ratings_scale(args.repeats, sizes),
+        "study_workers": lambda: study_workers(args.repeats),
+    }
+    for name, run in groups.items():
+        if args.only and name not in args.only:
+            continue
         for figure in run():
             figures.append(figure)
             print(f"[{time.time() - started:5.0f} s] {figure.name}: {figure.median:.3f}", file=sys.stderr, flush=True)

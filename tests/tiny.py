@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -126,3 +127,15 @@ class HoldAt(pl.Callback):
         deadline = time.monotonic() + self.timeout_s
         while not self.release.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class OptimizerDump(pl.Callback):
+    """Writes every rank's optimizer param groups (lr, weight decay) at each epoch end: ``rank{r}-epoch{e}.json``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.out.mkdir(parents=True, exist_ok=True)
+        groups = [{"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in trainer.optimizers[0].param_groups]
+        (self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(groups))

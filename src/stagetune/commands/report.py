@@ -1,4 +1,4 @@
-"""``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
+"""``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep (and of its Optuna study)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from stagetune.commands.cli import one_line_errors
 from stagetune.errors import StagetuneError
 from stagetune.runs.sweep_report import Report, job_dirs
+from stagetune.sweeps.report import write_study_report
 
 
 @one_line_errors("stagetune-report")
@@ -21,5 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.sweep_dir)
     paths = report.write()
     print(report.markdown())
+    study = write_study_report(args.sweep_dir)
+    if study is not None:
+        print(study[0].markdown())
+        paths += study[1]
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

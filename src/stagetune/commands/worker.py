@@ -9,6 +9,7 @@ started by hand, if every target in it is allowlisted.
 import sys
 
 from stagetune.config import validate
+from stagetune.errors import StagetuneError
 from stagetune.runs.rundir import RunDir
 from stagetune.commands.train import fit_run
 from stagetune.runs.trained import without_start_weights
@@ -18,7 +19,11 @@ def main(argv: list[str]) -> None:
     run = RunDir(argv[0])
     cfg = validate(run.rank_config())
     ckpt_path = argv[1] if len(argv) > 1 else None
-    fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
+    try:
+        fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
+    except StagetuneError as err:
+        # Every rank stops together (a pruned trial, a diverged loss); rank 0 reports why, in one line.
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -118,5 +118,5 @@ class HParamsSummary(Callback):
         self.write(trainer, pl_module, "completed")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """A failed or diverged run still appears in the table, with what it reached and its status."""
-        self.write(trainer, pl_module, "failed")
+        """A failed, diverged or pruned run still appears in the table, with what it reached and its status."""
+        self.write(trainer, pl_module, getattr(exception, "status", "failed"))

@@ -35,6 +35,8 @@ log = logging.getLogger("stagetune")
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 SUMMARY_PNG = "summary.png"
+# Config nodes a sweeper adds to every job for its own use (the Optuna trial handle): not swept values.
+TRIAL_CALLBACK = "callbacks.optuna_trial"
 
 
 @dataclass
@@ -84,7 +86,7 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     """Keys whose value differs between jobs, in command-line order; every key for a single job."""
     keys: list[str] = []
     for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
+        keys += [k for k in job.overrides if k not in keys and not k.lstrip("+").startswith(TRIAL_CALLBACK)]
     if len(jobs) == 1:
         return [k for k in keys if k not in ("experiment", "sweep")]
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]

@@ -1,0 +1,1 @@
+"""stagetune's Optuna sweeper for Hydra: ``hydra/sweeper=optuna`` (see :mod:`.optuna_sweeper`)."""

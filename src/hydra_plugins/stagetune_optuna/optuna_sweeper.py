@@ -1,0 +1,149 @@
+"""``hydra/sweeper=optuna``: one worker of a shared Optuna study, on Optuna's ask/tell API.
+
+Hydra imports every module under ``hydra_plugins`` at start-up, so this one registers the configs
+and defers Optuna and the worker loop (:mod:`stagetune.sweeps.worker`) to the first sweep.
+
+Config groups: ``hydra/sweeper/sampler`` (tpe, random, grid) and ``hydra/sweeper/pruner`` (none,
+median, successive_halving, hyperband); any key of the Optuna class may be added to either.
+"""
+
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import MISSING, DictConfig
+
+log = logging.getLogger("stagetune")
+
+
+@dataclass
+class OptunaSweeperConf:
+    """``hydra.sweeper`` for ``hydra/sweeper=optuna``."""
+
+    _target_: str = "hydra_plugins.stagetune_optuna.optuna_sweeper.OptunaSweeper"
+    # The sampler and pruner reach the sweeper as configs: it builds a sampler per trial and hands
+    # the pruner's config to each trial's job.
+    _recursive_: bool = False
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+    direction: str = "minimize"
+    # None: in this process's memory (one worker). A file path: a journal file every worker on a
+    # shared filesystem appends to. A URL (sqlite:///study.db, postgresql://...): a database.
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    # Trials of the whole study, across all its workers, in any state but failed.
+    n_trials: int = 20
+    # Trials this worker keeps in flight: 1 with the basic launcher (start more workers instead),
+    # more with a launcher that runs jobs elsewhere (submitit).
+    n_jobs: int = 1
+    # Stop asking once the study has this many failed trials (0: never stop for failures).
+    max_failures: int = 10
+    # Seconds between the heartbeats written into a running trial, and of silence after which a
+    # trial counts as abandoned by a dead worker: it is marked failed and its parameters queued again.
+    heartbeat_interval: float = 30.0
+    grace_period: float = 120.0
+    # Points to try first, once per study: a list of {key: value} mappings.
+    enqueue: list[Any] = field(default_factory=list)
+    # The search space: {config key: sweep}, see stagetune.sweeps.space.
+    params: Optional[dict[str, Any]] = None
+
+
+SAMPLERS = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "grid": {"_target_": "optuna.samplers.GridSampler", "seed": None},
+}
+PRUNERS = {
+    "none": {"_target_": "optuna.pruners.NopPruner"},
+    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 5, "n_warmup_steps": 0, "interval_steps": 1},
+    "successive_halving": {
+        "_target_": "optuna.pruners.SuccessiveHalvingPruner",
+        "min_resource": "auto",
+        "reduction_factor": 4,
+        "min_early_stopping_rate": 0,
+    },
+    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1, "max_resource": "auto", "reduction_factor": 3},
+}
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="stagetune")
+for name, node in SAMPLERS.items():
+    store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="stagetune")
+for name, node in PRUNERS.items():
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="stagetune")
+
+
+class OptunaSweeper(Sweeper):
+    """Hydra's side of a study worker: checks the settings, then runs :class:`StudyWorker`."""
+
+    def __init__(self, sampler: DictConfig, pruner: DictConfig, params: Optional[DictConfig] = None, **settings: Any) -> None:
+        self.sampler_cfg, self.pruner_cfg, self.params = sampler, pruner, params
+        self.settings = settings
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)
+
+    def sweep(self, arguments: list[str]) -> None:
+        from stagetune.errors import StagetuneError
+
+        try:
+            self._sweep(arguments)
+        except StagetuneError as err:  # a bad setting is one line, as everywhere in stagetune
+            print(f"stagetune: {'config error' if err.exit_code == 2 else 'error'}: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
+
+    def _sweep(self, arguments: list[str]) -> None:
+        from stagetune.sweeps.report import StudyReport
+        from stagetune.sweeps.space import search_space
+        from stagetune.sweeps.study import storage_spec
+        from stagetune.sweeps.worker import StudyWorker, WorkerSettings, check_launcher, pruner_spec, sampler_maker, write_results
+
+        from stagetune.engine import launch
+        from stagetune.errors import ConfigError
+
+        if launch.launched_externally():
+            raise ConfigError(
+                "hydra.sweeper", "optuna", "a study worker is one process (not torchrun/srun with several tasks): "
+                "stagetune starts each trial's DDP ranks itself, or the launcher's jobs do (hydra/launcher=slurm)",
+            )
+        s = self.settings
+        settings = WorkerSettings(
+            study_name=str(s.get("study_name") or self.config.get("experiment") or "stagetune"),
+            storage=storage_spec(s.get("storage")),
+            direction=str(s.get("direction", "minimize")),
+            n_trials=int(s.get("n_trials", 20)),
+            n_jobs=int(s.get("n_jobs", 1)),
+            max_failures=int(s.get("max_failures", 10)),
+            heartbeat_interval=float(s.get("heartbeat_interval", 30.0)),
+            grace_period=float(s.get("grace_period", 120.0)),
+            enqueue=[dict(point) for point in s.get("enqueue") or []],
+        )
+        settings.check()
+        check_launcher(self.launcher, settings)
+        space = search_space(self.params, arguments)
+        sampler = sampler_maker(self.sampler_cfg, space)
+        if str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+            size = 1
+            for values in space.grid().values():
+                size *= len(values)
+            settings.n_trials = min(settings.n_trials, size)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        worker = StudyWorker(settings, space, sampler, pruner_spec(self.pruner_cfg), self.launcher, str(self.config.metric), sweep_dir)
+        log.info("study %s in %s: %d trials to %s, this worker %s", settings.study_name, settings.storage or "memory", settings.n_trials, settings.direction, "runs one at a time" if settings.n_jobs == 1 else f"keeps {settings.n_jobs} in flight")
+        study = worker.run()
+        log.info("this worker ran trials %s", ", ".join(map(str, worker.ran)) or "none")
+        write_results(study, sweep_dir)
+        report = StudyReport(study)
+        paths = report.write(sweep_dir)
+        print(report.markdown(), file=sys.stderr)
+        print("study report: " + ", ".join(str(p) for p in paths), file=sys.stderr)
