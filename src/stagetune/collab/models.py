@@ -109,15 +109,8 @@ class RatingModule(StagedModule):
 class DotBias(RatingModule):
     """``sigmoid_range(u . v + b_u + b_i + offset, lo, hi)`` with learned factors and biases."""
 
-    def __init__(
-        self,
-        n_users: int,
-        n_items: int,
-        n_factors: int = 50,
-        y_range=(0.0, 5.5),
-        global_mean: float | None = None,
-        sparse: bool = False,
-    ) -> None:
+    def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5),
+                 global_mean: float | None = None, sparse: bool = False) -> None:
         super().__init__(y_range, global_mean)
         self.save_hyperparameters()
         self.user_factors = trunc_normal_embedding(n_users, n_factors, sparse=sparse)

@@ -56,6 +56,7 @@ class CacheMode(StrEnum):
 def check_lr(key: str, lr: Any) -> None:
     """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``."""
     values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
+    lr = values if isinstance(lr, Sequence) and not isinstance(lr, str) else lr  # shown as the config wrote it
     if not 1 <= len(values) <= 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ConfigError(key, lr, LR_ALLOWED)
     if not all(math.isfinite(float(v)) and float(v) > 0 for v in values):
