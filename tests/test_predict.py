@@ -277,7 +277,7 @@ def test_predict_never_replaces_a_file_or_a_run_record_unless_forced(digits_run,
     out = tmp_path / "pred.csv"
     out.write_text("mine\n")
     code, err = one_error_line(predict, capsys, digits_run, folder, "--out", out)
-    assert (code, err) == (2, f"stagetune-predict: error: --out='{out}': exists; choose another file, or add --force to replace it")
+    assert (code, err) == (2, f"stagetune-predict: config error: --out='{out}': exists; choose another file, or add --force to replace it")
     assert out.read_text() == "mine\n"
     assert run_main(predict, digits_run, folder, "--out", out, "--force") == 0
     assert len(read_csv(out)) == 6
