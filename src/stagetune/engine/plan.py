@@ -88,7 +88,7 @@ class Stage:
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
         if isinstance(self.lr, Sequence) and not isinstance(self.lr, str):
-            self.lr = tuple(float(v) for v in self.lr)
+            self.lr = tuple(self.lr)
 
     def check(self, key: str) -> None:
         """Ranges a schema cannot express; each failure names ``key.field``."""
