@@ -24,6 +24,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
 
+from stagetune.engine.plan import StagePlan
 from stagetune.errors import StagetuneError
 
 
@@ -44,8 +45,6 @@ class Interrupted(StagetuneError):
 
 
 def _stage_name(trainer: pl.Trainer) -> str:
-    from stagetune.engine.plan import StagePlan  # the plan imports nothing of this module's callers
-
     return StagePlan.of(trainer).stage.name
 
 
