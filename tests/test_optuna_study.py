@@ -18,6 +18,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from stagetune.commands.report import main as report_main
 from stagetune.errors import ConfigError
 from stagetune.sweeps.sampler import TrialSeeded
 from stagetune.sweeps.space import search_space
@@ -245,3 +246,6 @@ def test_a_restarted_worker_continues_the_study_and_asks_only_for_what_is_missin
     trials = journal(tmp_path / "study.log").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+    (tmp_path / "sweep" / "study.md").unlink()
+    report_main([str(tmp_path / "sweep")])  # stagetune-report reads the study from its journal
+    assert "3 complete, 0 pruned, 0 failed" in (tmp_path / "sweep" / "study.md").read_text()
