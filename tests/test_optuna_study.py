@@ -18,6 +18,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from stagetune.commands.report import main as report_main
 from stagetune.errors import ConfigError
 from stagetune.sweeps.sampler import TrialSeeded
 from stagetune.sweeps.space import search_space
@@ -233,3 +234,18 @@ def test_the_basic_launcher_runs_one_trial_at_a_time(tmp_path):
     log = finish(proc)
     assert proc.returncode == 2
     assert "stagetune: config error: hydra.sweeper.n_jobs=2: the basic launcher runs one job at a time" in log
+
+
+def test_a_restarted_worker_continues_the_study_and_asks_only_for_what_is_missing(tmp_path):
+    shared = [*TINY, "sweep=optuna", f"hydra.sweeper.storage={tmp_path / 'study.log'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    first = stagetune("-m", *shared, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert ran_by(finish(first)) == [0, 1] and first.returncode == 0
+    again = stagetune("-m", *shared, "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    log = finish(again)
+    assert again.returncode == 0 and ran_by(log) == [2], log[-3000:]
+    trials = journal(tmp_path / "study.log").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+    (tmp_path / "sweep" / "study.md").unlink()
+    report_main([str(tmp_path / "sweep")])  # stagetune-report reads the study from its journal
+    assert "3 complete, 0 pruned, 0 failed" in (tmp_path / "sweep" / "study.md").read_text()

@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
@@ -163,7 +164,9 @@ class StudyReport:
             xs.append(t.number)
             ys.append(best)
         if xs:
-            ax.step(xs, ys, where="post", color="C1", label="best so far")
+            last = max(t.number for t in self.trials)
+            ax.step([*xs, last], [*ys, ys[-1]], where="post", color="C1", label="best so far")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
         ax.set_ylabel("objective")
         ax.set_title(f"study {self.study.study_name}")
