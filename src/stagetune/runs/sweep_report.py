@@ -108,12 +108,31 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A table cell: empty for None, four significant digits for floats."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def rows_csv(rows: list[dict], empty_header: list[str]) -> str:
+    """A table of rows (dicts with the same keys) as CSV text; ``empty_header`` when there are none."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else empty_header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def rows_markdown(rows: list[dict]) -> list[str]:
+    """A table of rows (dicts with the same keys, string cells) as Markdown lines; none when empty."""
+    if not rows:
+        return []
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row[h].replace("|", "\\|") for h in header) + " |" for row in rows]
 
 
 class Report:
@@ -141,21 +160,16 @@ class Report:
         for job in self.jobs:
             row = {"job": job.name, "status": job.status}
             row.update({key: job.overrides.get(key, "") for key in self.keys})
-            row[f"{self.metric} best"] = _fmt(job.best)
-            row[f"{self.metric} last"] = _fmt(job.last)
-            row.update({key: _fmt(job.test.get(key)) for key in self.test_keys})
-            row["time_s"] = _fmt(job.time_s)
+            row[f"{self.metric} best"] = fmt(job.best)
+            row[f"{self.metric} last"] = fmt(job.last)
+            row.update({key: fmt(job.test.get(key)) for key in self.test_keys})
+            row["time_s"] = fmt(job.time_s)
             row["error"] = job.error or ""
             rows.append(row)
         return rows
 
     def csv(self) -> str:
-        rows = self.rows()
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["job", "status"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue()
+        return rows_csv(self.rows(), ["job", "status"])
 
     def markdown(self) -> str:
         rows = self.rows()
@@ -167,12 +181,7 @@ class Report:
             chosen = " ".join(f"{k}={best.overrides.get(k, '')}" for k in self.keys)
             lines.append(f"best {self.metric} ({self.mode}): {best.best:.4g} in job {best.name} ({chosen})")
         lines.append("")
-        if rows:
-            header = list(rows[0])
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "|".join(" --- " for _ in header) + "|")
-            for row in rows:
-                lines.append("| " + " | ".join(row[h].replace("|", "\\|") for h in header) + " |")
+        lines.extend(rows_markdown(rows))
         return "\n".join(lines) + "\n"
 
     def grid_axes(self) -> tuple[str, str] | None:

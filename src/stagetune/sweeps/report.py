@@ -11,8 +11,6 @@ study in a journal file or a database, by anyone, at any time.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from pathlib import Path
@@ -28,6 +26,7 @@ import yaml  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from stagetune.runs.rundir import write_atomic  # noqa: E402
+from stagetune.runs.sweep_report import fmt as _fmt, rows_csv, rows_markdown  # noqa: E402
 from stagetune.sweeps.study import SURPLUS, open_storage  # noqa: E402
 
 log = logging.getLogger("stagetune")
@@ -50,14 +49,6 @@ def load_study(sweep_dir: Path) -> optuna.Study | None:
     except KeyError:
         log.warning("study %s was kept in memory by the process that ran it: no study report", named.get("study_name"))
         return None
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 class StudyReport:
@@ -113,12 +104,7 @@ class StudyReport:
         return rows
 
     def csv(self) -> str:
-        rows = self.rows()
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["trial", "state"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue()
+        return rows_csv(self.rows(), ["trial", "state"])
 
     def markdown(self) -> str:
         direction = "maximize" if self.maximize else "minimize"
@@ -136,12 +122,7 @@ class StudyReport:
             lines.append("parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()))
         lines.append("")
         rows = self.rows()
-        if rows:
-            header = list(rows[0])
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "|".join(" --- " for _ in header) + "|")
-            for row in rows:
-                lines.append("| " + " | ".join(row[h].replace("|", "\\|") for h in header) + " |")
+        lines.extend(rows_markdown(rows))
         lines.append("")
         lines.append("value: the study's objective (a pruned trial's is its last reported epoch); valid: the run's best "
                      "validation value; test: measured once on the best checkpoint, never used to choose.")
