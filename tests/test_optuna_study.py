@@ -247,5 +247,7 @@ def test_a_restarted_worker_continues_the_study_and_asks_only_for_what_is_missin
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
     (tmp_path / "sweep" / "study.md").unlink()
-    report_main([str(tmp_path / "sweep")])  # stagetune-report reads the study from its journal
+    with pytest.raises(SystemExit) as done:  # stagetune-report reads the study from its journal
+        report_main([str(tmp_path / "sweep")])
+    assert done.value.code == 0
     assert "3 complete, 0 pruned, 0 failed" in (tmp_path / "sweep" / "study.md").read_text()
