@@ -36,7 +36,11 @@ class MetricMode(StrEnum):
 
 @dataclass
 class LoggerConfig:
+    """Which of Lightning's loggers a run writes to; any combination, all in the run directory."""
+
     tensorboard: bool = True
+    csv: bool = False
+    mlflow: bool = False
 
 
 @dataclass

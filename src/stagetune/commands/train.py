@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 
 from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
@@ -52,10 +52,25 @@ def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
     )
 
 
-def run_logger(cfg: DictConfig, run: RunDir) -> TensorBoardLogger | bool:
-    if not cfg.logger.tensorboard:
-        return False
-    return TensorBoardLogger(save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False)
+def run_logger(cfg: DictConfig, run: RunDir) -> list[Logger] | bool:
+    """Lightning's loggers chosen by ``logger=``, each writing under the run directory."""
+    loggers: list[Logger] = []
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False))
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run.path), name="csv", version=""))
+    if cfg.logger.mlflow:
+        loggers.append(mlflow_logger(cfg, run))
+    return loggers or False
+
+
+def mlflow_logger(cfg: DictConfig, run: RunDir) -> Logger:
+    """An MLflow logger with a local file store in the run's ``mlruns/``; needs the ``mlflow`` extra."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError("logger.mlflow", True, "needs mlflow: pip install 'stagetune[mlflow]'") from None
+    return MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=(run.path / "mlruns").resolve().as_uri())
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
