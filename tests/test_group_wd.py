@@ -63,3 +63,11 @@ def test_config_override_takes_a_per_group_mapping():
     cfg = validate(composed("plan=fit_one_cycle", "plan.stages.all.wd={embeddings: 0.1, biases: 0.0}"))
     stage = plan_of(cfg).ordered[0]
     assert stage.group_wds(["embeddings", "biases"], 0.01) == {"embeddings": 0.1, "biases": 0.0}
+
+
+def test_hparams_carry_one_wd_per_named_group():
+    from stagetune.runs.hparams import stage_hparams
+
+    plan = Plan(stages={"one": Stage(freeze_to=0, lr=1e-3, wd={"biases": 0.5})})
+    out = stage_hparams(plan, 2, 0.01)
+    assert out["plan.stages.one.wd.biases"] == 0.5 and "plan.stages.one.wd" not in out
