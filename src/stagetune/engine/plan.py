@@ -293,7 +293,8 @@ class StagePlan(Callback):
         rewrap_ddp(trainer, pl_module)
 
     def describe(self, index: int, epoch: int) -> dict:
-        """A row of ``metrics.json``: the stage, its epochs, trainable groups and per-group LR."""
+        """A row of ``metrics.json``: the stage, its epochs, trainable groups, per-group LR and its wd
+        (one number, or each group's where the stage sets them by name)."""
         stage = self.plan.ordered[index]
         n = len(self.groups)
         trainable = stage.trainable_groups(n)
@@ -304,7 +305,7 @@ class StagePlan(Callback):
             "epochs": stage.epochs,
             "trainable_groups": [self.groups[k].name for k in trainable],
             "lr": {self.groups[k].name: lr for k, lr in zip(trainable, stage.group_lrs(n))},
-            "wd": self.stage_wd(stage),
+            "wd": self.stage_wd(stage) if isinstance(stage.wd, Mapping) else self.optim.wd if stage.wd is None else stage.wd,
             "wd_kind": self.optim.wd_kind.value,
             "schedule": stage.schedule.value,
         }
