@@ -70,3 +70,16 @@ def test_sparse_embeddings_refuse_what_needs_dense_gradients(tmp_path, overrides
     cfg = composed("experiment=ratings_synthetic", "model.sparse=true", "data.n_ratings=2000", *overrides)
     with pytest.raises(ConfigError, match=rf"^{key}="):
         train(cfg, tmp_path)
+
+
+def test_per_group_wd_names_the_models_groups_and_is_logged_per_group(tmp_path):
+    cfg = composed("experiment=ratings_synthetic", "data.n_ratings=2000", "plan.stages.all.wd={mlp: 0.1}")
+    with pytest.raises(ConfigError, match=r"^plan\.stages\.all\.wd\.mlp=0\.1: not a layer group.*embeddings"):
+        train(cfg, tmp_path / "bad")
+    cfg = composed(
+        "experiment=ratings_synthetic", "data.n_ratings=2000", "trainer.enable_progress_bar=false",
+        "plan.stages.all.epochs=1", "optim.wd=0.02", "plan.stages.all.wd={biases: 0.0}",
+    )
+    train(cfg, tmp_path / "good")
+    rows = json.loads((tmp_path / "good" / "metrics.json").read_text())["stages"]
+    assert rows[0]["wd"] == {"embeddings": 0.02, "biases": 0.0}

@@ -7,7 +7,7 @@ expressed over those groups, so nothing else needs to know a model's insides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
@@ -91,7 +91,7 @@ def param_groups(
     groups: Sequence[LayerGroup],
     trainable: Sequence[int],
     lr: LearningRate,
-    wd: float,
+    wd: float | Mapping[str, float],
     bn_wd: bool = False,
     bias_wd: bool = False,
 ) -> list[dict]:
@@ -101,7 +101,8 @@ def param_groups(
     exempt from weight decay (``bn_wd``/``bias_wd`` false). Normalisation layers of frozen groups
     that still train (``train_bn``) form a param group of their own at the first trainable
     group's rate. Every param group carries ``layer_group`` (index) and ``name`` so LRs can be
-    logged and checked per layer group.
+    logged and checked per layer group. ``wd`` is one number for every group or a mapping from
+    layer-group name to its ``wd`` (every group must be in it).
     """
     lrs = dict(zip(trainable, slice_lrs(lr, len(trainable))))
     lowest = lrs[trainable[0]]
@@ -118,7 +119,8 @@ def param_groups(
                     seen.add(id(p))
                     (no_decay if is_no_decay(pname, sub, bn_wd, bias_wd) else decay).append(p)
         suffix = "" if k in lrs else "/frozen_bn"
-        for params, group_wd, kind in ((decay, wd, ""), (no_decay, 0.0, "/no_wd")):
+        decay_wd = wd[group.name] if isinstance(wd, Mapping) else wd
+        for params, group_wd, kind in ((decay, decay_wd, ""), (no_decay, 0.0, "/no_wd")):
             if params:
                 out.append(
                     {

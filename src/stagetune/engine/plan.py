@@ -16,7 +16,7 @@ the stage (fastai resets Adam's state when groups unfreeze), re-wraps the model 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -53,6 +53,13 @@ class CacheMode(StrEnum):
     off = "off"
 
 
+def check_wd_number(key: str, value: Any) -> None:
+    """A weight decay is a finite number >= 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(float(value)):
+        raise ConfigError(key, value, "a weight decay is a finite number >= 0")
+    check_non_negative(key, value)
+
+
 def check_lr(key: str, lr: Any) -> None:
     """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``."""
     values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
@@ -71,14 +78,16 @@ class Stage:
 
     ``freeze_to`` has no default: it is what makes a stage, so an override that names a stage the
     chosen plan does not have (``plan.stages.typo.epochs=3``) fails instead of adding a stage.
-    ``wd`` null takes ``optim.wd``. ``name`` is the stage's key in ``plan.stages``.
+    ``wd`` null takes ``optim.wd``; a number applies to every group; a mapping from layer-group
+    name to number (``{biases: 0.1, factors: 0.01}``) sets groups one by one, groups it leaves out
+    taking ``optim.wd``. ``name`` is the stage's key in ``plan.stages``.
     """
 
     name: str = ""
     epochs: int = 1
     freeze_to: int = MISSING
     lr: Any = "${plan.lr}"
-    wd: float | None = None
+    wd: Any = None
     schedule: Schedule = Schedule.one_cycle
     pct_start: float = 0.25
     div: float = 25.0
@@ -95,12 +104,28 @@ class Stage:
         if self.epochs < 1:
             raise ConfigError(f"{key}.epochs", self.epochs, "must be >= 1")
         check_lr(f"{key}.lr", self.lr)
-        if self.wd is not None:
-            check_non_negative(f"{key}.wd", self.wd)
+        if isinstance(self.wd, Mapping):
+            for group, value in self.wd.items():
+                check_wd_number(f"{key}.wd.{group}", value)
+        elif self.wd is not None:
+            check_wd_number(f"{key}.wd", self.wd)
         if not 0 < self.pct_start < 1:
             raise ConfigError(f"{key}.pct_start", self.pct_start, "must be in (0, 1)")
         check_positive(f"{key}.div", self.div)
         check_positive(f"{key}.div_final", self.div_final)
+
+    def group_wds(self, names: Sequence[str], default: float) -> dict[str, float]:
+        """The ``wd`` of each layer group named in ``names`` (``default`` where the stage sets none)."""
+        if isinstance(self.wd, Mapping):
+            return {name: float(self.wd.get(name, default)) for name in names}
+        return {name: float(default if self.wd is None else self.wd) for name in names}
+
+    def check_wd_groups(self, key: str, names: Sequence[str]) -> None:
+        """A per-group ``wd`` names only layer groups of the model."""
+        if isinstance(self.wd, Mapping):
+            for group in self.wd:
+                if group not in names:
+                    raise ConfigError(f"{key}.wd.{group}", self.wd[group], f"not a layer group; the model's groups: {list(names)}")
 
     def trainable_groups(self, n_groups: int) -> list[int]:
         start = self.freeze_to % n_groups if self.freeze_to < 0 else self.freeze_to
@@ -135,9 +160,12 @@ class Plan:
         for name, stage in self.stages.items():
             stage.check(f"{key}.stages.{name}")
 
-    def check_groups(self, n_groups: int, key: str = "plan") -> None:
-        """``freeze_to`` must name a layer group of the model: ``-n <= freeze_to < n``."""
+    def check_groups(self, n_groups: int, key: str = "plan", names: Sequence[str] | None = None) -> None:
+        """``freeze_to`` must name a layer group of the model (``-n <= freeze_to < n``); a per-group
+        ``wd`` must name only the model's groups (checked when ``names`` is given)."""
         for name, stage in self.stages.items():
+            if names is not None:
+                stage.check_wd_groups(f"{key}.stages.{name}", names)
             if not -n_groups <= stage.freeze_to < n_groups:
                 raise ConfigError(
                     f"{key}.stages.{name}.freeze_to",
@@ -207,8 +235,9 @@ class StagePlan(Callback):
         """The stage that is training now (before fit: the first; after: the last one run)."""
         return self.plan.ordered[self.index]
 
-    def stage_wd(self, stage: Stage) -> float:
-        return self.optim.wd if stage.wd is None else stage.wd
+    def stage_wd(self, stage: Stage) -> dict[str, float]:
+        """The stage's ``wd`` of each layer group, in stagetune's ``wd`` convention."""
+        return stage.group_wds([g.name for g in self.groups], self.optim.wd)
 
     @property
     def state_key(self) -> str:
@@ -229,6 +258,7 @@ class StagePlan(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.groups = list(pl_module.layer_groups())
         check_partition(pl_module, self.groups)
+        self.plan.check_groups(len(self.groups), names=[g.name for g in self.groups])
         check_sparse_training(pl_module, trainer.world_size, trainer.gradient_clip_val)
         skip_unavailable_nvml_probe()  # every step of the optimizers built here asks for the accelerator
         self._freeze()
@@ -263,7 +293,8 @@ class StagePlan(Callback):
         rewrap_ddp(trainer, pl_module)
 
     def describe(self, index: int, epoch: int) -> dict:
-        """A row of ``metrics.json``: the stage, its epochs, trainable groups and per-group LR."""
+        """A row of ``metrics.json``: the stage, its epochs, trainable groups, per-group LR and its wd
+        (one number, or each group's where the stage sets them by name)."""
         stage = self.plan.ordered[index]
         n = len(self.groups)
         trainable = stage.trainable_groups(n)
@@ -274,7 +305,7 @@ class StagePlan(Callback):
             "epochs": stage.epochs,
             "trainable_groups": [self.groups[k].name for k in trainable],
             "lr": {self.groups[k].name: lr for k, lr in zip(trainable, stage.group_lrs(n))},
-            "wd": self.stage_wd(stage),
+            "wd": self.stage_wd(stage) if isinstance(stage.wd, Mapping) else self.optim.wd if stage.wd is None else stage.wd,
             "wd_kind": self.optim.wd_kind.value,
             "schedule": stage.schedule.value,
         }
