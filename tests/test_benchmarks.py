@@ -71,8 +71,6 @@ def test_gpu_check_refuses_cleanly_without_cuda(capsys):
 
 
 def test_quick_figures_are_indicative_and_never_met():
-    from benchmarks.harness import Figure, table
-
     figure = Figure("f", "a", "b", [0.1, 0.2], target=1.0, higher_is_better=False, indicative=True)
     assert figure.met is None
     text = table([figure])
