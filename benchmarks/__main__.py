@@ -176,6 +176,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         for figure in run():
+            figure.indicative = args.quick
             figures.append(figure)
             print(f"[{time.time() - started:5.0f} s] {figure.name}: {figure.median:.3f}", file=sys.stderr, flush=True)
     context = {

@@ -27,6 +27,7 @@ class Figure:
     target: float | None
     higher_is_better: bool
     note: str = ""
+    indicative: bool = False
 
     @property
     def median(self) -> float:
@@ -34,7 +35,8 @@ class Figure:
 
     @property
     def met(self) -> bool | None:
-        if self.target is None:
+        """Whether the median meets the target; None for a reference or an indicative (quick) figure."""
+        if self.target is None or self.indicative:
             return None
         return self.median >= self.target if self.higher_is_better else self.median <= self.target
 
@@ -105,6 +107,8 @@ def table(figures: list[Figure]) -> str:
             f"| {f.name} | {f.a} / {f.b} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['target_text']} | {MET[f.met]} |"
         )
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
+    if any(f.indicative for f in figures):
+        notes.insert(0, "- indicative only (--quick: few steps and repeats); no target is judged met or not")
     return "\n".join(lines + ([""] + notes if notes else []))
 
 

@@ -5,17 +5,27 @@ set -euo pipefail
 sweep_dir=${1:?usage: $0 SWEEP_DIR OUT.png [PORT]}
 out=${2:?usage: $0 SWEEP_DIR OUT.png [PORT]}
 port=${3:-6123}
-python=${PYTHON:-python}
+root=$(cd "$(dirname "$0")/.." && pwd)
+tensorboard=${TENSORBOARD:-$root/.venv/bin/tensorboard}
+[ -x "$tensorboard" ] || { echo "error: $tensorboard not found (set TENSORBOARD)" >&2; exit 1; }
 profile=$(mktemp -d)
-"$python" -m tensorboard.main --logdir "$sweep_dir" --host 127.0.0.1 --port "$port" >"$profile/tensorboard.log" 2>&1 &
+"$tensorboard" --logdir "$sweep_dir" --host 127.0.0.1 --port "$port" >"$profile/tensorboard.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$profile"' EXIT
+up=0
 for _ in $(seq 60); do
-  curl -sf "http://127.0.0.1:$port/data/runs" >/dev/null && break
+  if curl -sf "http://127.0.0.1:$port/data/runs" >/dev/null; then up=1; break; fi
+  kill -0 "$server" 2>/dev/null || break
   sleep 1
 done
+if [ "$up" != 1 ]; then
+  echo "error: TensorBoard did not come up on port $port; its log:" >&2
+  cat "$profile/tensorboard.log" >&2
+  exit 1
+fi
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$profile" --window-size=1800,560 --virtual-time-budget=15000 \
   --screenshot="$out" "http://127.0.0.1:$port/#hparams"
+[ -s "$out" ] || { echo "error: chromium wrote no screenshot to $out" >&2; exit 1; }
 echo "wrote $out"

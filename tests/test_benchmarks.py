@@ -68,3 +68,10 @@ def test_bf16_peak_by_card_name(name, peak):
 def test_gpu_check_refuses_cleanly_without_cuda(capsys):
     assert gpu_check.main([]) == 1
     assert capsys.readouterr().err == "gpu_check: no CUDA device visible; run it on a machine with an NVIDIA GPU\n"
+
+
+def test_quick_figures_are_indicative_and_never_met():
+    figure = Figure("f", "a", "b", [0.1, 0.2], target=1.0, higher_is_better=False, indicative=True)
+    assert figure.met is None
+    text = table([figure])
+    assert "indicative" in text and "| yes |" not in text

@@ -10,9 +10,18 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 
+def layer_group_tag(param_group_name: str) -> str:
+    """``lr/<layer group>``: the no-decay half and the frozen-BN variant share the group's tag.
+
+    A body group is ``body_early/frozen_bn`` while frozen and ``body_early`` once unfrozen; one
+    tag for both keeps the group's LR on one curve across the stage boundary.
+    """
+    return "lr/" + param_group_name.removesuffix("/no_wd").removesuffix("/frozen_bn")
+
+
 def group_lrs(optimizer) -> dict[str, float]:
-    """``lr/<param group name>`` for each param group; a group's no-decay half shares its tag."""
-    return {f"lr/{g['name'].removesuffix('/no_wd')}": g["lr"] for g in optimizer.param_groups}
+    """The LR of each layer group, keyed by :func:`layer_group_tag`."""
+    return {layer_group_tag(g["name"]): g["lr"] for g in optimizer.param_groups}
 
 
 def log_group_lrs(trainer: pl.Trainer, stage_index: int) -> None:
