@@ -18,10 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
@@ -31,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from stagetune.build import build  # noqa: E402
 from stagetune.commands.cli import hydra_command, hydra_task  # noqa: E402
 from stagetune.config import optim_of, plan_of, validate  # noqa: E402
+from stagetune.figures import new_figure  # noqa: E402
 from stagetune.engine.faults import Diverged, check_checkpoint  # noqa: E402
 from stagetune.engine.optim import Schedule  # noqa: E402
 from stagetune.engine.plan import Plan  # noqa: E402
@@ -234,14 +231,14 @@ def run_range_test(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | 
             writer.add_scalar("lr_find/loss", loss, step)
             writer.add_scalar("lr_find/smoothed_loss", smooth, step)
         writer.add_figure("lr_find/loss_vs_lr", figure)
-    plt.close(figure)
     run.update_metrics(status="completed", experiment=cfg.experiment, lr_find={k: v for k, v in result.as_dict().items() if k not in ("lrs", "losses", "smoothed")})
     return result
 
 
 def plot(result: RangeTest):
     """Loss against LR (log scale), the smoothed curve, and the suggested rate."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(6, 4)
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="0.75", lw=1, label="loss")
     ax.plot(result.lrs, result.smoothed, color="C0", lw=2, label="smoothed loss")
     ax.axvline(result.suggested_lr(), color="C3", ls="--", label=f"suggested {result.suggested_lr():.2e}")

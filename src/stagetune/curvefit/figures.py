@@ -6,17 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from stagetune import figures
+
 
 def new_figure(width: float, height: float) -> Figure:
-    """A figure drawn by Agg directly: works headless and in worker processes."""
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    """A constrained-layout figure from the one figure helper."""
+    return figures.new_figure(width, height, constrained=True)
 
 
 def to_image(fig: Figure) -> Image.Image:

@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+
+from stagetune.figures import colormap, new_figure  # noqa: E402
 
 from stagetune.runs.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
 
@@ -201,7 +199,6 @@ class Report:
         axes = self.grid_axes()
         fig = self._heatmap(*axes) if axes else self._lines()
         fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
 
     def _heatmap(self, wd_key: str, lr_key: str):
         wds = sorted({j.overrides[wd_key] for j in self.jobs}, key=_sort_key)
@@ -212,8 +209,9 @@ class Report:
             r, c = wds.index(job.overrides[wd_key]), lrs.index(job.overrides[lr_key])
             values[r][c] = job.best if job.status == "completed" and _finite(job.best) else math.nan
             status[r][c] = job.status
-        fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(lrs), 1.2 + 0.8 * len(wds)))
-        cmap = plt.get_cmap("viridis_r" if self.mode == "min" else "viridis").copy()
+        fig = new_figure(1.6 + 1.4 * len(lrs), 1.2 + 0.8 * len(wds))
+        ax = fig.subplots()
+        cmap = colormap("viridis_r" if self.mode == "min" else "viridis")
         cmap.set_bad("lightgray")
         image = ax.imshow(values, cmap=cmap, aspect="auto")
         best = self.best_job()
@@ -233,7 +231,8 @@ class Report:
 
     def _lines(self):
         keys = self.keys or ["job"]
-        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        fig = new_figure(4 * len(keys), 3.2)
+        axes = fig.subplots(1, len(keys), squeeze=False)
         for ax, key in zip(axes[0], keys):
             points = []
             for job in self.jobs:

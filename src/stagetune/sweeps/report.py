@@ -16,11 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from stagetune.figures import new_figure  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
@@ -131,7 +129,8 @@ class StudyReport:
     def plot(self, path: Path) -> None:
         """The optimisation history (best so far as a step line, pruned trials as crosses) and the importances."""
         importances = self.importances()
-        fig, axes = plt.subplots(1, 2 if importances else 1, figsize=(10 if importances else 6, 3.6), squeeze=False)
+        fig = new_figure(10 if importances else 6, 3.6)
+        axes = fig.subplots(1, 2 if importances else 1, squeeze=False)
         ax = axes[0][0]
         done = [t for t in self.trials if t.state == TrialState.COMPLETE and t.value is not None]
         pruned = [t for t in self.trials if t.state == TrialState.PRUNED and t.intermediate_values]
@@ -159,7 +158,6 @@ class StudyReport:
             axes[0][1].set_xlabel("importance (Optuna)")
         fig.tight_layout()
         fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
 
     def write(self, sweep_dir: Path) -> list[Path]:
         md, table, png = (Path(sweep_dir) / n for n in (STUDY_MD, STUDY_CSV, STUDY_PNG))

@@ -7,11 +7,7 @@ fastai's ``plot_top_losses``. Images are shown un-normalised with the datamodule
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
@@ -19,6 +15,7 @@ from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from stagetune.engine.plan import StagePlan  # noqa: E402
+from stagetune.figures import new_figure  # noqa: E402
 
 
 class StageReport(Callback):
@@ -77,10 +74,11 @@ class StageReport(Callback):
         preds, targets = torch.cat(self.preds), torch.cat(self.targets)
         return torch.bincount(targets * n_classes + preds, minlength=n_classes**2).view(n_classes, n_classes)
 
-    def confusion_figure(self, names: list[str]) -> plt.Figure:
+    def confusion_figure(self, names: list[str]) -> Figure:
         matrix = self.confusion_matrix(len(names))
         n = len(names)
-        fig, ax = plt.subplots(figsize=(2 + 0.4 * n, 2 + 0.4 * n))
+        fig = new_figure(2 + 0.4 * n, 2 + 0.4 * n)
+        ax = fig.subplots()
         ax.imshow(matrix, cmap="Blues")
         ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="actual", title="confusion matrix")
         ax.set_xticklabels(names, rotation=90, fontsize=7)
@@ -94,10 +92,11 @@ class StageReport(Callback):
         fig.tight_layout()
         return fig
 
-    def worst_figure(self, names: list[str], mean, std) -> plt.Figure:
+    def worst_figure(self, names: list[str], mean, std) -> Figure:
         cols = max(1, int(len(self.worst) ** 0.5 + 0.999))
         rows = max(1, -(-len(self.worst) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+        fig = new_figure(2.2 * cols, 2.4 * rows)
+        axes = fig.subplots(rows, cols, squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for ax, (loss, image, pred, true, prob) in zip(axes.flat, self.worst):

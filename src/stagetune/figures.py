@@ -1,0 +1,24 @@
+"""One way to make a figure: matplotlib's object API drawn by Agg, never pyplot's global state.
+
+Pyplot keeps every open figure in a process-wide registry (leaks in long sweeps, races in worker
+processes, a GUI backend picked at import); a bare ``Figure`` with an Agg canvas has none of that.
+"""
+
+from __future__ import annotations
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
+
+
+def new_figure(width: float, height: float, constrained: bool = False) -> Figure:
+    """A figure of ``width`` x ``height`` inches with its own Agg canvas: works headless and in workers."""
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained" if constrained else None)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def colormap(name: str) -> Colormap:
+    """A private copy of a registered colormap, safe to modify (``set_bad``)."""
+    return colormaps[name].copy()
