@@ -159,7 +159,8 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     datamodule = build(cfg.data)
     model = build(cfg.model, **datamodule.model_kwargs())
     check_batch_size(cfg, datamodule)
-    plan_of(cfg).check_groups(len(model.layer_groups()), names=[g.name for g in model.layer_groups()])
+    groups = model.layer_groups()
+    plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     stages = list(StagePlan.of(trainer).history)  # before testing: loading the best checkpoint restores its history
