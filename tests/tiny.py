@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from stagetune.engine.groups import LayerGroup
-from stagetune.engine.loaders import epoch_loader
+from stagetune.engine.loaders import epoch_loader, eval_loader
 from stagetune.engine.plan import StagedModule
 
 
@@ -75,7 +75,7 @@ class TinyData(pl.LightningDataModule):
         return epoch_loader(TensorDataset(self.x, self.y), self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self):
-        return epoch_loader(TensorDataset(self.x, self.y), self.batch_size, shuffle=False)
+        return eval_loader(TensorDataset(self.x, self.y), self.batch_size)
 
 
 class StateDump(pl.Callback):

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stagetune.errors import ConfigError
-from stagetune.engine.loaders import epoch_loader
+from stagetune.engine.loaders import epoch_loader, eval_loader
 
 UNKNOWN = 0
 LISTED_CELLS = 2**25  # up to this many (user, item) cells, synthetic data lists the free ones (256 MB)
@@ -117,7 +117,7 @@ class RatingsDataModule(pl.LightningDataModule):
         return batch_loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.val_set, self.valid_batch_size, shuffle=False)
+        return eval_loader(self.val_set, self.valid_batch_size, whole_batches=True)
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:

@@ -68,6 +68,8 @@ class RatingModule(StagedModule):
             p = min(max((global_mean - self.y_lo) / (self.y_hi - self.y_lo), 1e-3), 1 - 1e-3)
             offset = math.log(p / (1 - p))
         self.register_buffer("offset", torch.tensor(offset))
+        # Sums and counts, reduced over DDP ranks: each split's metrics count every rating once.
+        self.val_loss, self.test_loss = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
         self.val_rmse = torchmetrics.MeanSquaredError(squared=False)
         self.val_mae = torchmetrics.MeanAbsoluteError()
         self.test_rmse = torchmetrics.MeanSquaredError(squared=False)
@@ -88,22 +90,22 @@ class RatingModule(StagedModule):
         loss = nn.functional.mse_loss(self(users, items), ratings)
         return loss
 
-    def _evaluate(self, batch, split: str, rmse, mae):
+    def _evaluate(self, batch, split: str, loss, rmse, mae):
         users, items, ratings = batch
         pred = self(users, items)
-        loss = nn.functional.mse_loss(pred, ratings)
+        n = len(ratings)
+        loss.update(nn.functional.mse_loss(pred, ratings), n)
         rmse.update(pred, ratings)
         mae.update(pred, ratings)
-        n = len(ratings)
-        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=n)
         self.log(f"{split}/rmse", rmse, prog_bar=True, batch_size=n)
         self.log(f"{split}/mae", mae, batch_size=n)
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_rmse, self.val_mae)
+        self._evaluate(batch, "val", self.val_loss, self.val_rmse, self.val_mae)
 
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", self.test_rmse, self.test_mae)
+        self._evaluate(batch, "test", self.test_loss, self.test_rmse, self.test_mae)
 
 
 class DotBias(RatingModule):

@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from stagetune.engine.loaders import epoch_loader
+from stagetune.engine.loaders import epoch_loader, eval_loader
 
 from stagetune.errors import ConfigError
 
@@ -80,7 +80,7 @@ class CurvePoints(pl.LightningDataModule):
         return epoch_loader(ds, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return epoch_loader(self._tensors(self.x_val, self.y_val), len(self.x_val), shuffle=False)
+        return eval_loader(self._tensors(self.x_val, self.y_val), len(self.x_val))
 
 
 

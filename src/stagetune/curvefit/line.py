@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torchmetrics
 from torch import nn
 
 from stagetune.curvefit.figures import log_figure, new_figure, run_dir, save_gif, to_image
@@ -36,6 +37,7 @@ class LineFit(StagedModule):
         self.save_hyperparameters()
         self.line = Affine(init_a, init_b)
         self.frames = frames
+        self.val_loss = torchmetrics.MeanMetric()  # summed over DDP ranks: every point counted once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.line(x)
@@ -53,7 +55,8 @@ class LineFit(StagedModule):
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        self.log("val/loss", nn.functional.mse_loss(self(x), y), prog_bar=True, batch_size=len(x))
+        self.val_loss.update(nn.functional.mse_loss(self(x), y), len(x))
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=len(x))
         self.log("fit/a", self.line.a, batch_size=len(x))
         self.log("fit/b", self.line.b, batch_size=len(x))
 

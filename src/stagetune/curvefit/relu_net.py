@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torchmetrics
 from torch import nn
 
 from stagetune.curvefit.data import column
@@ -65,6 +66,9 @@ class WidthLadder(StagedModule):
             raise ConfigError("model.widths", widths, "a non-empty list of hidden widths >= 1")
         self.save_hyperparameters()
         self.nets = nn.ModuleList(ReluNet(w, x_min, x_max) for w in widths)
+        # Validation MSEs as sums and counts, reduced over DDP ranks: every point counted once.
+        self.val_mses = nn.ModuleList(torchmetrics.MeanMetric() for _ in widths)
+        self.val_loss = torchmetrics.MeanMetric()
         self.plot_every_n_epochs = plot_every_n_epochs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,19 +81,25 @@ class WidthLadder(StagedModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         return [WidthFitPlot(self.plot_every_n_epochs)]
 
-    def _mses(self, batch, split: str) -> torch.Tensor:
-        """Each width's MSE, logged per width; their sum is the loss (each net has its own weights)."""
+    def _mses(self, batch) -> torch.Tensor:
+        """Each width's MSE on the batch; their sum is the loss (each net has its own weights)."""
         x, y = batch
-        mses = ((self(x) - y) ** 2).mean(dim=(1, 2))
-        for net, mse in zip(self.nets, mses):
-            self.log(f"{split}/mse/w{net.width}", mse, batch_size=len(x))
-        return mses.sum()
+        return ((self(x) - y) ** 2).mean(dim=(1, 2))
 
     def training_step(self, batch, batch_idx):
-        return self._mses(batch, "train")
+        mses = self._mses(batch)
+        for net, mse in zip(self.nets, mses):
+            self.log(f"train/mse/w{net.width}", mse, batch_size=len(batch[0]))
+        return mses.sum()
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self._mses(batch, "val"), prog_bar=True, batch_size=len(batch[0]))
+        n = len(batch[0])
+        mses = self._mses(batch)
+        for net, metric, mse in zip(self.nets, self.val_mses, mses):
+            metric.update(mse, n)
+            self.log(f"val/mse/w{net.width}", metric, batch_size=n)
+        self.val_loss.update(mses.sum(), n)
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
 
 
 class WidthFitPlot(pl.Callback):

@@ -83,3 +83,34 @@ def epoch_loader(
         batches = EpochBatches(sampler, batch_size, drop_last)
         return DataLoader(dataset, sampler=batches, batch_size=None, generator=generator, **loader_kwargs)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator, **loader_kwargs)
+
+
+class EvalShard(Sampler[int]):
+    """Rank ``rank``'s share of an evaluation split: indices ``rank, rank + world, ...``, no padding.
+
+    ``DistributedSampler`` pads a split to a multiple of the world size by repeating examples, so
+    a metric over 179 images on 2 ranks would count one of them twice. Evaluation needs no equal
+    shards (nothing is all-reduced per batch), so each example goes to exactly one rank and the
+    metrics, reduced as sums over the ranks, equal one process's.
+    """
+
+    def __init__(self, n: int, world: int, rank: int) -> None:
+        self.n, self.world, self.rank = n, world, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+def eval_loader(dataset: Dataset, batch_size: int, *, whole_batches: bool = False, **loader_kwargs) -> DataLoader:
+    """A DataLoader over this rank's :class:`EvalShard` of a validation or test split, in order.
+
+    ``whole_batches`` as for :func:`epoch_loader`.
+    """
+    world, rank = shard()
+    sampler = EvalShard(len(dataset), world, rank)
+    if whole_batches:
+        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None, **loader_kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)

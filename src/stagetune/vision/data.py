@@ -23,7 +23,7 @@ from torchvision.datasets import ImageFolder, OxfordIIITPet
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import ConfigError, DataError
-from stagetune.engine.loaders import default_workers, epoch_loader
+from stagetune.engine.loaders import default_workers, epoch_loader, eval_loader
 from stagetune.vision.weights import IMAGENET
 
 log = logging.getLogger("stagetune")
@@ -71,26 +71,19 @@ class ImageDataModule(pl.LightningDataModule):
             return self.requested_workers
         return default_workers(self.decodes_files or bool(getattr(self, "augment", False)))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader_kwargs(self) -> dict:
         workers = self.num_workers
-        return epoch_loader(
-            self.splits[split],
-            self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": torch.cuda.is_available()}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        train = self.splits["train"]
+        return epoch_loader(train, self.batch_size, shuffle=True, drop_last=len(train) > self.batch_size, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return eval_loader(self.splits["val"], self.eval_batch_size, **self._loader_kwargs())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return eval_loader(self.splits["test"], self.eval_batch_size, **self._loader_kwargs())
 
 
 class TensorImages(Dataset):

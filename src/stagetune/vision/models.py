@@ -100,6 +100,7 @@ class ResNet34Classifier(StagedModule):
         self.head = make_head(head, n_classes)
         self.loss = nn.CrossEntropyLoss()
         self.metrics = nn.ModuleDict({split: self._split_metrics(n_classes) for split in ("val", "test")})
+        self.losses = nn.ModuleDict({split: torchmetrics.MeanMetric() for split in ("val", "test")})
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -110,6 +111,7 @@ class ResNet34Classifier(StagedModule):
 
     @staticmethod
     def _split_metrics(n_classes: int) -> torchmetrics.MetricCollection:
+        """Accuracy and top-5 of a split: torchmetrics keeps counts, summed over DDP ranks at ``compute``."""
         metrics = {"acc": torchmetrics.Accuracy(task="multiclass", num_classes=n_classes)}
         if n_classes > 5:
             metrics["top5"] = torchmetrics.Accuracy(task="multiclass", num_classes=n_classes, top_k=5)
@@ -160,17 +162,19 @@ class ResNet34Classifier(StagedModule):
     def _evaluate(self, batch, split: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        metrics = self.metrics[split]
-        metrics.update(logits, y)
-        n = len(y)
-        self.log(f"{split}/loss", self.loss(logits, y), prog_bar=True, sync_dist=True, batch_size=n)
+        self.metrics[split].update(logits, y)
+        self.losses[split].update(self.loss(logits, y), len(y))
         return logits
 
     def _log_metrics(self, split: str) -> None:
+        """The split's metrics over every example once: sums and counts reduced over the DDP ranks."""
         values = self.metrics[split].compute()
+        loss = self.losses[split].compute()
         self.metrics[split].reset()
+        self.losses[split].reset()
         out = {f"{split}/{name}": value for name, value in values.items()}
         out[f"{split}/error_rate"] = 1 - values["acc"]
+        out[f"{split}/loss"] = loss
         self.log_dict(out, prog_bar=split == "val", sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
