@@ -1,11 +1,16 @@
 """A two-stage plan on a tiny model: frozen means unchanged to the bit, stage two is as configured."""
 
+import inspect
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.plugins import TorchSyncBatchNorm
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
 from stagetune.config import plan_of, typed
+from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import Plan, StagePlan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
@@ -104,3 +109,51 @@ def test_stage_lookup_by_epoch():
     assert [plan.stage_at(e) for e in range(5)] == [0, 0, 1, 1, 1]
     assert plan.first_epoch(1) == 2
     assert plan.total_epochs == 4
+
+
+class ConvertingStrategy(SingleDeviceStrategy):
+    """One CPU process that swaps in SyncBatchNorm layers where ``DDPStrategy.setup`` does: after
+    the callbacks' ``setup``, before ``configure_optimizers`` (DDP itself refuses SyncBatchNorm on CPU)."""
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        self.model = TorchSyncBatchNorm().apply(self.model)
+        super().setup(trainer)
+
+
+class NormModes(pl.Callback):
+    """Class and mode of every BatchNorm layer at every training batch (after StagePlan's hooks)."""
+
+    def __init__(self):
+        self.modes = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        norms = [m for m in pl_module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self.modes.append((trainer.current_epoch, tuple((type(m).__name__, m.training) for m in norms)))
+
+
+class LayersListed(TinyNet):
+    """TinyNet whose first group lists its layers one by one, the BatchNorm among them (as ResNet34's ``bn1``)."""
+
+    def layer_groups(self):
+        return [LayerGroup("body_early", tuple(self.early)), *super().layer_groups()[1:]]
+
+
+def test_ddp_strategy_converts_norm_layers_before_building_the_optimizer():
+    """What ConvertingStrategy copies: pytorch-lightning 2.6's DDPStrategy.setup (fails loudly if it changes)."""
+    source = inspect.getsource(DDPStrategy.setup)
+    assert 0 <= source.index("self._layer_sync.apply(self.model)") < source.index("self.setup_optimizers(trainer)")
+
+
+@pytest.mark.parametrize("train_bn", [False, True])
+def test_frozen_norm_layers_converted_by_sync_batchnorm_follow_train_bn(train_bn, tmp_path):
+    pl.seed_everything(0)
+    plan, modes = make_plan(train_bn=train_bn), NormModes()
+    trainer = quiet_trainer(
+        max_epochs=plan.total_epochs, callbacks=[StagePlan(plan), modes], default_root_dir=tmp_path,
+        strategy=ConvertingStrategy(device=torch.device("cpu")),
+    )  # fmt: skip
+    trainer.fit(LayersListed(), datamodule=TinyData())
+    frozen_stage = {layers for epoch, layers in modes.modes if epoch < 2}
+    unfrozen_stage = {layers for epoch, layers in modes.modes if epoch >= 2}
+    assert frozen_stage == {(("SyncBatchNorm", train_bn),)}
+    assert unfrozen_stage == {(("SyncBatchNorm", True),)}

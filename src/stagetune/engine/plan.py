@@ -270,7 +270,13 @@ class StagePlan(Callback):
         return max(1, int(trainer.estimated_stepping_batches) // max(1, trainer.max_epochs))
 
     def configure_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
-        """Optimizer and per-step schedule for the active stage (Lightning's configure_optimizers)."""
+        """Optimizer and per-step schedule for the active stage (Lightning's configure_optimizers).
+
+        The layer groups are read from the model again first: with ``sync_batchnorm`` Lightning
+        swaps every BatchNorm for a new SyncBatchNorm after :meth:`setup` and before this call, so
+        groups that list a norm layer itself (ResNet34's ``bn1``) would otherwise freeze the old one.
+        """
+        self.groups = list(pl_module.layer_groups())
         stage = self.stage
         trainable = self._freeze()
         groups = param_groups(self.groups, trainable, stage.lr, self.stage_wd(stage), self.optim.bn_wd, self.optim.bias_wd)
