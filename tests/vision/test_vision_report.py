@@ -9,8 +9,9 @@ from stagetune.vision.report import StageReport
 
 def test_confusion_matrix_counts_actual_by_predicted():
     report = StageReport()
-    report.targets = [torch.tensor([0, 0, 1, 2]), torch.tensor([2, 2])]
-    report.preds = [torch.tensor([0, 1, 1, 2]), torch.tensor([0, 2])]
-    assert report.confusion_matrix(3).tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    report.start_counting(3)
+    report.count(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 2]))
+    report.count(torch.tensor([0, 2]), torch.tensor([2, 2]))
+    assert report.confusion_matrix().tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     figure = report.confusion_figure(["a", "b", "c"])
     assert [t.get_text() for t in figure.axes[0].texts] == ["1", "1", "0", "0", "1", "0", "1", "0", "2"]

@@ -3,6 +3,8 @@
 At the last validation epoch of each stage: the confusion matrix, and a grid of the validation
 images the model got most wrong (highest loss) with prediction, truth, loss and probability, as
 fastai's ``plot_top_losses``. Images are shown un-normalised with the datamodule's ``mean``/``std``.
+The confusion matrix is torchmetrics' ``MulticlassConfusionMatrix``: under DDP it counts the whole
+validation split (summed over the ranks); the worst predictions are those of rank 0's shard.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
 
 from stagetune.engine.plan import StagePlan  # noqa: E402
 from stagetune.figures import new_figure  # noqa: E402
@@ -26,9 +29,16 @@ class StageReport(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.preds: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
+        self.confusion: MulticlassConfusionMatrix | None = None
         self.worst: list[tuple[float, torch.Tensor, int, int, float]] = []
+
+    def start_counting(self, n_classes: int, device: torch.device | str = "cpu") -> None:
+        """A fresh confusion matrix of ``n_classes``, on the device the predictions come from."""
+        self.confusion = MulticlassConfusionMatrix(n_classes).to(device)
+
+    def count(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add predicted and actual class indices to the confusion matrix."""
+        self.confusion.update(preds, targets)
 
     def _stage_ending(self, trainer: pl.Trainer) -> str | None:
         """The name of the stage whose last epoch this is, else None."""
@@ -40,15 +50,16 @@ class StageReport(Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
+        if self._stage_ending(trainer) is not None:
+            self.start_counting(len(pl_module.class_names), pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if outputs is None or self._stage_ending(trainer) is None:
+        if outputs is None or self.confusion is None:
             return
         x, y = batch
+        self.count(outputs.detach().argmax(1), y)
         logits = outputs.detach().float().cpu()
         y = y.cpu()
-        self.preds.append(logits.argmax(1))
-        self.targets.append(y)
         losses = F.cross_entropy(logits, y, reduction="none")
         probs = logits.softmax(1)
         for k in losses.argsort(descending=True)[: self.n_worst].tolist():
@@ -58,9 +69,13 @@ class StageReport(Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stage = self._stage_ending(trainer)
-        if stage is None or not self.preds:
+        if stage is None or self.confusion is None:
             return
-        names = getattr(pl_module, "class_names", None) or [str(k) for k in range(int(torch.cat(self.targets).max()) + 1)]
+        if not trainer.is_global_zero:
+            self.confusion_matrix()  # every rank takes part in summing the counts; rank 0 draws them
+            self._reset()
+            return
+        names = pl_module.class_names
         writer = trainer.logger.experiment
         step = trainer.global_step
         writer.add_figure(f"confusion_matrix/{stage}", self.confusion_figure(names), step)
@@ -69,13 +84,12 @@ class StageReport(Callback):
         writer.add_figure(f"worst_predictions/{stage}", self.worst_figure(names, mean, std), step)
         self._reset()
 
-    def confusion_matrix(self, n_classes: int) -> torch.Tensor:
-        """Counts: row = true class, column = predicted class."""
-        preds, targets = torch.cat(self.preds), torch.cat(self.targets)
-        return torch.bincount(targets * n_classes + preds, minlength=n_classes**2).view(n_classes, n_classes)
+    def confusion_matrix(self) -> torch.Tensor:
+        """Counts: row = true class, column = predicted class (over every DDP rank)."""
+        return self.confusion.compute().cpu()
 
     def confusion_figure(self, names: list[str]) -> Figure:
-        matrix = self.confusion_matrix(len(names))
+        matrix = self.confusion_matrix()
         n = len(names)
         fig = new_figure(2 + 0.4 * n, 2 + 0.4 * n)
         ax = fig.subplots()
