@@ -9,6 +9,7 @@ from torch import nn
 from stagetune.engine.groups import LayerGroup, param_groups
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, Stage, StagePlan
+from stagetune.engine.weight_decay import group_wds, recorded_wd
 from stagetune.errors import ConfigError
 
 
@@ -71,3 +72,18 @@ def test_hparams_carry_one_wd_per_named_group():
     plan = Plan(stages={"one": Stage(freeze_to=0, lr=1e-3, wd={"biases": 0.5})})
     out = stage_hparams(plan, 2, 0.01)
     assert out["plan.stages.one.wd.biases"] == 0.5 and "plan.stages.one.wd" not in out
+
+
+
+@pytest.mark.parametrize(
+    "wd, names, recorded, per_group",
+    [
+        (None, ["a", "b"], 0.01, {"a": 0.01, "b": 0.01}),
+        (0.3, ["a", "b"], 0.3, {"a": 0.3, "b": 0.3}),
+        ({"b": 0.5}, ["a", "b"], {"a": 0.01, "b": 0.5}, {"a": 0.01, "b": 0.5}),
+        ({"b": 0.5}, None, {"b": 0.5}, {"a": 0.01, "b": 0.5}),
+    ],
+)
+def test_a_stage_records_its_wd_as_one_number_or_per_named_group(wd, names, recorded, per_group):
+    assert recorded_wd(wd, names, 0.01) == recorded
+    assert group_wds(wd, ["a", "b"], 0.01) == per_group

@@ -40,6 +40,7 @@ from stagetune.engine.optim import (
     check_sparse_training,
     has_sparse_gradients,
 )
+from stagetune.engine.weight_decay import group_wds, recorded_wd
 from stagetune.errors import ConfigError
 
 LR_ALLOWED = "a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi"
@@ -116,9 +117,12 @@ class Stage:
 
     def group_wds(self, names: Sequence[str], default: float) -> dict[str, float]:
         """The ``wd`` of each layer group named in ``names`` (``default`` where the stage sets none)."""
-        if isinstance(self.wd, Mapping):
-            return {name: float(self.wd.get(name, default)) for name in names}
-        return {name: float(default if self.wd is None else self.wd) for name in names}
+        return group_wds(self.wd, names, default)
+
+    def recorded_wd(self, names: Sequence[str] | None, default: float) -> float | dict[str, float]:
+        """The stage's ``wd`` for run records: one number, or each group's where it sets them by name
+        (``names`` None: only the groups it names)."""
+        return recorded_wd(self.wd, names, default)
 
     def check_wd_groups(self, key: str, names: Sequence[str]) -> None:
         """A per-group ``wd`` names only layer groups of the model."""
@@ -311,7 +315,7 @@ class StagePlan(Callback):
             "epochs": stage.epochs,
             "trainable_groups": [self.groups[k].name for k in trainable],
             "lr": {self.groups[k].name: lr for k, lr in zip(trainable, stage.group_lrs(n))},
-            "wd": self.stage_wd(stage) if isinstance(stage.wd, Mapping) else self.optim.wd if stage.wd is None else stage.wd,
+            "wd": stage.recorded_wd([g.name for g in self.groups], self.optim.wd),
             "wd_kind": self.optim.wd_kind.value,
             "schedule": stage.schedule.value,
         }

@@ -12,7 +12,7 @@ configured metric) and ``hp/last`` (its value at the last validation).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -34,11 +34,11 @@ def stage_hparams(plan: Plan, n_groups: int, default_wd: float) -> dict[str, HPa
         out[f"{prefix}.epochs"] = stage.epochs
         out[f"{prefix}.lr_lo"] = min(lrs)
         out[f"{prefix}.lr_hi"] = max(lrs)
-        if isinstance(stage.wd, Mapping):
-            for group, value in stage.group_wds(list(stage.wd), default_wd).items():
-                out[f"{prefix}.wd.{group}"] = value
+        wd = stage.recorded_wd(None, default_wd)
+        if isinstance(wd, dict):
+            out.update({f"{prefix}.wd.{group}": value for group, value in wd.items()})
         else:
-            out[f"{prefix}.wd"] = default_wd if stage.wd is None else stage.wd
+            out[f"{prefix}.wd"] = wd
     return out
 
 
