@@ -9,7 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import stagetune.config  # noqa: F401  (registers the schema's defaults, which train.yaml composes from)
 from stagetune.app import conf_dir
+from tests.test_history import NOISE
 from tests.vision.conftest import pets_tree, run_cli
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
@@ -92,6 +94,9 @@ def test_pets_experiment_runs_on_a_tiny_pets_folder(tmp_path):
     assert metrics["data"] == {"train_images": 10, "val_images": 2, "test_images": 6, "classes": 3}
     assert metrics["stages"][1]["lr"] == pytest.approx({"body_early": 1e-6, "body_late": 1e-5, "head": 1e-4})
     assert "test/acc" in metrics["test"]
+    printed = result.stdout + result.stderr
+    assert printed.count("test/acc ") == 1 and "Test metric" not in printed, "the test metrics are printed once"
+    assert not [noise for noise in NOISE if noise in printed], "no library noise on the terminal"
 
 
 def test_missing_imagenet_weights_stop_the_run_with_one_line(tmp_path):

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from stagetune.app import UnwritableOutput
+from stagetune.console import quiet_library_warnings
 from stagetune.engine.trainer import check_trainer_overrides
 from stagetune.errors import StagetuneError
 
@@ -43,6 +44,7 @@ def one_line_errors(prog: str) -> Callable[[Callable[[list[str] | None], int]], 
     def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], None]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> None:
+            quiet_library_warnings()
             try:
                 code = main(argv)
             except StagetuneError as err:
@@ -91,6 +93,7 @@ def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[
 
 def hydra_command(prog: str, app: Callable[[], Any]) -> None:
     """Run a Hydra app; a failure before its task starts (bad override, unknown group) exits 2."""
+    quiet_library_warnings()
     try:
         check_trainer_overrides(sys.argv[1:])
     except StagetuneError as err:

@@ -93,6 +93,7 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         checkpoint=run_checkpoint(cfg, run),
         logger=run_logger(cfg, run),
         root_dir=str(run.path),
+        history_csv=run.path / "history.csv",
     )
 
 
@@ -171,7 +172,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     test = {}
     if cfg.test and getattr(datamodule, "has_test", False):
         results = trainer.test(
-            model, datamodule=datamodule, ckpt_path="best" if best is not None else None, weights_only=True
+            model, datamodule=datamodule, ckpt_path="best" if best is not None else None, weights_only=True, verbose=False
         )
         test = _scalars(results[0]) if results else {}
     if not trainer.is_global_zero:

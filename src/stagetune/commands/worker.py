@@ -9,6 +9,7 @@ started by hand, if every target in it is allowlisted.
 import sys
 
 from stagetune.config import validate
+from stagetune.console import quiet_library_warnings
 from stagetune.errors import StagetuneError
 from stagetune.runs.rundir import RunDir
 from stagetune.commands.train import fit_run
@@ -16,6 +17,7 @@ from stagetune.runs.trained import without_start_weights
 
 
 def main(argv: list[str]) -> None:
+    quiet_library_warnings()
     run = RunDir(argv[0])
     cfg = validate(run.rank_config())
     ckpt_path = argv[1] if len(argv) > 1 else None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -18,9 +20,10 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption
+from stagetune.engine.history import History
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, StagePlan
-from stagetune.engine.progress import StageProgressBar
+from stagetune.engine.progress import progress_for
 from stagetune.engine.training_loss import TrainingLoss
 from stagetune.errors import ConfigError
 
@@ -88,17 +91,19 @@ def build_trainer(
     logger: Any = False,
     root_dir: str | None = None,
     max_steps: int = -1,
+    history_csv: str | Path | None = None,
 ) -> pl.Trainer:
     """A Trainer that applies ``plan`` with ``optim``; ``args`` are the config's ``trainer:`` keys.
 
-    ``max_steps`` > 0 (the LR finder) runs that many steps whatever the plan's epochs.
+    ``max_steps`` > 0 (the LR finder) runs that many steps whatever the plan's epochs; the epoch
+    history goes to ``history_csv`` when given.
     """
     kwargs = {**DEFAULTS, **trainer_kwargs(args)}
     check_trainer_args(kwargs)
     extra = list(callbacks)
     if kwargs.get("enable_progress_bar", True):
-        extra.append(StageProgressBar())
-    engine = [StagePlan(plan, optim), TrainingLoss(), DivergenceGuard(), Interruption()]
+        extra.append(progress_for(sys.stdout, getattr(checkpoint, "monitor", None)))
+    engine = [StagePlan(plan, optim), TrainingLoss(), History(history_csv), DivergenceGuard(), Interruption()]
     try:
         return pl.Trainer(
             max_epochs=-1 if max_steps > 0 else plan.total_epochs,

@@ -1,0 +1,43 @@
+"""What reaches the terminal: stagetune's own lines and warnings; the rest of a run's log goes to ``train.log``.
+
+Lightning announces every run (the GPU/TPU lines, a tip to install its cloud logger, "Loading
+train_dataloader ...", "Trainer.fit stopped ...") through its own console handler, so ``train.log``
+stayed empty and the terminal filled with lines a user cannot act on. The Hydra logging config
+(``conf/hydra/job_logging/stagetune.yaml``) sends Lightning's loggers through the root logger to
+``train.log`` in full, and :class:`ConsoleFilter` lets only their warnings through to the terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+LIBRARIES = ("pytorch_lightning", "lightning_fabric", "lightning", "lightning_utilities")
+ADVERTS = ("💡 Tip:",)
+# Raised by Lightning's own pytree helper (pytorch_lightning/utilities/_pytree.py), not by code a
+# stagetune user writes or can change; every run printed it twice.
+LIBRARY_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+def is_library(name: str) -> bool:
+    return any(name == lib or name.startswith(lib + ".") for lib in LIBRARIES)
+
+
+class ConsoleFilter(logging.Filter):
+    """On the terminal: everything of stagetune's, only warnings and errors of Lightning's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not is_library(record.name)
+
+
+class NoAdverts(logging.Filter):
+    """Drops Lightning's product tips from every handler, the log file included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERTS)
+
+
+def quiet_library_warnings() -> None:
+    """Ignore the deprecation warnings that Lightning's internals raise on every run."""
+    for message in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message)
