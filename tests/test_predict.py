@@ -156,7 +156,7 @@ def test_recommendations_are_unrated_items_by_predicted_rating(ratings_run, caps
     data = trained.datamodule
     user = int(data.user_ids[int(data.train_set.users[0]) - 1])
     u = data.index_of("user", user)
-    rated = {int(data.item_ids[i - 1]) for s in (data.train_set, data.val_set) for i in s.items[s.users == u].tolist()}
+    rated = {int(data.item_ids[i - 1]) for s in data.parts() for i in s.items[s.users == u].tolist()}
     assert rated
     rows = recommend.recommend(trained, user, k=5)
     assert len(rows) == 5 and not {r.item for r in rows} & rated

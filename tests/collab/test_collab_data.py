@@ -20,11 +20,12 @@ def movielens_shaped() -> SyntheticRatings:
 def test_defaults_are_shaped_like_movielens_100k(movielens_shaped):
     dm = movielens_shaped
     summary = dm.summary()
-    assert (summary["n_users"], summary["n_items"], summary["n_train"] + summary["n_valid"]) == (943, 1682, 100_000)
-    ratings = torch.cat([dm.train_set.ratings, dm.val_set.ratings])
+    assert (summary["n_users"], summary["n_items"], summary["n_train"] + summary["n_valid"] + summary["n_test"]) == (943, 1682, 100_000)
+    assert (summary["n_valid"], summary["n_test"]) == (8_000, 20_000)
+    ratings = torch.cat([part.ratings for part in dm.parts()])
     assert set(ratings.unique().tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
     assert 1.0 < ratings.std().item() < 1.2 and 3.3 < ratings.mean().item() < 3.7  # ML-100k: 1.13, 3.53
-    counts = dm.item_counts()[1:] / 0.8
+    counts = dm.item_counts()[1:] / 0.72
     assert 300 < counts.max() < 800 and 20 < np.median(counts) < 60  # ML-100k: 583 and 27
     assert 0.8 < summary["noise_floor"] < 0.9
 
@@ -60,7 +61,7 @@ def test_an_epoch_of_100k_ratings_takes_well_under_a_second(movielens_shaped):
 def test_dense_settings_fill_every_rating_and_impossible_ones_are_config_errors():
     dm = SyntheticRatings(n_users=60, n_items=80, n_ratings=4000)
     dm.setup()
-    cells = torch.cat([dm.train_set.users * 100 + dm.train_set.items, dm.val_set.users * 100 + dm.val_set.items])
+    cells = torch.cat([part.users * 100 + part.items for part in dm.parts()])
     assert len(cells) == 4000 and len(cells.unique()) == 4000
     with pytest.raises(ConfigError, match=r"^data\.n_ratings=4801: between 1 and n_users \* n_items = 4800"):
         SyntheticRatings(n_users=60, n_items=80, n_ratings=4801).setup()

@@ -1,4 +1,4 @@
-"""MovieLens files: each format, titles, splits, downloads and the errors a user can cause."""
+"""MovieLens files: each format, titles, three-part splits, downloads and the errors a user can cause."""
 
 import hashlib
 import io
@@ -12,7 +12,8 @@ import torch
 from stagetune.collab import movielens
 from stagetune.collab.models import DotBias
 from stagetune.collab.movielens import MovieLens
-from stagetune.errors import DataError
+from stagetune.collab.splits import Ratings, mku_fold, split_by_time, split_random
+from stagetune.errors import ConfigError, DataError
 
 # (user, item, rating, timestamp): 4 users, 5 items; user 4 and item 5 rate/are rated once.
 ROWS = [
@@ -54,19 +55,19 @@ def loaded(path, **kwargs) -> MovieLens:
     return dm
 
 
-def raw_pairs(dm: MovieLens, ds) -> set:
-    return {(int(u), int(i)) for u, i in zip(ds.users, ds.items)}
+def n_ratings(dm: MovieLens) -> int:
+    return sum(len(part) for part in dm.parts())
 
 
 @pytest.mark.parametrize(
     "writer,rating_shift,title_suffix", [(write_100k, 0, ""), (write_1m, 0, ""), (write_csv, -0.5, ", The")]
 )
 def test_each_format_parses_ratings_and_titles(tmp_path, writer, rating_shift, title_suffix):
-    dm = loaded(writer(tmp_path / "ml"), valid_pct=0.2, seed=0)
-    ratings = torch.cat([dm.train_set.ratings, dm.val_set.ratings]).sort().values
+    dm = loaded(writer(tmp_path / "ml"), split="random", valid_pct=0.2, seed=0)
+    ratings = torch.cat([part.ratings for part in dm.parts()]).sort().values
     expected = sorted(r + rating_shift for _, _, r, _ in ROWS)
     assert ratings.tolist() == pytest.approx(expected)
-    assert len(dm.train_set) + len(dm.val_set) == len(ROWS)
+    assert min(len(part) for part in dm.parts()) > 0
     assert "Café au lait (1993)" + title_suffix in dm.item_names()
     assert "Amélie (2001)" + title_suffix in dm.item_names()
 
@@ -74,50 +75,79 @@ def test_each_format_parses_ratings_and_titles(tmp_path, writer, rating_shift, t
 def test_files_in_an_ml_subfolder_are_found(tmp_path):
     write_100k(tmp_path / "ml-100k")
     dm = loaded(tmp_path)
-    assert len(dm.train_set) + len(dm.val_set) == len(ROWS)
+    assert n_ratings(dm) == len(ROWS)
 
 
-def test_random_split_is_disjoint_and_reproducible_from_its_seed():
-    rows = np.arange(1000)
-    a_train, a_val = movielens.split_random(1000, 0.2, seed=3)
-    b_train, b_val = movielens.split_random(1000, 0.2, seed=3)
-    c_train, c_val = movielens.split_random(1000, 0.2, seed=4)
-    assert len(a_val) == 200 and not set(a_train) & set(a_val)
-    assert np.array_equal(np.sort(np.r_[a_train, a_val]), rows)
-    assert np.array_equal(a_val, b_val) and not np.array_equal(a_val, c_val)
+def test_several_ml_folders_are_an_error_listing_them(tmp_path):
+    write_100k(tmp_path / "ml-100k")
+    write_1m(tmp_path / "ml-1m")
+    with pytest.raises(DataError) as err:
+        loaded(tmp_path, split="random")
+    message = str(err.value)
+    assert "\n" not in message and "several MovieLens folders (ml-100k, ml-1m)" in message
+    assert f"data.path={tmp_path / 'ml-100k'}" in message
 
 
-def test_time_split_holds_out_each_users_latest_ratings():
-    r = movielens.Ratings(*(np.array(col) for col in zip(*ROWS)))
-    train, valid = movielens.split_by_time(r, valid_pct=0.25)
-    assert not set(train) & set(valid) and len(train) + len(valid) == len(ROWS)
-    # users 1-3 have 4 ratings each: the latest one of each is held out; user 4 keeps its only one.
-    assert sorted(valid.tolist()) == [3, 7, 11]
-    again = movielens.split_by_time(r, valid_pct=0.25)
-    assert np.array_equal(again[1], valid)
+def test_a_random_split_beside_the_official_folds_is_a_warning_naming_them(tmp_path, caplog):
+    folder = write_100k(tmp_path / "ml")
+    for kind in ("base", "test"):
+        (folder / f"u1.{kind}").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS))
+    with caplog.at_level("WARNING", logger="stagetune"):
+        loaded(folder, split="random")
+    assert "data.split=random" in caplog.text and "own split (u1.base)" in caplog.text and "data.split=u1" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stagetune"):
+        loaded(tmp_path / "ml", split="u1")
+    assert not caplog.text
 
 
-def test_dataset_fold_files_are_used_and_disjoint(tmp_path):
+def test_folds_of_other_releases_are_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^data\.split='u1': .*ratings\.dat: use random or time"):
+        loaded(write_1m(tmp_path / "ml"))
+
+
+def test_random_split_is_three_way_and_reproducible_from_its_seed():
+    a, b, c = (split_random(1000, 0.2, 0.1, seed=seed) for seed in (3, 3, 4))
+    assert (len(a.train), len(a.valid), len(a.test)) == (720, 80, 200)
+    assert np.array_equal(np.sort(np.r_[a.train, a.valid, a.test]), np.arange(1000))
+    assert np.array_equal(a.test, b.test) and np.array_equal(a.valid, b.valid) and not np.array_equal(a.test, c.test)
+
+
+def test_time_split_holds_out_each_users_latest_ratings_for_test_then_valid():
+    r = Ratings(*(np.array(col) for col in zip(*ROWS)))
+    parts = split_by_time(r, test_pct=0.25, valid_pct=0.34)
+    # users 1-3 have 4 ratings: the latest is test, the one before it valid; user 4 keeps its only one.
+    assert sorted(parts.test.tolist()) == [3, 7, 11]
+    assert sorted(parts.valid.tolist()) == [2, 6, 10]
+    assert sorted(parts.train.tolist()) == [0, 1, 4, 5, 8, 9, 12]
+
+
+def test_dataset_fold_files_are_used_and_missing_ones_rebuilt_from_u_data(tmp_path):
     folder = write_100k(tmp_path / "ml")
     base, test = ROWS[:10], ROWS[10:]
     (folder / "u1.base").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in base))
     (folder / "u1.test").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in test))
-    dm = loaded(folder, split="u1")
-    assert len(dm.train_set) == 10 and len(dm.val_set) == 3
-    with pytest.raises(DataError, match=r"u2\.base not found"):
-        loaded(folder, split="u2")
+    dm = loaded(folder, split="u1", valid_pct=0.2)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (8, 2, 3)
+    assert sorted(dm.test_set.ratings.tolist()) == sorted(float(r) for _, _, r, _ in test)
+    u2 = loaded(folder, split="u2", valid_pct=0.2)
+    r = Ratings(*(np.array(col) for col in zip(*ROWS)))
+    assert sorted(u2.test_set.ratings.tolist()) == sorted(r.ratings[mku_fold(r, "u2")[1]].tolist())
+    (folder / "u1.test").unlink()
+    with pytest.raises(DataError, match=r"u1\.test not found beside its pair"):
+        loaded(folder, split="u1")
 
 
-def test_ids_seen_only_in_validation_are_counted_and_predicted(tmp_path):
+def test_ids_seen_only_in_valid_or_test_are_counted_and_predicted(tmp_path):
     folder = write_100k(tmp_path / "ml")
     (folder / "u1.base").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ROWS[:8]))
     (folder / "u1.test").write_text("1\t5\t4\t1\n9\t1\t3\t1\n9\t7\t2\t1\n")  # item 5, user 9, both new
-    dm = loaded(folder, split="u1")
-    assert dm.unseen == {"users": 1, "items": 2, "ratings": 3}
+    dm = loaded(folder, split="u1", valid_pct=0.25)
+    assert dm.unseen["test"] == {"users": 1, "items": 2, "ratings": 3}
     model = DotBias(**dm.model_kwargs(), n_factors=3).eval()
-    pred = model(dm.val_set.users, dm.val_set.items)
+    pred = model(dm.test_set.users, dm.test_set.items)
     assert pred[2].item() == pytest.approx(dm.global_mean, abs=1e-5)
-    assert dm.summary()["valid_ratings_with_unseen_id"] == 3
+    assert dm.summary()["test_ratings_with_unseen_id"] == 3
 
 
 @pytest.mark.parametrize("content,message", [
@@ -157,4 +187,4 @@ def test_download_checks_the_md5_before_unpacking(tmp_path, monkeypatch):
     assert not (tmp_path / "wrong" / "ml-100k").exists()
     monkeypatch.setitem(movielens.ARCHIVE_MD5, "ml-100k", hashlib.md5(archive).hexdigest())
     dm = loaded(tmp_path / "right", download=True)
-    assert len(dm.train_set) + len(dm.val_set) == len(ROWS)
+    assert n_ratings(dm) == len(ROWS)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stagetune.collab.splits import check_fraction, split_random
 from stagetune.errors import ConfigError
 from stagetune.engine.loaders import epoch_loader, eval_loader
 
@@ -50,13 +51,16 @@ def ratings_tensor(users: np.ndarray, items: np.ndarray, ratings: np.ndarray) ->
 
 
 class RatingsDataModule(pl.LightningDataModule):
-    """What every ratings source shares: the two splits, loaders, model sizes, titles, counts.
+    """What every ratings source shares: the three parts, loaders, model sizes, titles, counts.
 
-    Subclasses fill ``train_set``/``val_set`` (indices 1..n, 0 = unknown), ``n_users``,
-    ``n_items``, ``user_ids``/``item_ids`` (the raw id of index k+1 at position k),
-    ``item_titles`` (index -> title, or None) and ``unseen`` (counts of validation ratings whose
-    user or item never appears in training) in :meth:`load`.
+    Subclasses fill ``train_set``/``val_set``/``test_set`` (indices 1..n, 0 = unknown),
+    ``n_users``, ``n_items``, ``user_ids``/``item_ids`` (the raw id of index k+1 at position k),
+    ``item_titles`` (index -> title, or None) and ``unseen`` (per evaluated part, counts of ratings
+    whose user or item never appears in training) in :meth:`load`. Valid chooses the checkpoint;
+    test is read once, at the end of a run.
     """
+
+    has_test = True
 
     def __init__(self, batch_size: int, valid_batch_size: int = 4096) -> None:
         super().__init__()
@@ -64,10 +68,11 @@ class RatingsDataModule(pl.LightningDataModule):
         self.valid_batch_size = valid_batch_size
         self.train_set: RatingsTensor | None = None
         self.val_set: RatingsTensor | None = None
+        self.test_set: RatingsTensor | None = None
         self.n_users = self.n_items = 0
         self.item_titles: list[str] | None = None
         self.user_ids = self.item_ids = np.zeros(0, dtype=np.int64)
-        self.unseen = {"users": 0, "items": 0, "ratings": 0}
+        self.unseen = {part: {"users": 0, "items": 0, "ratings": 0} for part in ("valid", "test")}
 
     def load(self) -> None:
         raise NotImplementedError
@@ -102,22 +107,44 @@ class RatingsDataModule(pl.LightningDataModule):
 
     def summary(self) -> dict:
         self.setup()
-        return {
+        out = {
             "n_users": self.n_users,
             "n_items": self.n_items,
             "n_train": len(self.train_set),
             "n_valid": len(self.val_set),
+            "n_test": len(self.test_set),
             "global_mean": round(self.global_mean, 4),
-            "valid_unseen_users": self.unseen["users"],
-            "valid_unseen_items": self.unseen["items"],
-            "valid_ratings_with_unseen_id": self.unseen["ratings"],
         }
+        for part, counts in self.unseen.items():
+            out |= {
+                f"{part}_unseen_users": counts["users"],
+                f"{part}_unseen_items": counts["items"],
+                f"{part}_ratings_with_unseen_id": counts["ratings"],
+            }
+        return out
+
+    def parts(self) -> tuple[RatingsTensor, RatingsTensor, RatingsTensor]:
+        """Train, valid and test: every rating the data holds."""
+        self.setup()
+        return self.train_set, self.val_set, self.test_set
 
     def train_dataloader(self) -> DataLoader:
         return batch_loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.val_set, self.valid_batch_size, whole_batches=True)
+
+    def test_dataloader(self) -> DataLoader:
+        return batch_loader(self.test_set, self.valid_batch_size, shuffle=False)
+
+
+def unseen_counts(users: np.ndarray, items: np.ndarray, new_user: np.ndarray, new_item: np.ndarray) -> dict[str, int]:
+    """Distinct users and items of an evaluated part that training never saw, and the ratings they touch."""
+    return {
+        "users": int(np.unique(users[new_user]).size),
+        "items": int(np.unique(items[new_item]).size),
+        "ratings": int((new_user | new_item).sum()),
+    }
 
 
 def sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -133,8 +160,10 @@ class SyntheticRatings(RatingsDataModule):
     optionally rounded to whole stars. ``factor_scale`` is the standard deviation of the
     interaction ``u . v`` (each factor has std ``sqrt(factor_scale) / rank**0.25``), so it compares
     directly with the bias scales and the noise. Items are picked with Zipf popularity and users
-    with Zipf activity (long tails, as in MovieLens). ``noise_floor`` is the RMSE of the true model
-    on the validation split: the reference a fitted model is measured against.
+    with Zipf activity (long tails, as in MovieLens). ``test_pct`` of the ratings are test and
+    ``valid_pct`` of the rest valid (:func:`~stagetune.collab.splits.split_random`, seeded from
+    ``seed``). ``noise_floor`` (``test_noise_floor``) is the RMSE of the true model on valid
+    (test): the reference a fitted model is measured against.
     """
 
     def __init__(
@@ -151,16 +180,19 @@ class SyntheticRatings(RatingsDataModule):
         popularity_exponent: float = 0.8,
         activity_exponent: float = 0.6,
         round_stars: bool = True,
-        valid_pct: float = 0.2,
+        test_pct: float = 0.2,
+        valid_pct: float = 0.1,
         batch_size: int = 1024,
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
-        self.noise_floor = math.nan
+        self.noise_floor = self.test_noise_floor = math.nan
 
     def load(self) -> None:
         h = self.hparams
+        check_fraction("data.test_pct", h.test_pct)
+        check_fraction("data.valid_pct", h.valid_pct)
         rng = np.random.default_rng(h.seed)
         factor_std = math.sqrt(h.factor_scale) / h.rank**0.25
         users_f = rng.normal(0, factor_std, (h.n_users, h.rank))
@@ -172,23 +204,19 @@ class SyntheticRatings(RatingsDataModule):
         ratings = np.clip(truth + rng.normal(0, h.noise, len(u)), 1, 5)
         if h.round_stars:
             ratings = np.round(ratings)
-        n_val = int(round(len(u) * h.valid_pct))
-        order = rng.permutation(len(u))
-        val, train = order[:n_val], order[n_val:]
-        self.noise_floor = float(np.sqrt(np.mean((ratings[val] - truth[val]) ** 2)))
+        parts = split_random(len(u), h.test_pct, h.valid_pct, int(rng.integers(2**31)))
+        self.noise_floor = float(np.sqrt(np.mean((ratings[parts.valid] - truth[parts.valid]) ** 2)))
+        self.test_noise_floor = float(np.sqrt(np.mean((ratings[parts.test] - truth[parts.test]) ** 2)))
         self.n_users, self.n_items = h.n_users, h.n_items
         self.user_ids, self.item_ids = np.arange(h.n_users), np.arange(h.n_items)
         seen_u, seen_i = np.zeros(h.n_users, bool), np.zeros(h.n_items, bool)
-        seen_u[u[train]], seen_i[i[train]] = True, True
-        new_u, new_i = ~seen_u[u[val]], ~seen_i[i[val]]
-        self.unseen = {
-            "users": int(np.unique(u[val][new_u]).size),
-            "items": int(np.unique(i[val][new_i]).size),
-            "ratings": int((new_u | new_i).sum()),
-        }
+        seen_u[u[parts.train]], seen_i[i[parts.train]] = True, True
+        for part, idx in (("valid", parts.valid), ("test", parts.test)):
+            self.unseen[part] = unseen_counts(u[idx], i[idx], ~seen_u[u[idx]], ~seen_i[i[idx]])
         users, items = np.where(seen_u[u], u + 1, UNKNOWN), np.where(seen_i[i], i + 1, UNKNOWN)
-        self.train_set = ratings_tensor(users[train], items[train], ratings[train])
-        self.val_set = ratings_tensor(users[val], items[val], ratings[val])
+        self.train_set, self.val_set, self.test_set = (
+            ratings_tensor(users[idx], items[idx], ratings[idx]) for idx in (parts.train, parts.valid, parts.test)
+        )
 
     def _pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n_ratings`` distinct (user, item) cells: Zipf-weighted draws on both sides, ranks
@@ -217,4 +245,4 @@ class SyntheticRatings(RatingsDataModule):
         return keys // h.n_items, keys % h.n_items
 
     def summary(self) -> dict:
-        return {**super().summary(), "noise_floor": round(self.noise_floor, 4)}
+        return {**super().summary(), "noise_floor": round(self.noise_floor, 4), "test_noise_floor": round(self.test_noise_floor, 4)}

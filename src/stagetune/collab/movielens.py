@@ -1,6 +1,7 @@
-"""MovieLens ratings from GroupLens's own files, split three ways, optionally downloaded.
+"""MovieLens ratings split into train, valid and test: the bundled ML-100k, or GroupLens's files.
 
-Read from ``data.path`` (or its ``ml-*`` subfolder, where the archive unpacks):
+With ``data.path`` unset, the real ML-100k that set-up put in the cache (:mod:`.bundled`). Else
+read from ``data.path`` (or its one ``ml-*`` subfolder, where the archive unpacks):
 
 * ml-100k ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``; titles from ``u.item``
   (``id|title|...``, latin-1); its own folds ``u1``..``u5``, ``ua``, ``ub`` (``.base``/``.test``).
@@ -8,8 +9,10 @@ Read from ``data.path`` (or its ``ml-*`` subfolder, where the archive unpacks):
 * ml-latest-small / ml-25m ``ratings.csv``: header ``userId,movieId,rating,timestamp``; titles
   from ``movies.csv`` (UTF-8, quoted CSV).
 
-Ids are indexed from the training split only (1..n); an id that appears only in validation maps
-to 0, "unknown", and is counted in the run's summary.
+The split is ML-100k's ``u1`` by default (the one papers report); folds missing from a folder are
+rebuilt from ``u.data`` as ``mku.sh`` builds them (:mod:`.splits`). Ids are indexed from the
+training part only (1..n); an id that appears only in valid or test maps to 0, "unknown", and is
+counted in the run's summary.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -26,9 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-from stagetune.collab.data import UNKNOWN, RatingsDataModule, ratings_tensor
+from stagetune.collab import bundled
+from stagetune.collab.data import UNKNOWN, RatingsDataModule, ratings_tensor, unseen_counts
 from stagetune.collab.models import check_y_range
+from stagetune.collab.splits import (
+    FOLDS,
+    SPLITS,
+    Parts,
+    Ratings,
+    carve_valid,
+    check_fraction,
+    mku_fold,
+    split_by_time,
+    split_random,
+)
 from stagetune.errors import ConfigError, DataError
+
+log = logging.getLogger("stagetune")
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
 # Published MD5s of the archives that do not change; ml-latest-small is re-released, so its MD5 is
@@ -39,8 +57,6 @@ ARCHIVE_MD5 = {
     "ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada",
     "ml-latest-small": None,
 }
-FOLDS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-SPLITS = ("random", "time", *FOLDS)
 
 
 @dataclass(frozen=True)
@@ -59,19 +75,6 @@ FORMATS = (
     RatingsFormat("ratings.dat", "::", False, "movies.dat", "latin-1"),
     RatingsFormat("ratings.csv", ",", True, "movies.csv", "utf-8"),
 )
-
-
-@dataclass
-class Ratings:
-    """Raw ids, ratings and timestamps, one entry per line of a ratings file."""
-
-    users: np.ndarray
-    items: np.ndarray
-    ratings: np.ndarray
-    timestamps: np.ndarray
-
-    def take(self, idx: np.ndarray) -> "Ratings":
-        return Ratings(self.users[idx], self.items[idx], self.ratings[idx], self.timestamps[idx])
 
 
 def read_ratings(path: Path, separator: str, header: bool, y_range: tuple[float, float]) -> Ratings:
@@ -121,12 +124,20 @@ def read_titles(path: Path, fmt: RatingsFormat) -> dict[int, str]:
 
 
 def find_format(path: Path) -> tuple[Path, RatingsFormat] | None:
-    """The folder (``path`` or one ``ml-*`` folder in it) holding a ratings file, and its format."""
-    for folder in (path, *sorted(p for p in path.glob("ml-*") if p.is_dir())):
-        for fmt in FORMATS:
-            if (folder / fmt.ratings).exists():
-                return folder, fmt
-    return None
+    """The folder (``path``, or the one ``ml-*`` folder in it) holding a ratings file, and its format.
+
+    Several ``ml-*`` folders with ratings are an error listing them: taking one would be a guess.
+    """
+    def ratings_format(folder: Path) -> RatingsFormat | None:
+        return next((fmt for fmt in FORMATS if (folder / fmt.ratings).exists()), None)
+
+    if (fmt := ratings_format(path)) is not None:
+        return path, fmt
+    found = [(folder, fmt) for folder in sorted(path.glob("ml-*")) if folder.is_dir() and (fmt := ratings_format(folder))]
+    if len(found) > 1:
+        names = ", ".join(folder.name for folder, _ in found)
+        raise DataError(f"{path} holds several MovieLens folders ({names}): set data.path to one of them, e.g. data.path={found[0][0]}")
+    return found[0] if found else None
 
 
 def download(name: str, path: Path) -> None:
@@ -160,24 +171,6 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
-def split_random(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded shuffle; the first ``valid_pct`` of it is validation."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * valid_pct))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def split_by_time(r: Ratings, valid_pct: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's latest ``valid_pct`` of ratings (rounded; ties by file order) are validation."""
-    order = np.lexsort((np.arange(len(r.users)), r.timestamps, r.users))
-    users = r.users[order]
-    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
-    counts = np.diff(np.r_[starts, len(users)])
-    rank = np.arange(len(users)) - np.repeat(starts, counts)
-    held = rank >= np.repeat(counts - np.round(counts * valid_pct).astype(int), counts)
-    return np.sort(order[~held]), np.sort(order[held])
-
-
 class Vocabulary:
     """Raw ids seen in training -> indices 1..n; anything else -> 0 (unknown)."""
 
@@ -194,34 +187,46 @@ class Vocabulary:
 
 
 class MovieLens(RatingsDataModule):
-    """MovieLens ratings from ``path``: a random, by-time or the dataset's own split."""
+    """MovieLens ratings in three parts: ML-100k's own fold (default ``u1``), a random or a by-time split."""
 
     def __init__(
         self,
         path: str | None = None,
         download: bool = False,
         name: str = "ml-100k",
-        split: str = "random",
-        valid_pct: float = 0.2,
+        split: str = "u1",
+        valid_pct: float = 0.1,
+        test_pct: float = 0.2,
         y_range=(0.0, 5.5),
         batch_size: int = 64,
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
+        self.source = ""
 
     def load(self) -> None:
         h = self.hparams
-        if not h.path:
-            raise ConfigError("data.path", h.path, "a folder with MovieLens files (u.data, ratings.dat or ratings.csv)")
         if h.split not in SPLITS:
             raise ConfigError("data.split", h.split, "allowed: " + ", ".join(SPLITS))
-        if not 0 < h.valid_pct < 1:
-            raise ConfigError("data.valid_pct", h.valid_pct, "must be in (0, 1)")
+        check_fraction("data.valid_pct", h.valid_pct)
+        check_fraction("data.test_pct", h.test_pct)
         if h.name not in ARCHIVE_MD5:
             raise ConfigError("data.name", h.name, "allowed: " + ", ".join(ARCHIVE_MD5))
         y_range = check_y_range(h.y_range)
-        path = Path(h.path).expanduser()
+        if h.path:
+            every, folder, fmt, titles = self._from_folder(Path(h.path).expanduser(), y_range)
+        else:
+            if h.name != "ml-100k" or h.download:
+                raise ConfigError("data.path", h.path, f"a folder for data.name={h.name} (download={h.download}); only ml-100k is bundled")
+            every, folder, fmt, titles = bundled.read_ratings(), None, FORMATS[0], bundled.read_titles()
+            check_range(every, y_range, str(bundled.folder() / bundled.RATINGS))
+            self.source = f"bundled ML-100k ({bundled.folder()})"
+        table, parts = self._parts(every, folder, fmt, y_range)
+        self._index(table, parts, titles)
+
+    def _from_folder(self, path: Path, y_range) -> tuple[Ratings, Path, RatingsFormat, dict[int, str]]:
+        h = self.hparams
         found = find_format(path)
         if found is None and h.download:
             download(h.name, path)
@@ -229,37 +234,64 @@ class MovieLens(RatingsDataModule):
         if found is None:
             raise DataError(
                 f"no MovieLens ratings file (u.data, ratings.dat or ratings.csv) in {path}: unzip "
-                f"{BASE_URL}/{h.name}.zip there, or set data.download=true"
+                f"{BASE_URL}/{h.name}.zip there, set data.download=true, or leave data.path unset for the bundled ML-100k"
             )
         folder, fmt = found
-        if h.split in FOLDS:
-            train = self._read(folder / f"{h.split}.base", fmt, y_range)
-            valid = self._read(folder / f"{h.split}.test", fmt, y_range)
+        self.source = str(folder)
+        if h.split not in FOLDS:
+            present = [f"{fold}.base" for fold in FOLDS if (folder / f"{fold}.base").exists()]
+            if present:
+                log.warning(
+                    "data.split=%s while %s has ml-100k's own split (%s): results will not compare with "
+                    "papers' u1 numbers; data.split=u1 uses it", h.split, folder, ", ".join(present)
+                )
+        every = read_ratings(folder / fmt.ratings, fmt.separator, fmt.header, y_range)
+        return every, folder, fmt, read_titles(folder / fmt.titles, fmt)
+
+    def _parts(self, every: Ratings, folder: Path | None, fmt: RatingsFormat, y_range) -> tuple[Ratings, Parts]:
+        """One table and the train/valid/test indices into it."""
+        h = self.hparams
+        if h.split == "random":
+            return every, split_random(len(every), h.test_pct, h.valid_pct, h.seed)
+        if h.split == "time":
+            return every, split_by_time(every, h.test_pct, h.valid_pct)
+        if fmt.ratings != "u.data":
+            raise ConfigError("data.split", h.split, f"ml-100k's own fold; {folder} holds {fmt.ratings}: use random or time")
+        files = [folder / f"{h.split}.{kind}" for kind in ("base", "test")] if folder else []
+        if files and all(f.exists() for f in files):
+            base, test = (read_ratings(f, fmt.separator, fmt.header, y_range) for f in files)
+            table = Ratings(*(np.r_[a, b] for a, b in zip(vars(base).values(), vars(test).values())))
+            base_idx, test_idx = np.arange(len(base)), len(base) + np.arange(len(test))
         else:
-            every = read_ratings(folder / fmt.ratings, fmt.separator, fmt.header, y_range)
-            n = len(every.users)
-            if h.split == "random":
-                train_idx, valid_idx = split_random(n, h.valid_pct, h.seed)
-            else:
-                train_idx, valid_idx = split_by_time(every, h.valid_pct)
-            train, valid = every.take(train_idx), every.take(valid_idx)
-        self._index(train, valid, read_titles(folder / fmt.titles, fmt))
+            if any(f.exists() for f in files):
+                missing = next(f for f in files if not f.exists())
+                raise DataError(f"{missing} not found beside its pair: restore it, or remove both to rebuild {h.split} from u.data")
+            table, (base_idx, test_idx) = every, mku_fold(every, h.split)
+        train, valid = carve_valid(len(base_idx), h.valid_pct, h.seed)
+        return table, Parts(base_idx[train], base_idx[valid], test_idx)
 
-    def _read(self, path: Path, fmt: RatingsFormat, y_range) -> Ratings:
-        if not path.exists():
-            raise DataError(f"{path} not found: data.split={self.hparams.split} needs ml-100k's own {path.name}")
-        return read_ratings(path, fmt.separator, fmt.header, y_range)
-
-    def _index(self, train: Ratings, valid: Ratings, titles: dict[int, str]) -> None:
+    def _index(self, table: Ratings, parts: Parts, titles: dict[int, str]) -> None:
+        train = table.take(parts.train)
         users, items = Vocabulary(train.users), Vocabulary(train.items)
         self.n_users, self.n_items = len(users), len(items)
         self.user_ids, self.item_ids = users.ids, items.ids
-        vu, vi = users.encode(valid.users), items.encode(valid.items)
-        self.unseen = {
-            "users": int(np.unique(valid.users[vu == UNKNOWN]).size),
-            "items": int(np.unique(valid.items[vi == UNKNOWN]).size),
-            "ratings": int(((vu == UNKNOWN) | (vi == UNKNOWN)).sum()),
-        }
         self.item_titles = ["unknown"] + [titles.get(int(k), f"movie {k}") for k in items.ids]
-        self.train_set = ratings_tensor(users.encode(train.users), items.encode(train.items), train.ratings)
-        self.val_set = ratings_tensor(vu, vi, valid.ratings)
+        sets = []
+        for part, idx in (("train", parts.train), ("valid", parts.valid), ("test", parts.test)):
+            r = table.take(idx)
+            u, i = users.encode(r.users), items.encode(r.items)
+            if part != "train":
+                self.unseen[part] = unseen_counts(r.users, r.items, u == UNKNOWN, i == UNKNOWN)
+            sets.append(ratings_tensor(u, i, r.ratings))
+        self.train_set, self.val_set, self.test_set = sets
+
+    def summary(self) -> dict:
+        return {"source": self.source, "split": self.hparams.split, **super().summary()}
+
+
+def check_range(r: Ratings, y_range: tuple[float, float], where: str) -> None:
+    """Every rating inside the model's range, or a one-line error naming the first one outside."""
+    lo, hi = y_range
+    outside = np.flatnonzero((r.ratings < lo) | (r.ratings > hi))
+    if len(outside):
+        raise DataError(f"{where}: rating {r.ratings[outside[0]]:g} is outside model.y_range [{lo:g}, {hi:g}]")

@@ -62,7 +62,7 @@ def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
     candidates = torch.ones(data.n_items + 1, dtype=torch.bool)
     candidates[UNKNOWN] = False
     candidates[torch.as_tensor(data.item_counts() == 0)] = False
-    for split in (data.train_set, data.val_set):
+    for split in data.parts():
         candidates[split.items[split.users == u]] = False
     items = candidates.nonzero().squeeze(1)
     users = torch.full_like(items, u)

@@ -153,7 +153,7 @@ def check_batch_size(cfg: DictConfig, datamodule) -> None:
 
 
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
-    """Build data, model, plan and Trainer; fit, test, and (on rank 0) record ``metrics.json``."""
+    """Build data, model, plan and Trainer; fit, evaluate the chosen checkpoint, and (on rank 0) record ``metrics.json``."""
     started = time.time()
     trainer = run_trainer(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -164,17 +164,12 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    stages = list(StagePlan.of(trainer).history)  # before testing: loading the best checkpoint restores its history
+    stages = list(StagePlan.of(trainer).history)  # before evaluating: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
     final = _scalars(trainer.callback_metrics)
     best = checkpoint.best_model_score
     value = float(best) if best is not None else final.get(cfg.metric, math.nan)
-    test = {}
-    if cfg.test and getattr(datamodule, "has_test", False):
-        results = trainer.test(
-            model, datamodule=datamodule, ckpt_path="best" if best is not None else None, weights_only=True, verbose=False
-        )
-        test = _scalars(results[0]) if results else {}
+    valid, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test))
     if not trainer.is_global_zero:
         return value
     record = run.update_metrics(
@@ -182,6 +177,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
         metric={"name": cfg.metric, "mode": cfg.metric_mode, "best": value, "last": final.get(cfg.metric)},
         final=final,
         best={"value": value, "checkpoint": checkpoint.best_model_path or None},
+        valid=valid,
         test=test,
         stages=stages,
         epochs=trainer.current_epoch,
@@ -194,6 +190,19 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     return value
 
 
+def evaluate_chosen(trainer: pl.Trainer, model, datamodule, ckpt_path: str | None, with_test: bool) -> tuple[dict, dict]:
+    """Valid and test metrics of the chosen checkpoint, side by side.
+
+    This is the only place test data is read: after fitting, once, with the checkpoint that valid
+    chose; nothing that selects (the checkpoint, a sweep's objective) sees its result.
+    """
+    kwargs = {"datamodule": datamodule, "ckpt_path": ckpt_path, "weights_only": True, "verbose": False}
+    valid = trainer.validate(model, **kwargs)
+    test = trainer.test(model, **kwargs) if with_test and getattr(datamodule, "has_test", False) else []
+    valid, test = (_scalars(r[0]) if r else {} for r in (valid, test))
+    return valid, test
+
+
 def _extra_metrics(datamodule) -> dict:
     """Facts the data knows about itself (a synthetic set's noise floor) to keep beside the metrics."""
     extra = getattr(datamodule, "summary", None)
@@ -202,9 +211,14 @@ def _extra_metrics(datamodule) -> dict:
 
 def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
     metric = record["metric"]
-    lines = [f"{metric['name']} best {metric['best']:.4f}"]
-    for key, value in record.get("test", {}).items():
-        lines.append(f"{key} {value:.4f}")
+    lines = [f"{metric['name']} best {metric['best']:.4f} (chooses the checkpoint)"]
+    valid, test = record.get("valid", {}), record.get("test", {})
+    names = sorted({key.split("/", 1)[-1] for key in (*valid, *test) if "/" in key})
+    if names:
+        lines.append(f"{'chosen checkpoint':<20}{'valid':>10}{'test':>10}")
+        for name in names:
+            cells = [f"{part[key]:>10.4f}" if key in part else f"{'-':>10}" for part, key in ((valid, f"val/{name}"), (test, f"test/{name}"))]
+            lines.append(f"{name:<20}{''.join(cells)}")
     for key, value in record.get("data", {}).items():
         lines.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
     print("\n".join(lines), file=sys.stderr)

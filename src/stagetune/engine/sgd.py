@@ -42,7 +42,7 @@ class ScratchSGD(torch.optim.Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if wd < 0:
             raise ValueError(f"wd must be >= 0, got {wd}")
-        super().__init__(params, dict(lr=lr, momentum=momentum, wd=wd, wd_kind=WdKind(wd_kind)))
+        super().__init__(params, dict(lr=lr, momentum=momentum, wd=wd, wd_kind=WdKind(wd_kind).value))  # a plain str: loads with weights_only=True
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

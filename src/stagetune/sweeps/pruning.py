@@ -53,7 +53,7 @@ class TrialPruning(pl.Callback):
         self.trial = trial
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # the chosen checkpoint's re-validation reports nothing
             return
         prune = False
         if self.trial is not None:

@@ -1,0 +1,54 @@
+"""Choose on valid, report test once: the test labels change nothing but the test numbers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from stagetune.app import conf_dir
+from stagetune.commands.train import train
+
+N_USERS, N_ITEMS, N_RATINGS = 60, 40, 1500
+
+
+def write_u_data(folder, test_shift: int) -> None:
+    """Ratings with some structure; u1's test part (the first fifth of lines) shifted by ``test_shift`` stars."""
+    rng = np.random.default_rng(0)
+    cells = rng.choice(N_USERS * N_ITEMS, N_RATINGS, replace=False)
+    users, items = cells // N_ITEMS + 1, cells % N_ITEMS + 1
+    stars = np.clip(np.round(3 + 0.03 * (users % 7) - 0.04 * (items % 5) + rng.normal(0, 0.8, N_RATINGS)), 1, 5)
+    stars[: N_RATINGS // 5] = np.clip(stars[: N_RATINGS // 5] + test_shift, 1, 5)
+    folder.mkdir(parents=True)
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{int(r)}\t{880000000 + k}\n" for k, (u, i, r) in enumerate(zip(users, items, stars))))
+
+
+def run(tmp_path, name: str, test_shift: int) -> dict:
+    write_u_data(tmp_path / name / "data", test_shift)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "experiment=movielens", f"data.path={tmp_path / name / 'data'}", "data.split=u1",
+                "plan.stages.all.epochs=3", "trainer.enable_progress_bar=false", "logger=csv",
+            ],
+        )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, tmp_path / name / "run")
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((tmp_path / name / "run" / "metrics.json").read_text())
+
+
+def test_changing_the_test_labels_changes_neither_the_choice_nor_any_metric_but_test(tmp_path):
+    a, b = run(tmp_path, "a", 0), run(tmp_path, "b", -2)
+    assert set(a["valid"]) == {"val/loss", "val/rmse", "val/mae"} and set(a["test"]) == {"test/loss", "test/rmse", "test/mae"}
+    assert a["test"]["test/rmse"] != pytest.approx(b["test"]["test/rmse"], abs=0.1)
+    for key in ("metric", "final", "valid", "stages", "epochs", "global_step"):
+        assert a[key] == b[key], key
+    chosen = [m["best"]["checkpoint"].rsplit("/", 1)[-1] for m in (a, b)]
+    assert chosen[0] == chosen[1] and chosen[0].startswith("best-epoch")
+    assert a["valid"]["val/rmse"] == pytest.approx(a["metric"]["best"])
