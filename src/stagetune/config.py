@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stagetune.engine.optim import Optim
@@ -44,6 +44,16 @@ class LoggerConfig:
 
 
 @dataclass
+class PathsConfig:
+    """Where runs, data and made-once artifacts live; absolute paths, set by ``paths=`` (``conf/paths/``)."""
+
+    root: str = MISSING
+    outputs: str = MISSING
+    data: str = MISSING
+    cache: str = MISSING
+
+
+@dataclass
 class RunConfig:
     experiment: str = "default"
     seed: int = 42
@@ -59,6 +69,7 @@ class RunConfig:
     optim: Optim = field(default_factory=Optim)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @contextmanager
