@@ -99,6 +99,11 @@ def _config_subdir(resume: str | None, output_dir: str) -> str | None:
     return None if resume or (Path(output_dir) / "config.yaml").exists() else ".hydra"
 
 
+def _debug_prefix(debug: str | None) -> str:
+    """``debug/`` for a ``debug=NAME`` run, so checks never sit among the results in ``outputs/``."""
+    return "debug/" if debug else ""
+
+
 def register_resolvers() -> None:
     resolvers = {
         "mul": lambda a, b: float(a) * float(b),
@@ -108,6 +113,7 @@ def register_resolvers() -> None:
         "stagetune.direction": lambda mode: {"min": "minimize", "max": "maximize"}[mode],
         "stagetune.project_root": project_root,
         "stagetune.user_cache": user_cache,
+        "stagetune.debug_prefix": _debug_prefix,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

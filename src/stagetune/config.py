@@ -62,6 +62,7 @@ class RunConfig:
     resume: str | None = None
     ckpt_path: str | None = None
     test: bool = True
+    debug: str | None = None  # set by debug=NAME: the run is a check, never a result (README, "Debug runs")
     callbacks: Any = None
     model: Any = None
     data: Any = None

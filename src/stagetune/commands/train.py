@@ -126,11 +126,16 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     elif writer:
         run.save_config(cfg, overrides or [])
         run.save_run_info(PACKAGE_DIR)
-        run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
+        run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric}, **debug_record(cfg))
     with launch.ranks(cfg.trainer, run.path, ckpt_path, run.worker_env()):
         value = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
     run.release()
     return value
+
+
+def debug_record(cfg: DictConfig) -> dict:
+    """``{"debug": NAME}`` for a ``debug=NAME`` run: reports and sweepers read it as a check, not a result."""
+    return {"debug": cfg.debug} if cfg.debug else {}
 
 
 def check_training_checkpoint(path: str, what: str) -> int | None:
@@ -190,7 +195,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
         **_extra_metrics(datamodule),
     )
     _print_summary(cfg, run, record)
-    return value
+    return math.nan if cfg.debug else value  # a sweeper never optimises a debug run's number
 
 
 def _extra_metrics(datamodule) -> dict:
@@ -206,6 +211,8 @@ def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
         lines.append(f"{key} {value:.4f}")
     for key, value in record.get("data", {}).items():
         lines.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    if cfg.debug:
+        lines.append(f"debug={cfg.debug}: a check, not a result (kept apart in outputs/debug/)")
     print("\n".join(lines), file=sys.stderr)
     print(f"run directory: {run.path}", file=sys.stderr)
     print(f"tensorboard:   tensorboard --logdir {run.tensorboard}", file=sys.stderr)
