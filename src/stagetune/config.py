@@ -44,6 +44,20 @@ class LoggerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """What the run's ModelCheckpoint keeps besides ``last.ckpt``: the best by ``metric``."""
+
+    save_top_k: int = 1  # how many best checkpoints to keep; -1 keeps every one it saves
+    every_n_epochs: int = 1  # consider saving a best checkpoint every N epochs
+
+    def check(self, key: str) -> None:
+        if self.save_top_k < -1 or self.save_top_k == 0:
+            raise ConfigError(f"{key}.save_top_k", self.save_top_k, "keep at least one best checkpoint: 1, 2, ... or -1 for all")
+        if self.every_n_epochs < 1:
+            raise ConfigError(f"{key}.every_n_epochs", self.every_n_epochs, "must be 1 or more")
+
+
+@dataclass
 class PathsConfig:
     """Where runs, data and made-once artifacts live; absolute paths, set by ``paths=`` (``conf/paths/``)."""
 
@@ -70,6 +84,7 @@ class RunConfig:
     optim: Optim = field(default_factory=Optim)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -151,6 +166,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     plan_of(run).check("plan")
     optim_of(run).check("optim")
     check_trainer_args(run.trainer)
+    with omegaconf_errors():
+        OmegaConf.to_object(run.checkpoint).check("checkpoint")
     for key in ("resume", "ckpt_path"):
         path = run[key]
         if path is not None and not Path(path).exists():

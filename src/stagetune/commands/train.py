@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
@@ -40,14 +41,15 @@ log = logging.getLogger("stagetune")
 
 
 def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
-    """``last.ckpt`` and the best checkpoint by the run's metric, in the run's ``checkpoints/``."""
+    """``last.ckpt`` and the best checkpoints by the run's metric (``checkpoint.*``), in ``checkpoints/``."""
     return ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best-epoch{epoch}-step{step}",
         auto_insert_metric_name=False,
         monitor=cfg.metric,
         mode=cfg.metric_mode,
-        save_top_k=1,
+        save_top_k=cfg.checkpoint.save_top_k,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
         save_last=True,
     )
 
@@ -77,9 +79,22 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def named_callback(name: str, node: DictConfig) -> pl.Callback:
+    """``callbacks.NAME``, built; a callback whose optional package is missing is one config-error line."""
+    try:
+        return build(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, ModuleNotFoundError):
+            raise
+        line = str(cause).splitlines()[0]
+        why = "needs rich: pip install 'stagetune[rich]'" if "rich" in line else line
+        raise ConfigError(f"callbacks.{name}", node.get("_target_"), why) from None
+
+
 def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
     """The callbacks a run adds to every stagetune Trainer's own, then those named under ``callbacks:``."""
-    named = [build(node) for node in (cfg.callbacks or {}).values() if node is not None]
+    named = [named_callback(name, node) for name, node in (cfg.callbacks or {}).items() if node is not None]
     return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), *named]
 
 
