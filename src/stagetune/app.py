@@ -24,6 +24,24 @@ def conf_dir() -> Path:
     raise RuntimeError(f"stagetune's conf/ directory was not found next to {PACKAGE_DIR}")
 
 
+# The console commands ([project.scripts] in pyproject.toml; tests/test_help.py keeps the two equal),
+# each with the line `stagetune --help` shows for it.
+COMMANDS = {
+    "stagetune": "train a run, or a sweep with -m (this command)",
+    "stagetune-lr-find": "the LR range test for one stage of an experiment's plan",
+    "stagetune-report": "summary.csv/md/png of a sweep directory",
+    "stagetune-predict": "classify image files with a trained run",
+    "stagetune-recommend": "recommend items with a trained ratings run",
+    "stagetune-export": "write a trained run's model as TorchScript or ONNX",
+}
+
+
+def commands_help() -> str:
+    """The commands as ``--help`` lists them, one per line."""
+    width = max(map(len, COMMANDS))
+    return "\n".join(f"  {name:<{width}}  {about}" for name, about in COMMANDS.items())
+
+
 ROOT_ENV = "STAGETUNE_ROOT"
 CACHE_ENV = "STAGETUNE_CACHE"
 
@@ -114,6 +132,7 @@ def register_resolvers() -> None:
         "stagetune.project_root": project_root,
         "stagetune.user_cache": user_cache,
         "stagetune.debug_prefix": _debug_prefix,
+        "stagetune.commands": commands_help,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -76,6 +76,7 @@ class RunConfig:
     resume: str | None = None
     ckpt_path: str | None = None
     test: bool = True
+    print_config: bool = False  # print the composed config as a tree before the run starts
     debug: str | None = None  # set by debug=NAME: the run is a check, never a result (README, "Debug runs")
     callbacks: Any = None
     model: Any = None

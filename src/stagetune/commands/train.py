@@ -25,7 +25,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
 from stagetune.build import build
-from stagetune.commands.cli import hydra_command, hydra_task, in_multirun
+from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
 from stagetune.engine.faults import check_checkpoint
@@ -123,6 +123,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     if writer and not resuming:
         run.claim_fresh()
     cfg = validate(cfg)
+    if cfg.print_config and writer:
+        print_config_tree(cfg)
     ckpt_path = cfg.ckpt_path
     if resuming:
         check_resume_overrides(cfg.resume, overrides or [])
