@@ -1,11 +1,13 @@
 """Where the configs live, and the resolvers they use.
 
 Every Hydra entry point (``stagetune``, ``stagetune-lr-find``) imports this module first, so the
-``${mul:...}``, ``${stagetune.run_dir:...}`` interpolations resolve the same way everywhere.
+``${mul:...}``, ``${stagetune.run_dir:...}`` interpolations resolve the same way everywhere, and
+``paths.root`` / ``paths.cache`` (``conf/paths/``) are absolute wherever the command is started.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +22,58 @@ def conf_dir() -> Path:
         if (candidate / "train.yaml").exists():
             return candidate
     raise RuntimeError(f"stagetune's conf/ directory was not found next to {PACKAGE_DIR}")
+
+
+# The console commands ([project.scripts] in pyproject.toml; tests/test_help.py keeps the two equal),
+# each with the line `stagetune --help` shows for it.
+COMMANDS = {
+    "stagetune": "train a run, or a sweep with -m (this command)",
+    "stagetune-lr-find": "the LR range test for one stage of an experiment's plan",
+    "stagetune-report": "summary.csv/md/png of a sweep directory",
+    "stagetune-predict": "classify image files with a trained run",
+    "stagetune-recommend": "recommend items with a trained ratings run",
+    "stagetune-export": "write a trained run's model as TorchScript or ONNX",
+}
+
+
+def commands_help() -> str:
+    """The commands as ``--help`` lists them, one per line."""
+    width = max(map(len, COMMANDS))
+    return "\n".join(f"  {name:<{width}}  {about}" for name, about in COMMANDS.items())
+
+
+ROOT_ENV = "STAGETUNE_ROOT"
+CACHE_ENV = "STAGETUNE_CACHE"
+
+
+def is_project(path: Path) -> bool:
+    """A stagetune checkout (or a project laid out like one): ``conf/train.yaml`` beside ``pyproject.toml``."""
+    return (path / "conf" / "train.yaml").is_file() and (path / "pyproject.toml").is_file()
+
+
+def project_root() -> str:
+    """``paths.root``: ``$STAGETUNE_ROOT``, else the nearest project above the working directory, else it.
+
+    Absolute, so runs started from a subdirectory of the project (``src/``, ``notebooks/``) land in
+    the same ``outputs/`` as runs started at its top.
+    """
+    if os.environ.get(ROOT_ENV):
+        return str(Path(os.environ[ROOT_ENV]).expanduser().resolve())
+    cwd = Path.cwd().resolve()
+    return str(next((p for p in (cwd, *cwd.parents) if is_project(p)), cwd))
+
+
+def user_cache() -> str:
+    """``paths.cache``: ``$STAGETUNE_CACHE``, else ``$XDG_CACHE_HOME/stagetune``, else ``~/.cache/stagetune``.
+
+    Made-once artifacts (the digits source model) live here, outside any project, so every working
+    directory and every checkout finds the same file instead of training it again.
+    """
+    if os.environ.get(CACHE_ENV):
+        return str(Path(os.environ[CACHE_ENV]).expanduser().resolve())
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return str((base / "stagetune").resolve())
 
 
 class UnwritableOutput(SystemExit):
@@ -63,6 +117,11 @@ def _config_subdir(resume: str | None, output_dir: str) -> str | None:
     return None if resume or (Path(output_dir) / "config.yaml").exists() else ".hydra"
 
 
+def _debug_prefix(debug: str | None) -> str:
+    """``debug/`` for a ``debug=NAME`` run, so checks never sit among the results in ``outputs/``."""
+    return "debug/" if debug else ""
+
+
 def register_resolvers() -> None:
     resolvers = {
         "mul": lambda a, b: float(a) * float(b),
@@ -70,6 +129,10 @@ def register_resolvers() -> None:
         "stagetune.config_subdir": _config_subdir,
         "stagetune.writable": _writable,
         "stagetune.direction": lambda mode: {"min": "minimize", "max": "maximize"}[mode],
+        "stagetune.project_root": project_root,
+        "stagetune.user_cache": user_cache,
+        "stagetune.debug_prefix": _debug_prefix,
+        "stagetune.commands": commands_help,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

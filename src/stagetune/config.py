@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from stagetune.engine.optim import Optim
@@ -44,6 +44,30 @@ class LoggerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """What the run's ModelCheckpoint keeps besides ``last.ckpt``: the best by ``metric``."""
+
+    save_top_k: int = 1  # how many best checkpoints to keep; -1 keeps every one it saves
+    every_n_epochs: int = 1  # consider saving a best checkpoint every N epochs
+
+    def check(self, key: str) -> None:
+        if self.save_top_k < -1 or self.save_top_k == 0:
+            raise ConfigError(f"{key}.save_top_k", self.save_top_k, "keep at least one best checkpoint: 1, 2, ... or -1 for all")
+        if self.every_n_epochs < 1:
+            raise ConfigError(f"{key}.every_n_epochs", self.every_n_epochs, "must be 1 or more")
+
+
+@dataclass
+class PathsConfig:
+    """Where runs, data and made-once artifacts live; absolute paths, set by ``paths=`` (``conf/paths/``)."""
+
+    root: str = MISSING
+    outputs: str = MISSING
+    data: str = MISSING
+    cache: str = MISSING
+
+
+@dataclass
 class RunConfig:
     experiment: str = "default"
     seed: int = 42
@@ -52,6 +76,8 @@ class RunConfig:
     resume: str | None = None
     ckpt_path: str | None = None
     test: bool = True
+    print_config: bool = False  # print the composed config as a tree before the run starts
+    debug: str | None = None  # set by debug=NAME: the run is a check, never a result (README, "Debug runs")
     callbacks: Any = None
     model: Any = None
     data: Any = None
@@ -59,6 +85,8 @@ class RunConfig:
     optim: Optim = field(default_factory=Optim)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @contextmanager
@@ -139,6 +167,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     plan_of(run).check("plan")
     optim_of(run).check("optim")
     check_trainer_args(run.trainer)
+    with omegaconf_errors():
+        OmegaConf.to_object(run.checkpoint).check("checkpoint")
     for key in ("resume", "ckpt_path"):
         path = run[key]
         if path is not None and not Path(path).exists():

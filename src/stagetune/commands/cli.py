@@ -17,6 +17,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from stagetune.app import UnwritableOutput
 from stagetune.console import quiet_library_warnings
@@ -104,3 +105,24 @@ def hydra_command(prog: str, app: Callable[[], Any]) -> None:
         if exit_.code == 1 and not _Task.started and not isinstance(exit_, UnwritableOutput):
             raise SystemExit(2) from None
         raise
+
+
+def print_config_tree(cfg: DictConfig, file: Any = None) -> None:
+    """``print_config=true``: the composed config, one branch per top-level key (a rich tree when
+    rich is installed, else indented YAML under each key's name)."""
+    file = file or sys.stdout
+    try:
+        from rich.console import Console
+        from rich.syntax import Syntax
+        from rich.tree import Tree
+    except ImportError:
+        for key, value in cfg.items():
+            body = OmegaConf.to_yaml(value) if isinstance(value, DictConfig) else f"{value}\n"
+            print(f"{key}:", file=file)
+            print("".join(f"  {line}\n" for line in body.splitlines()), end="", file=file)
+        return
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        body = OmegaConf.to_yaml(value) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(body, "yaml"))
+    Console(file=file).print(tree)

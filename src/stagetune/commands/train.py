@@ -17,6 +17,7 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
@@ -24,7 +25,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
 from stagetune.build import build
-from stagetune.commands.cli import hydra_command, hydra_task, in_multirun
+from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
 from stagetune.engine.faults import check_checkpoint
@@ -40,14 +41,15 @@ log = logging.getLogger("stagetune")
 
 
 def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
-    """``last.ckpt`` and the best checkpoint by the run's metric, in the run's ``checkpoints/``."""
+    """``last.ckpt`` and the best checkpoints by the run's metric (``checkpoint.*``), in ``checkpoints/``."""
     return ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best-epoch{epoch}-step{step}",
         auto_insert_metric_name=False,
         monitor=cfg.metric,
         mode=cfg.metric_mode,
-        save_top_k=1,
+        save_top_k=cfg.checkpoint.save_top_k,
+        every_n_epochs=cfg.checkpoint.every_n_epochs,
         save_last=True,
     )
 
@@ -77,9 +79,22 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def named_callback(name: str, node: DictConfig) -> pl.Callback:
+    """``callbacks.NAME``, built; a callback whose optional package is missing is one config-error line."""
+    try:
+        return build(node)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, ModuleNotFoundError):
+            raise
+        line = str(cause).splitlines()[0]
+        why = "needs rich: pip install 'stagetune[rich]'" if "rich" in line else line
+        raise ConfigError(f"callbacks.{name}", node.get("_target_"), why) from None
+
+
 def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
     """The callbacks a run adds to every stagetune Trainer's own, then those named under ``callbacks:``."""
-    named = [build(node) for node in (cfg.callbacks or {}).values() if node is not None]
+    named = [named_callback(name, node) for name, node in (cfg.callbacks or {}).items() if node is not None]
     return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), *named]
 
 
@@ -109,6 +124,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     if writer and not resuming:
         run.claim_fresh()
     cfg = validate(cfg)
+    if cfg.print_config and writer:
+        print_config_tree(cfg)
     ckpt_path = cfg.ckpt_path
     if resuming:
         check_resume_overrides(cfg.resume, overrides or [])
@@ -127,11 +144,16 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     elif writer:
         run.save_config(cfg, overrides or [])
         run.save_run_info(PACKAGE_DIR)
-        run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric})
+        run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric}, **debug_record(cfg))
     with launch.ranks(cfg.trainer, run.path, ckpt_path, run.worker_env()):
         value = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
     run.release()
     return value
+
+
+def debug_record(cfg: DictConfig) -> dict:
+    """``{"debug": NAME}`` for a ``debug=NAME`` run: reports and sweepers read it as a check, not a result."""
+    return {"debug": cfg.debug} if cfg.debug else {}
 
 
 def check_training_checkpoint(path: str, what: str) -> int | None:
@@ -187,7 +209,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
         **_extra_metrics(datamodule),
     )
     _print_summary(cfg, run, record)
-    return value
+    return math.nan if cfg.debug else value  # a sweeper never optimises a debug run's number
 
 
 def evaluate_chosen(trainer: pl.Trainer, model, datamodule, ckpt_path: str | None, with_test: bool) -> tuple[dict, dict]:
@@ -221,6 +243,8 @@ def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
             lines.append(f"{name:<20}{''.join(cells)}")
     for key, value in record.get("data", {}).items():
         lines.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    if cfg.debug:
+        lines.append(f"debug={cfg.debug}: a check, not a result (kept apart in outputs/debug/)")
     print("\n".join(lines), file=sys.stderr)
     print(f"run directory: {run.path}", file=sys.stderr)
     print(f"tensorboard:   tensorboard --logdir {run.tensorboard}", file=sys.stderr)

@@ -10,10 +10,8 @@ and each rank of a DDP run takes its own shard (Lightning's own sampler injectio
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
 def run_seed() -> int:
@@ -28,20 +26,30 @@ def shard() -> tuple[int, int]:
     return 1, 0
 
 
-class EpochBatches(Sampler[list[int]]):
-    """Whole batches of indices from a per-epoch sampler: one ``__getitem__`` call per batch."""
+class WholeBatches(Dataset):
+    """A dataset that answers a whole batch's list of indices in one call (one tensor gather per batch).
 
-    def __init__(self, sampler: DistributedSampler, batch_size: int, drop_last: bool) -> None:
-        self.sampler, self.batches = sampler, BatchSampler(sampler, batch_size, drop_last)
+    The loader stays an ordinary batched DataLoader over a per-epoch sampler: torch hands each
+    batch's indices to ``__getitems__``, and anything that rebuilds the loader with another
+    sampler (Lightning's ``overfit_batches`` swaps in a sequential one) keeps whole batches.
+    """
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches)
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]):
+        return self.dataset[indices]
+
+
+def as_batch(batch):
+    """The collate function of :class:`WholeBatches` loaders: the batch is already one."""
+    return batch
 
 
 MAX_WORKERS = 8
@@ -80,8 +88,7 @@ def epoch_loader(
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed)
     if whole_batches:
-        batches = EpochBatches(sampler, batch_size, drop_last)
-        return DataLoader(dataset, sampler=batches, batch_size=None, generator=generator, **loader_kwargs)
+        dataset, loader_kwargs = WholeBatches(dataset), {"collate_fn": as_batch, **loader_kwargs}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator, **loader_kwargs)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption
@@ -101,8 +102,8 @@ def build_trainer(
     kwargs = {**DEFAULTS, **trainer_kwargs(args)}
     check_trainer_args(kwargs)
     extra = list(callbacks)
-    if kwargs.get("enable_progress_bar", True):
-        extra.append(progress_for(sys.stdout, getattr(checkpoint, "monitor", None)))
+    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in extra):
+        extra.append(progress_for(sys.stdout, getattr(checkpoint, "monitor", None)))  # unless the config chose its own bar (callbacks=rich)
     engine = [StagePlan(plan, optim), TrainingLoss(), History(history_csv), DivergenceGuard(), Interruption()]
     try:
         return pl.Trainer(

@@ -63,7 +63,7 @@ class Job:
         return cls(
             name=run.path.name,
             overrides=overrides,
-            status=metrics.get("status", "missing"),
+            status=status_of(metrics),
             metric=metric.get("name"),
             mode=metric.get("mode"),
             best=metric.get("best"),
@@ -72,6 +72,12 @@ class Job:
             time_s=metrics.get("time_s"),
             error=metrics.get("error"),
         )
+
+
+def status_of(metrics: dict) -> str:
+    """A job's status; a ``debug=NAME`` run is never "completed", so it is never a result."""
+    status = metrics.get("status", "missing")
+    return f"{status}, debug={metrics['debug']}" if metrics.get("debug") else status
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -27,6 +27,10 @@ TRUST_ENV = "STAGETUNE_TRUSTED_TARGETS"
 # Every `_target_` in conf/ (the Hydra-only hydra/ group aside); tests/test_targets.py keeps it so.
 ALLOWED = frozenset(
     {
+        "pytorch_lightning.callbacks.EarlyStopping",
+        "pytorch_lightning.callbacks.ModelSummary",
+        "pytorch_lightning.callbacks.RichModelSummary",
+        "pytorch_lightning.callbacks.RichProgressBar",
         "stagetune.collab.data.SyntheticRatings",
         "stagetune.collab.models.CollabNN",
         "stagetune.collab.models.DotBias",

@@ -130,7 +130,7 @@ class Outcome:
         if status == "pruned":
             return cls(TrialState.PRUNED, None, status, run_dir, record)
         if status == "completed":
-            status = "failed"
+            status = f"debug={record['debug']}" if record.get("debug") else "failed"  # a debug run is no result
         return cls(TrialState.FAIL, None, status, run_dir, record)
 
     def user_attrs(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.seed import isolate_rng
 
+from stagetune.app import user_cache
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, Stage
 from stagetune.engine.trainer import build_trainer
@@ -46,12 +47,13 @@ def source_weights(
     batch_size: int = 64,
     head: str = "fastai",
     seed: int = 0,
-    cache_dir: str = "outputs/_sources",
+    cache_dir: str | None = None,
     progress_bar: bool = True,
 ) -> str:
     """The path of a ResNet34 trained on digits ``classes``: from the cache, else trained now.
 
-    ``cache_dir`` and ``progress_bar`` do not change the model, so they are not part of its key.
+    ``cache_dir`` (default: ``sources/`` in the user's cache, :func:`stagetune.app.user_cache`) and
+    ``progress_bar`` do not change the model, so they are not part of its key.
     """
     settings = {
         "classes": [int(c) for c in classes],
@@ -63,7 +65,8 @@ def source_weights(
         "head": str(head),
         "seed": int(seed),
     }
-    path = Path(cache_dir).expanduser() / f"{source_key(settings)}.pth"
+    cache = Path(cache_dir).expanduser() if cache_dir else Path(user_cache()) / "sources"
+    path = cache / f"{source_key(settings)}.pth"
     if path.is_file():
         log.info("source model: reusing %s", path)
         return str(path)
