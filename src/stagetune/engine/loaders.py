@@ -10,8 +10,10 @@ and each rank of a DDP run takes its own shard (Lightning's own sampler injectio
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 def run_seed() -> int:
@@ -119,5 +121,5 @@ def eval_loader(dataset: Dataset, batch_size: int, *, whole_batches: bool = Fals
     world, rank = shard()
     sampler = EvalShard(len(dataset), world, rank)
     if whole_batches:
-        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None, **loader_kwargs)
+        dataset, loader_kwargs = WholeBatches(dataset), {"collate_fn": as_batch, **loader_kwargs}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
