@@ -1,7 +1,7 @@
 """Validates and tests one fixed model with ``DEVICES`` CPU processes and writes the metrics: ``python -m tests.ddp_eval KIND DEVICES OUT``.
 
 ``KIND`` is ``vision`` (ResNet34 on 179 validation and 179 test digits) or ``ratings`` (dot
-product on 179 synthetic validation ratings, tested on the same split). The weights are the
+product on 179 synthetic validation and 179 test ratings). The weights are the
 same whatever ``DEVICES`` is, so the metrics of 1 and 2 processes must agree
 (tests/test_ddp_eval.py). With 2 processes Lightning's ``ddp`` strategy re-runs this command for
 rank 1; rank 0 writes ``OUT``.
@@ -17,17 +17,9 @@ import pytorch_lightning as pl
 import torch
 
 from stagetune.collab.data import SyntheticRatings
-from stagetune.engine.loaders import eval_loader
 from stagetune.collab.models import DotBias
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
-
-
-class RatingsTestedOnValidation(SyntheticRatings):
-    """Synthetic ratings whose test split is the validation split (ratings have no test split)."""
-
-    def test_dataloader(self):
-        return eval_loader(self.val_set, self.valid_batch_size, whole_batches=True)
 
 
 class Counted(pl.Callback):
@@ -56,7 +48,7 @@ def build(kind: str) -> tuple[pl.LightningModule, pl.LightningDataModule]:
     if kind == "vision":
         data = DigitsData(size=16, val_pct=0.1, test_pct=0.1, eval_batch_size=32, num_workers=0)
         return ResNet34Classifier(weights=None, **data.model_kwargs()), data
-    data = RatingsTestedOnValidation(n_users=30, n_items=40, n_ratings=895, valid_pct=0.2, batch_size=64)
+    data = SyntheticRatings(n_users=30, n_items=40, n_ratings=895, test_pct=0.2, valid_pct=0.25, batch_size=64)
     data.valid_batch_size = 32
     return DotBias(n_factors=4, **data.model_kwargs()), data
 

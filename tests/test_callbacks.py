@@ -9,7 +9,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelSummary, TQDMProgres
 from stagetune.app import conf_dir
 from stagetune.commands.train import run_callbacks, run_trainer, train
 from stagetune.config import validate
-from stagetune.engine.progress import StageProgressBar
+from stagetune.engine.progress import EpochLines, StageProgressBar
 from stagetune.errors import ConfigError
 from stagetune.runs.rundir import RunDir
 from tests.conftest import ROOT
@@ -54,7 +54,7 @@ def test_a_progress_bar_from_the_config_replaces_the_stage_bar(tmp_path):
     bars = [c for c in run_trainer(cfg, RunDir(tmp_path)).callbacks if isinstance(c, TQDMProgressBar)]
     assert [type(b) for b in bars] == [TQDMProgressBar]
     default = [c for c in run_trainer(run_config(*TINY, "trainer.enable_progress_bar=true"), RunDir(tmp_path / "b")).callbacks]
-    assert any(isinstance(c, StageProgressBar) for c in default)
+    assert any(isinstance(c, (StageProgressBar, EpochLines)) for c in default), "the stage's own bar (or its log-file lines) by default"
 
 
 def test_checkpoint_settings_keep_the_top_k_best(tmp_path):

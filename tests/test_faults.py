@@ -145,7 +145,7 @@ def test_data_error_catalogue(tmp_path):
     cases = [
         (["experiment=movielens", f"data.path={tmp_path}/nowhere"], 1,
          f"stagetune: error: no MovieLens ratings file (u.data, ratings.dat or ratings.csv) in {tmp_path}/nowhere: "
-         "unzip https://files.grouplens.org/datasets/movielens/ml-100k.zip there, or set data.download=true"),
+         "unzip https://files.grouplens.org/datasets/movielens/ml-100k.zip there, set data.download=true, or leave data.path unset for the bundled ML-100k"),
         (["experiment=movielens", f"data.path={tmp_path}"], 1,
          f"stagetune: error: {tmp_path}/u.data:2: expected USER<TAB>ITEM<TAB>RATING<TAB>TIMESTAMP "
          "(integer ids, a number, an integer), got '1\\tx\\t3'"),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import ROOT, run_cli
 
@@ -53,11 +54,16 @@ def assert_same_end(run: Path, reference: Path) -> None:
     assert ma["stages"] == mb["stages"]
 
 
+def logged_steps(logdir: Path, tag: str) -> set[int]:
+    return {event.step for event in EventAccumulator(str(logdir)).Reload().Scalars(tag)}
+
+
 def test_killed_mid_unfrozen_stage_resumes_to_the_same_weights(tmp_path, uninterrupted):
     run = kill_then_resume(tmp_path, step=3 * STEPS_PER_EPOCH + 4)
     assert_same_end(run, uninterrupted)
-    events = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 2, "the resumed run appends to the same TensorBoard run"
+    assert [p.parent for p in run.rglob("events.out.tfevents.*")] == [run / "tensorboard"] * 3, "killed fit, resumed fit, evaluation"
+    steps = {d: logged_steps(d / "tensorboard", "val/loss") for d in (run, uninterrupted)}
+    assert steps[run] == steps[uninterrupted], "the resumed run appends to the same TensorBoard run"
 
 
 def test_resume_across_the_stage_boundary(tmp_path, uninterrupted):

@@ -17,6 +17,11 @@ from tests.vision.conftest import pets_tree, run_cli
 QUIET = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 
 
+def summary_rows(printed: str, name: str) -> list[list[str]]:
+    """The rows of the end-of-run summary table for metric ``name``: name, valid, test."""
+    return [line.split() for line in printed.splitlines() if line.split()[:1] == [name]]
+
+
 def transfer_args(tmp_path: Path, run: str) -> list[str]:
     return [
         "experiment=digits_transfer",
@@ -49,7 +54,8 @@ def test_default_transfer_run_makes_its_source_and_reports_the_target_test_accur
     assert [s["stage"] for s in metrics["stages"]] == ["frozen", "unfrozen"]
     assert metrics["stages"][0]["trainable_groups"] == ["head"]
     assert metrics["stages"][1]["lr"] == pytest.approx({"body_early": 2e-5, "body_late": 2e-4, "head": 2e-3})
-    assert "test/acc" in first.stderr and f"run directory: {run}" in first.stderr and "tensorboard --logdir" in first.stderr
+    assert summary_rows(first.stderr, "acc") == [["acc", f"{metrics['valid']['val/acc']:.4f}", f"{metrics['test']['test/acc']:.4f}"]]
+    assert f"run directory: {run}" in first.stderr and "tensorboard --logdir" in first.stderr
 
     images = set(EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload().Tags()["images"])
     assert {"confusion_matrix/frozen", "confusion_matrix/unfrozen", "worst_predictions/frozen", "worst_predictions/unfrozen"} <= images
@@ -95,7 +101,8 @@ def test_pets_experiment_runs_on_a_tiny_pets_folder(tmp_path):
     assert metrics["stages"][1]["lr"] == pytest.approx({"body_early": 1e-6, "body_late": 1e-5, "head": 1e-4})
     assert "test/acc" in metrics["test"]
     printed = result.stdout + result.stderr
-    assert printed.count("test/acc ") == 1 and "Test metric" not in printed, "the test metrics are printed once"
+    assert summary_rows(printed, "acc") == [["acc", f"{metrics['valid']['val/acc']:.4f}", f"{metrics['test']['test/acc']:.4f}"]]
+    assert "Test metric" not in printed, "the test metrics are printed once, in the summary"
     assert not [noise for noise in NOISE if noise in printed], "no library noise on the terminal"
 
 

@@ -135,7 +135,7 @@ class RatingsDataModule(pl.LightningDataModule):
         return eval_loader(self.val_set, self.valid_batch_size, whole_batches=True)
 
     def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.test_set, self.valid_batch_size, shuffle=False)
+        return eval_loader(self.test_set, self.valid_batch_size, whole_batches=True)
 
 
 def unseen_counts(users: np.ndarray, items: np.ndarray, new_user: np.ndarray, new_item: np.ndarray) -> dict[str, int]:
