@@ -23,7 +23,7 @@ def run_config(*overrides: str):
 
 
 def kinds(cfg) -> list[type]:
-    return [type(c) for c in run_callbacks(cfg, [])][3:]  # after ExactResume, FeatureCache, HParamsSummary
+    return [type(c) for c in run_callbacks(cfg, [])][4:]  # after ExactResume, FeatureCache, HParamsSummary, ScalarLayout
 
 
 def test_default_prints_the_model_summary_and_none_adds_nothing():

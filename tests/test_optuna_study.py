@@ -20,9 +20,11 @@ from optuna.trial import TrialState
 
 from stagetune.commands.report import main as report_main
 from stagetune.errors import ConfigError
+from stagetune.runs.rundir import RunDir
 from stagetune.sweeps.sampler import TrialSeeded
 from stagetune.sweeps.space import search_space
 from stagetune.sweeps.study import HEARTBEAT, RETRY_OF, SURPLUS, fail_stale_trials, is_surplus, open_storage, progress, storage_spec
+from stagetune.runs.rundir import RunDir
 from tests.sweep_cli import ROOT, TINY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -174,7 +176,7 @@ def test_a_deliberately_bad_trial_is_pruned_before_its_last_epoch(tmp_path):
     assert "stagetune: pruned: trial 2" in log and "Traceback" not in log
     assert [r["status"] for r in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())] == ["completed", "completed", "pruned"]
     assert "2 complete, 1 pruned, 0 failed" in (tmp_path / "sweep" / "study.md").read_text()
-    events = EventAccumulator(str(tmp_path / "sweep" / "2" / "tensorboard")).Reload()
+    events = EventAccumulator(str(RunDir(tmp_path / "sweep" / "2").tensorboard)).Reload()
     content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
     assert start.hparams["status"].string_value == "pruned"

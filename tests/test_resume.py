@@ -61,7 +61,7 @@ def logged_steps(logdir: Path, tag: str) -> set[int]:
 def test_killed_mid_unfrozen_stage_resumes_to_the_same_weights(tmp_path, uninterrupted):
     run = kill_then_resume(tmp_path, step=3 * STEPS_PER_EPOCH + 4)
     assert_same_end(run, uninterrupted)
-    assert [p.parent for p in run.rglob("events.out.tfevents.*")] == [run / "tensorboard"] * 3, "killed fit, resumed fit, evaluation"
+    assert {p.parent for p in run.rglob("events.out.tfevents.*")} == {run / "tensorboard"}
     steps = {d: logged_steps(d / "tensorboard", "val/loss") for d in (run, uninterrupted)}
     assert steps[run] == steps[uninterrupted], "the resumed run appends to the same TensorBoard run"
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from stagetune.runs.rundir import RunDir
 from tests.sweep_cli import TINY, run_module
 
 GRID = {"optim.wd": ["0", "0.1"], "plan.lr": ["0.001", "0.01"]}
@@ -69,28 +71,32 @@ def test_four_jobs_four_run_directories_and_a_summary_row_each(sweep):
     assert (sweep / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_job_is_named_in_tensorboard_by_what_the_sweep_changed(sweep):
+    for job in jobs(sweep):
+        values = job_values(job)
+        label = f"optim.wd={values['optim.wd']},plan.lr={values['plan.lr']}"
+        assert {p.parent for p in job.rglob("events.out.tfevents.*")} == {job / "tensorboard" / label}
+        assert json.loads((job / "run.json").read_text())["swept"] == ["optim.wd", "plan.lr"]
+
+
 def test_hparams_in_each_run_hold_its_swept_values_and_real_final_metrics(sweep):
     for job in jobs(sweep):
-        events = EventAccumulator(str(job / "tensorboard")).Reload()
+        events = EventAccumulator(str(RunDir(job).tensorboard)).Reload()
         content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
         hp = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
         values = job_values(job)
-        assert hp["optim.wd"] == pytest.approx(float(values["optim.wd"]))
-        assert hp["plan.lr"] == pytest.approx(float(values["plan.lr"]))
-        assert hp["plan.stages.all.lr_hi"] == pytest.approx(float(values["plan.lr"]))
-        assert hp["plan.stages.all.wd"] == pytest.approx(float(values["optim.wd"]))
-        assert hp["optim.wd_kind"] == "decoupled" and hp["status"] == "completed"
-        assert hp["plan.stages.all.epochs"] == 1 and hp["data.batch_size"] == 64 and hp["model.n_factors"] == 50
+        assert hp == {"optim.wd": pytest.approx(float(values["optim.wd"])), "plan.lr": pytest.approx(float(values["plan.lr"])), "status": "completed"}, "the swept keys; constants left out"
         experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
-        assert {m.name.tag for m in experiment.metric_infos} == {"hp/best", "hp/last"}
+        assert [m.name.tag for m in experiment.metric_infos] == ["hp/best", "hp/test", "hp/last"]
 
-        metrics = json.loads((job / "metrics.json").read_text())["metric"]
+        record = json.loads((job / "metrics.json").read_text())
         best = events.Scalars("hp/best")[-1].value
         last = events.Scalars("hp/last")[-1].value
-        assert best == pytest.approx(metrics["best"], rel=1e-5) and best != -1
-        assert last == pytest.approx(metrics["last"], rel=1e-5)
+        assert best == pytest.approx(record["metric"]["best"], rel=1e-5) and best != -1
+        assert last == pytest.approx(record["metric"]["last"], rel=1e-5)
         assert best == pytest.approx(min(e.value for e in events.Scalars("val/rmse")), rel=1e-5)
+        assert events.Scalars("hp/test")[-1].value == pytest.approx(record["test"]["test/rmse"], rel=1e-5), "test of the chosen checkpoint"
 
 
 def free_port() -> int:
@@ -122,12 +128,19 @@ def test_tensorboard_server_lists_every_job_as_a_run_with_its_scalars(sweep):
             if len(runs) == 4:
                 break
             time.sleep(0.5)
-        assert sorted(runs) == [f"{k}/tensorboard" for k in range(4)]
+        names = {f"{job.name}/tensorboard/{RunDir(job).tensorboard.name}" for job in jobs(sweep)}
+        assert set(runs) == names and all("optim.wd=" in run and ",plan.lr=" in run for run in runs)
         tags = get_json(f"{base}/data/plugin/scalars/tags")
         for run in runs:
-            assert {"val/rmse", "val/loss", "train/loss_step", "lr/embeddings", "lr/biases", "stage", "hp/best", "hp/last"} <= set(tags[run])
-        series = get_json(f"{base}/data/plugin/scalars/scalars?run=0/tensorboard&tag=hp/best")
+            assert {"val/rmse", "val/loss", "train/loss_step", "lr/embeddings", "lr/biases", "stage", "hp/best", "hp/test", "hp/last"} <= set(tags[run])
+        series = get_json(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(sorted(runs)[0])}&tag=hp/best")
         assert math.isfinite(series[-1][2]) and series[-1][2] > 0
+        layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
+        (category,) = layout["category"]
+        charts = {chart["title"]: chart["multiline"]["tag"] for chart in category["chart"]}
+        assert charts["learning rate of each layer group"] == ["^lr/"], "one chart overlays every group's LR"
+        assert charts["stage (steps are the stage boundaries)"] == ["^stage$"]
+        assert charts["loss: train and valid"] == ["^train/loss", "^val/loss$"]
     finally:
         server.terminate()
         server.wait(timeout=30)

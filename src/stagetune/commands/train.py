@@ -33,8 +33,9 @@ from stagetune.engine.plan import StagePlan
 from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
 from stagetune.errors import ConfigError, StagetuneError
-from stagetune.runs.hparams import HParamsSummary
+from stagetune.runs.hparams import HParamsSummary, ScalarLayout
 from stagetune.runs.rundir import RunDir, check_resume_overrides
+from stagetune.runs.swept import swept_keys
 from stagetune.runs.trained import without_start_weights
 
 log = logging.getLogger("stagetune")
@@ -58,7 +59,8 @@ def run_logger(cfg: DictConfig, run: RunDir) -> list[Logger] | bool:
     """Lightning's loggers chosen by ``logger=``, each writing under the run directory."""
     loggers: list[Logger] = []
     if cfg.logger.tensorboard:
-        loggers.append(TensorBoardLogger(save_dir=str(run.path), name="tensorboard", version="", default_hp_metric=False))
+        tensorboard = run.tensorboard  # a sweep job's is named by what the sweep changed
+        loggers.append(TensorBoardLogger(save_dir=str(tensorboard.parent), name=tensorboard.name, version="", default_hp_metric=False))
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run.path), name="csv", version=""))
     if cfg.logger.mlflow:
@@ -92,10 +94,10 @@ def named_callback(name: str, node: DictConfig) -> pl.Callback:
         raise ConfigError(f"callbacks.{name}", node.get("_target_"), why) from None
 
 
-def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
+def run_callbacks(cfg: DictConfig, overrides: list[str], swept: list[str] | None = None) -> list[pl.Callback]:
     """The callbacks a run adds to every stagetune Trainer's own, then those named under ``callbacks:``."""
     named = [named_callback(name, node) for name, node in (cfg.callbacks or {}).items() if node is not None]
-    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), *named]
+    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides, swept), ScalarLayout(cfg.metric), *named]
 
 
 def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
@@ -104,7 +106,7 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         plan_of(cfg),
         optim_of(cfg),
         cfg.trainer,
-        callbacks=run_callbacks(cfg, run.overrides()),
+        callbacks=run_callbacks(cfg, run.overrides(), run.swept()),
         checkpoint=run_checkpoint(cfg, run),
         logger=run_logger(cfg, run),
         root_dir=str(run.path),
@@ -112,8 +114,10 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
     )
 
 
-def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
+def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None, swept: list[str] | None = None) -> float:
     """One run, start to finish; returns the configured metric (best value over validation).
+
+    ``swept`` names the keys the sweep this run belongs to turns (:mod:`stagetune.runs.swept`).
 
     Rank 0 is the run directory's one writer (:meth:`RunDir.claim`); a resume appends to the
     records and takes nothing from the command line; a completed run is left as it is.
@@ -143,7 +147,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         run.record_resume(PACKAGE_DIR, from_step)
     elif writer:
         run.save_config(cfg, overrides or [])
-        run.save_run_info(PACKAGE_DIR)
+        run.save_run_info(PACKAGE_DIR, swept)
         run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric}, **debug_record(cfg))
     with launch.ranks(cfg.trainer, run.path, ckpt_path, run.worker_env()):
         value = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
@@ -261,7 +265,8 @@ def record_failure(status: str, message: str) -> None:
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
-        return train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+        swept = swept_keys(sys.argv[1:], hydra_cfg.sweeper.get("params")) if in_multirun() else []
+        return train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task), swept)
     except StagetuneError:
         raise
     except Exception as err:  # in a sweep, one broken job is recorded and the others still run

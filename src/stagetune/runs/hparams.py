@@ -1,17 +1,26 @@
-"""TensorBoard HParams for a run: the knobs a sweep turns, next to the metric they gave.
+"""TensorBoard for comparing runs: HParams with the knobs that differ, a Custom Scalars layout.
 
 TensorBoard's HParams tab compares runs by the hyperparameters recorded in each run's own event
 files, together with metric scalars of that run. Lightning's default writes a placeholder
-``hp_metric = -1`` at the start, which makes the tab useless for comparing; this callback instead
-writes once, at the end of fitting, the flattened values that sweeps change (per-stage learning-rate
-ends, weight decay and its kind, stage epochs, batch size, the model's numeric sizes and parameter
-count, and every key given on the command line) with the run's real final metrics: ``hp/best`` (best validation value of the
-configured metric) and ``hp/last`` (its value at the last validation).
+``hp_metric = -1`` at the start, which makes the tab useless for comparing; :class:`HParamsSummary`
+instead writes once, at the end of fitting, the values that differ between the runs compared with
+the run's real metrics: ``hp/best`` (best validation value of the configured metric, the one that
+chose the checkpoint), ``hp/test`` (the same metric on test, for the chosen checkpoint, written when
+the run is tested) and ``hp/last`` (its value at the last validation). In a sweep job those values
+are the swept keys alone (every other key is the same in every job); a single run records the usual
+knobs (per-stage learning-rate ends, weight decay and its kind, stage epochs, batch size, the
+model's numeric sizes and parameter count) and every key given on the command line. Integers are
+written as text, so the table shows ``64``, not ``64.000``.
+
+:class:`ScalarLayout` writes a Custom Scalars layout with each run: every layer group's learning
+rate on one chart, the stage index under it (its steps are the stage boundaries), train and valid
+loss together, and the run's metric.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,8 +72,29 @@ def _override_keys(overrides: Iterable[str]) -> list[str]:
     return keys
 
 
-def run_hparams(cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = ()) -> dict[str, HParam]:
-    """The flattened hyperparameters of one run, as shown in the HParams table."""
+def shown(value: HParam) -> HParam:
+    """How the HParams table should show a value: integers as text (TensorBoard prints numbers as ``64.000``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def swept_hparams(cfg: DictConfig, swept: Iterable[str], overrides: Iterable[str]) -> dict[str, HParam]:
+    """A sweep job's swept keys with this job's values (a config group by the option chosen)."""
+    given = {item.split("=", 1)[0].lstrip("+~"): item.split("=", 1)[1] for item in overrides if "=" in item}
+    out: dict[str, HParam] = {}
+    for key in swept:
+        value = _scalar(OmegaConf.select(cfg, key)) if "." in key else given.get(key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def run_hparams(
+    cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()
+) -> dict[str, HParam]:
+    """The hyperparameters of one run as the HParams table shows them: a sweep job's swept keys, else the usual knobs."""
+    swept = list(swept)
+    if swept:
+        return {key: shown(value) for key, value in swept_hparams(cfg, swept, overrides).items()}
     out: dict[str, HParam] = {
         "plan.lr": float(cfg.plan.lr),
         "optim.name": cfg.optim.name,
@@ -82,15 +112,16 @@ def run_hparams(cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overr
         value = _scalar(OmegaConf.select(cfg, key))
         if value is not None:
             out[key] = value
-    return out
+    return {key: shown(value) for key, value in out.items()}
 
 
 class HParamsSummary(Callback):
     """Writes the run's hyperparameters and real final metrics to its TensorBoard run."""
 
-    def __init__(self, cfg: DictConfig, overrides: Iterable[str] = ()) -> None:
+    def __init__(self, cfg: DictConfig, overrides: Iterable[str] = (), swept: Iterable[str] | None = None) -> None:
         self.cfg = cfg
         self.overrides = list(overrides)
+        self.swept = list(swept or [])
 
     def final_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
         """``hp/best`` and ``hp/last`` of the configured metric; absent when never validated."""
@@ -109,11 +140,9 @@ class HParamsSummary(Callback):
             return
         stage_plan = StagePlan.of(trainer)
         n_params = sum(p.numel() for p in pl_module.parameters())
-        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides)
+        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides, self.swept)
         params["status"] = status
-        metrics = self.final_metrics(trainer)
-        metrics.setdefault("hp/best", math.nan)
-        metrics.setdefault("hp/last", math.nan)
+        metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **self.final_metrics(trainer)}
         for logger in loggers:
             logger.log_hyperparams(params, metrics, step=trainer.global_step)
             logger.experiment.flush()
@@ -121,6 +150,41 @@ class HParamsSummary(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer, pl_module, "completed")
 
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``hp/test``: the run's metric on test, for the checkpoint that valid chose (the last value is what HParams shows)."""
+        value = trainer.callback_metrics.get("test/" + self.cfg.metric.split("/", 1)[-1])
+        if value is None or not trainer.is_global_zero:
+            return
+        for logger in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
+            logger.log_metrics({"hp/test": float(value)}, step=trainer.global_step)
+            logger.experiment.flush()
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A failed, diverged or pruned run still appears in the table, with what it reached and its status."""
         self.write(trainer, pl_module, getattr(exception, "status", "failed"))
+
+
+def scalar_layout(metric: str) -> dict[str, dict[str, list]]:
+    """The Custom Scalars layout of a run (``SummaryWriter.add_custom_scalars``): charts of tags by regex."""
+    name = metric.split("/", 1)[-1]
+    return {
+        "stagetune": {
+            "learning rate of each layer group": ["Multiline", [r"^lr/"]],
+            "stage (steps are the stage boundaries)": ["Multiline", [r"^stage$"]],
+            "loss: train and valid": ["Multiline", [r"^train/loss", r"^val/loss$"]],
+            f"{name}: train and valid": ["Multiline", [rf"^train/{re.escape(name)}", rf"^{re.escape(metric)}$"]],
+        }
+    }
+
+
+class ScalarLayout(Callback):
+    """Writes :func:`scalar_layout` to the run's TensorBoard when fitting starts (rank 0; a resume writes the same)."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
+            logger.experiment.add_custom_scalars(scalar_layout(self.metric))

@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from stagetune.errors import ConfigError, StagetuneError
+from stagetune.runs.swept import job_label
 from stagetune.runs.targets import check_run_config
 
 CONFIG = "config.yaml"
@@ -132,7 +133,14 @@ class RunDir:
 
     @property
     def tensorboard(self) -> Path:
-        return self.path / TENSORBOARD
+        """``tensorboard/``; in a sweep job, ``tensorboard/<swept key=value,...>``, the name TensorBoard shows."""
+        label = job_label(self.swept(), self.overrides())
+        return self.path / TENSORBOARD / label if label else self.path / TENSORBOARD
+
+    def swept(self) -> list[str]:
+        """The keys the sweep this run belongs to turned (empty for a single run)."""
+        path = self.path / RUN_INFO
+        return list(read_json(path).get("swept", [])) if path.exists() else []
 
     @property
     def metrics_path(self) -> Path:
@@ -198,9 +206,10 @@ class RunDir:
         write_atomic(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         write_atomic(self.path / OVERRIDES, OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
 
-    def save_run_info(self, source: Path) -> None:
+    def save_run_info(self, source: Path, swept: list[str] | None = None) -> None:
         info = {
             "argv": list(sys.argv),
+            "swept": list(swept or []),
             "cwd": os.getcwd(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
