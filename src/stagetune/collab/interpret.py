@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from stagetune.figures import new_figure
 from stagetune.runs.rundir import write_atomic
 
 
@@ -80,19 +81,50 @@ def as_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def pca_figure(coords: np.ndarray, names: list[str], n_labels: int = 50) -> Figure:
-    """Items placed by their first two components; the ``n_labels`` most-rated carry their titles."""
+LABEL_OFFSETS = ((5, 3), (5, -11), (-5, 3), (-5, -11), (0, 9), (0, -17), (11, -4), (-11, -4))  # points, around the dot
+
+
+def place_labels(ax, x: np.ndarray, y: np.ndarray, names: list[str], n: int) -> int:
+    """Label the first ``n`` points where the label overlaps no earlier label and stays inside the axes.
+
+    Each label tries the positions of ``LABEL_OFFSETS`` in turn (measured by the Agg renderer) and
+    is left out if none is free: a crowded centre keeps its dots, not a smear of titles. Returns
+    how many labels were placed.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed: list = []
+    for k in range(min(n, len(names))):
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(names[k], (x[k], y[k]), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha="left" if dx >= 0 else "right")
+            box = text.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                ax.scatter(x[k], y[k], s=14, color="tab:red", zorder=3)
+                break
+            text.remove()
+    return len(placed)
+
+
+def pca_figure(coords: np.ndarray, share: np.ndarray, names: list[str], n_labels: int = 50) -> Figure:
+    """Items placed by their first two components, each axis with its share of the variance.
+
+    The ``n_labels`` most-rated items carry their titles where a title fits without overlapping another.
+    """
     x = coords[:, 0]
     y = coords[:, 1] if coords.shape[1] > 1 else np.zeros(len(x))
-    fig = Figure(figsize=(12, 12))
+    fig = new_figure(12, 12)
     ax = fig.add_subplot()
     ax.scatter(x, y, s=6, alpha=0.3, color="tab:blue")
-    for k in range(min(n_labels, len(names))):
-        ax.scatter(x[k], y[k], s=12, color="tab:red")
-        ax.annotate(names[k], (x[k], y[k]), fontsize=7)
-    ax.set_xlabel("principal component 1")
-    ax.set_ylabel("principal component 2")
-    ax.set_title("Item factors, first two principal components (labels: most-rated items)")
+    pad_x, pad_y = 0.05 * (np.ptp(x) or 1.0), 0.05 * (np.ptp(y) or 1.0)
+    ax.set_xlim(x.min() - pad_x, x.max() + pad_x)
+    ax.set_ylim(y.min() - pad_y, y.max() + pad_y)
+    shares = [f" ({share[c]:.0%} of the variance)" if c < len(share) else "" for c in (0, 1)]
+    ax.set_xlabel("principal component 1" + shares[0], fontsize=11)
+    ax.set_ylabel("principal component 2" + shares[1], fontsize=11)
+    shown = place_labels(ax, x, y, names, n_labels)
+    ax.set_title(f"Item factors on their first two principal components ({len(x)} most-rated items; {shown} titled, most-rated first)", fontsize=12)
     return fig
 
 
@@ -112,12 +144,13 @@ class Interpretation(pl.Callback):
         names = data.item_names()[1:]
         counts = data.item_counts()[1:]
         result, coords, top_names = interpret(factors, bias, names, counts, self.top_items, self.n_show)
+        share = np.array([c["variance_share"] for c in result["components"]])
         out = Path(trainer.default_root_dir) / "interpretation"
         out.mkdir(parents=True, exist_ok=True)
         text = as_markdown(result)
         write_atomic(out / "interpretation.json", json.dumps(result, indent=2) + "\n")
         write_atomic(out / "interpretation.md", text)
-        fig = pca_figure(coords, top_names, self.n_labels)
+        fig = pca_figure(coords, share, top_names, self.n_labels)
         fig.savefig(out / "item_pca.png", dpi=100)
         if isinstance(trainer.logger, TensorBoardLogger):
             writer = trainer.logger.experiment
