@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: help data train test test-slow sweep tensorboard bench clean clean-outputs
+.PHONY: help data train test test-slow sweep tensorboard bench docs clean clean-outputs
 
 help:
 	@echo "make train        set up .venv if needed, run the default experiment (ARGS='key=value ...')"
@@ -15,6 +15,7 @@ help:
 	@echo "make sweep        a weight-decay x learning-rate sweep of the ratings model, with its report"
 	@echo "make tensorboard  TensorBoard on outputs/ (http://127.0.0.1:6006)"
 	@echo "make bench        the performance benchmarks (table under outputs/bench/)"
+	@echo "make docs         rerun the README's runs: its generated numbers, pictures and screenshots (ARGS='--only NAME --quick')"
 	@echo "make clean        remove caches and build files (keeps outputs/ and .venv)"
 	@echo "make clean-outputs  delete every run under outputs/ (asks first)"
 
@@ -47,6 +48,9 @@ tensorboard: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+docs: data
+	$(BIN)/python scripts/make_docs.py $(ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis src/*.egg-info lightning_logs

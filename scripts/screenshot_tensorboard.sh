@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Screenshot TensorBoard's HParams view of a sweep with headless Chromium (Debian's `chromium`).
-# usage: scripts/screenshot_tensorboard.sh SWEEP_DIR OUT.png [PORT]
+# Screenshot a TensorBoard view (HParams by default) of a log directory with headless Chromium
+# (Debian's `chromium`). usage: scripts/screenshot_tensorboard.sh LOGDIR OUT.png [PORT] [VIEW]
+# VIEW is the dashboard's name in TensorBoard's URL: hparams, custom_scalars, scalars, images, ...
 set -euo pipefail
-sweep_dir=${1:?usage: $0 SWEEP_DIR OUT.png [PORT]}
-out=${2:?usage: $0 SWEEP_DIR OUT.png [PORT]}
+sweep_dir=${1:?usage: $0 LOGDIR OUT.png [PORT] [VIEW]}
+out=${2:?usage: $0 LOGDIR OUT.png [PORT] [VIEW]}
 port=${3:-6123}
+view=${4:-hparams}
 root=$(cd "$(dirname "$0")/.." && pwd)
 tensorboard=${TENSORBOARD:-$root/.venv/bin/tensorboard}
 [ -x "$tensorboard" ] || { echo "error: $tensorboard not found (set TENSORBOARD)" >&2; exit 1; }
@@ -26,6 +28,6 @@ fi
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
   --user-data-dir="$profile" --window-size=1800,560 --virtual-time-budget=15000 \
-  --screenshot="$out" "http://127.0.0.1:$port/#hparams"
+  --screenshot="$out" "http://127.0.0.1:$port/#$view"
 [ -s "$out" ] || { echo "error: chromium wrote no screenshot to $out" >&2; exit 1; }
 echo "wrote $out"
