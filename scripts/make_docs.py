@@ -104,7 +104,8 @@ class Runner:
         """TensorBoard on ``logdir`` at ``#view``, through headless Chromium; its README path."""
         self.images.mkdir(parents=True, exist_ok=True)
         target = self.images / name
-        done = subprocess.run(["bash", str(SCREENSHOT), str(logdir), str(target), "6123", view], capture_output=True, text=True)
+        env = {**os.environ, "TENSORBOARD": str(Path(sys.executable).parent / "tensorboard")}  # this environment's
+        done = subprocess.run(["bash", str(SCREENSHOT), str(logdir), str(target), "6123", view], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise DocsError(f"screenshot of {logdir} #{view} failed: {done.stderr.strip()}")
         return f"docs/images/{name}"
@@ -156,7 +157,7 @@ def tensorboard(runner: Runner) -> str:
     """Screenshots: a run's Custom Scalars (every group's LR on one chart, the stage under it), a sweep's HParams."""
     budget = ["data.train_per_class=2", "model.weights.train_per_class=4", "model.weights.epochs=1"] if runner.quick else []
     run = runner.train("tensorboard_digits", "experiment=digits_transfer", *budget)
-    layout = runner.screenshot(Path(run["run_dir"]) / "tensorboard", "custom_scalars", "tensorboard_custom_scalars.png")
+    layout = runner.screenshot(Path(run["run_dir"]) / "tensorboard", "custom_scalars&_smoothingWeight=0", "tensorboard_custom_scalars.png")
     grid = ["optim.wd=0,0.1", "plan.lr=1e-3,1e-2"] if runner.quick else ["optim.wd=0,0.01,0.1", "plan.lr=1e-3,5e-3"]
     sweep = runner.sweep("tensorboard_sweep", "experiment=ratings_synthetic", *grid, *(["data.n_ratings=2000"] if runner.quick else []))
     hparams = runner.screenshot(sweep, "hparams", "tensorboard_hparams.png")

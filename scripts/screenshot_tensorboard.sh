@@ -27,7 +27,7 @@ if [ "$up" != 1 ]; then
 fi
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$profile" --window-size=1800,560 --virtual-time-budget=15000 \
+  --user-data-dir="$profile" --window-size=1800,800 --virtual-time-budget=15000 \
   --screenshot="$out" "http://127.0.0.1:$port/#$view"
 [ -s "$out" ] || { echo "error: chromium wrote no screenshot to $out" >&2; exit 1; }
 echo "wrote $out"
