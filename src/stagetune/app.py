@@ -30,6 +30,8 @@ COMMANDS = {
     "stagetune": "train a run, or a sweep with -m (this command)",
     "stagetune-lr-find": "the LR range test for one stage of an experiment's plan",
     "stagetune-report": "summary.csv/md/png of a sweep directory",
+    "stagetune-eval": "evaluate a trained run's checkpoint on its valid or test split",
+    "stagetune-show": "pictures of a run's data and results (batch, results, confused, biases, user)",
     "stagetune-predict": "classify image files with a trained run",
     "stagetune-recommend": "recommend items with a trained ratings run",
     "stagetune-export": "write a trained run's model as TorchScript or ONNX",
