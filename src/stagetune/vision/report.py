@@ -149,8 +149,10 @@ def shown(image: torch.Tensor, mean, std) -> np.ndarray:
     return image.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def image_grid(examples: list, caption: Callable[[object], str], mean, std, title: str) -> Figure:
-    """Images in a square-ish grid, each with its caption above it (two short lines at most)."""
+def image_grid(
+    examples: list[Example], caption: Callable[[Example], str], mean, std, title: str, color: Callable[[Example], str] | None = None
+) -> Figure:
+    """Images in a square-ish grid, each with its caption above it (two short lines at most), 2.2 x 2.4 inches a cell."""
     cols = max(1, math.ceil(len(examples) ** 0.5))
     rows = max(1, -(-len(examples) // cols))
     fig = new_figure(2.2 * cols, 2.4 * rows + 0.4)
@@ -159,7 +161,7 @@ def image_grid(examples: list, caption: Callable[[object], str], mean, std, titl
         ax.axis("off")
     for ax, example in zip(axes.flat, examples):
         ax.imshow(shown(example.image, mean, std), interpolation="nearest")
-        ax.set_title(caption(example), fontsize=8)
+        ax.set_title(caption(example), fontsize=8, color=color(example) if color else "black")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -173,6 +175,23 @@ def top_losses_figure(examples: list[Example], names: list[str], mean, std) -> F
         mean,
         std,
         "prediction/actual, loss/probability",
+    )
+
+
+def batch_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
+    """fastai's ``show_batch``: training inputs after their transforms, each with its label."""
+    return image_grid(examples, lambda e: names[e.true], mean, std, "a training batch, as the model sees it (label)")
+
+
+def results_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
+    """fastai's ``show_results``: prediction against truth with the loss; green when right, red when wrong."""
+    return image_grid(
+        examples,
+        lambda e: f"{names[e.pred]}/{names[e.true]}\n{e.loss:.2f}",
+        mean,
+        std,
+        "prediction/actual, loss (green: right, red: wrong)",
+        color=lambda e: "#1a7f37" if e.pred == e.true else "#c62828",
     )
 
 
