@@ -124,9 +124,17 @@ def _debug_prefix(debug: str | None) -> str:
     return "debug/" if debug else ""
 
 
+def _mul(a, b) -> float | str:
+    """``${mul:a,b}``; with ``plan.lr=find``, ``${mul:${plan.lr},K}`` is ``find*K``: K times the rate the range test finds."""
+    if isinstance(a, str) and a.split("*")[0] == "find":
+        factor = float(a.split("*", 1)[1]) if "*" in a else 1.0
+        return f"find*{factor * float(b)!r}"
+    return float(a) * float(b)
+
+
 def register_resolvers() -> None:
     resolvers = {
-        "mul": lambda a, b: float(a) * float(b),
+        "mul": _mul,
         "stagetune.run_dir": _run_dir,
         "stagetune.config_subdir": _config_subdir,
         "stagetune.writable": _writable,
