@@ -53,6 +53,9 @@ def test_plan_lr_find_tests_each_stage_as_it_starts_and_records_the_suggestion(t
     # fine_tune's slice(lr/200, lr/2): the shape is kept, the range test sets its top
     assert unfrozen["lr"]["body_early"] == pytest.approx(unfrozen["lr"]["head"] / 100)
     assert recorded_curve(tmp_path / "lr_find-unfrozen.json").groups == pytest.approx({"body_early": 0.01, "body_late": 0.1, "head": 1.0})
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["StagePlan"]
+    reached = {s["stage"]: s["lr_found"] for s in stages[: len(saved["history"])]}
+    assert saved["found"] == reached and "frozen" in reached, "a resumed run keeps the rates found, not a new test"
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
     assert "lr_find/unfrozen/smoothed_loss" in events.Tags()["scalars"] and "lr_find/frozen/loss_vs_lr" in events.Tags()["images"]
 

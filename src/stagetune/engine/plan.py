@@ -198,6 +198,11 @@ class Plan:
 
     def __post_init__(self) -> None:
         self.cache = CacheMode(self.cache)
+        if self.lr != FIND and not isinstance(self.lr, bool):
+            try:
+                self.lr = float(self.lr)  # a number as the float it was typed as before find was allowed
+            except (TypeError, ValueError):
+                pass  # check() names the key
         if isinstance(self.find, Mapping):
             self.find = RangeTestSettings(**self.find)
         for name, stage in self.stages.items():
