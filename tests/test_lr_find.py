@@ -57,6 +57,13 @@ def test_each_stage_trains_the_groups_its_plan_unfreezes_with_its_slice_shape(tm
         run_range_test(lr_find_config(*FINE_TUNE, "lr_find.stage=missing"), tmp_path / "missing")
 
 
+def test_the_command_offers_the_same_rules_as_a_run(tmp_path):
+    result = run_range_test(lr_find_config(*FINE_TUNE, "lr_find.suggest=minimum"), tmp_path)
+    assert result.suggest == Suggest.minimum and result.suggested_lr() == result.suggestion("minimum")
+    with pytest.raises(ConfigError, match=r"lr_find\.suggest='fastest': one of valley, slide, minimum, steep"):
+        run_range_test(lr_find_config(*FINE_TUNE, "lr_find.suggest=fastest"), tmp_path / "bad")
+
+
 def curve(losses: list[float]) -> RangeTest:
     lrs = [1e-6 * 10 ** (k / 10) for k in range(len(losses))]
     return RangeTest("unfrozen", {"body": 0.01, "head": 1.0}, lrs, losses, losses, diverged=False)

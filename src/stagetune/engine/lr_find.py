@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -194,7 +195,8 @@ class StageFinder:
         outer = datamodule.trainer
         try:
             with random_state_kept(), tempfile.TemporaryDirectory() as scratch:
-                result = range_test(model, datamodule, stage, self.optim, self.settings, self.trainer_args, scratch)
+                quiet = {**trainer_kwargs(self.trainer_args), "enable_progress_bar": False}  # the run's own bar carries on
+                result = range_test(model, datamodule, stage, self.optim, self.settings, quiet, scratch)
         finally:
             datamodule.trainer = outer
         write_result(result, self.out_dir, f"lr_find-{stage.name}", self.tensorboard, f"lr_find/{stage.name}")
@@ -205,4 +207,8 @@ class StageFinder:
                 f"{key}=find: {why} (curve in {self.out_dir / f'lr_find-{stage.name}.png'}); give {key} a number, "
                 "or try plan.find.suggest=valley|slide|minimum|steep"
             )
+        print(
+            f"stagetune: {key}=find: {value:.2e} ({result.suggest.value}); curve in {self.out_dir / f'lr_find-{stage.name}.png'}",
+            file=sys.stderr,
+        )
         return value
