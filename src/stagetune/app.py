@@ -30,6 +30,8 @@ COMMANDS = {
     "stagetune": "train a run, or a sweep with -m (this command)",
     "stagetune-lr-find": "the LR range test for one stage of an experiment's plan",
     "stagetune-report": "summary.csv/md/png of a sweep directory",
+    "stagetune-eval": "evaluate a trained run's checkpoint on its valid or test split",
+    "stagetune-show": "pictures of a run's data and results (batch, results, confused, biases, user)",
     "stagetune-predict": "classify image files with a trained run",
     "stagetune-recommend": "recommend items with a trained ratings run",
     "stagetune-export": "write a trained run's model as TorchScript or ONNX",
@@ -122,9 +124,17 @@ def _debug_prefix(debug: str | None) -> str:
     return "debug/" if debug else ""
 
 
+def _mul(a, b) -> float | str:
+    """``${mul:a,b}``; with ``plan.lr=find``, ``${mul:${plan.lr},K}`` is ``find*K``: K times the rate the range test finds."""
+    if isinstance(a, str) and a.split("*")[0] == "find":
+        factor = float(a.split("*", 1)[1]) if "*" in a else 1.0
+        return f"find*{factor * float(b)!r}"
+    return float(a) * float(b)
+
+
 def register_resolvers() -> None:
     resolvers = {
-        "mul": lambda a, b: float(a) * float(b),
+        "mul": _mul,
         "stagetune.run_dir": _run_dir,
         "stagetune.config_subdir": _config_subdir,
         "stagetune.writable": _writable,

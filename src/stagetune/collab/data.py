@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stagetune.collab.splits import check_fraction, split_random
-from stagetune.errors import ConfigError
+from stagetune.errors import ConfigError, StagetuneError
 from stagetune.engine.loaders import epoch_loader, eval_loader
 
 UNKNOWN = 0
@@ -100,6 +100,14 @@ class RatingsDataModule(pl.LightningDataModule):
         ids = self.user_ids if kind == "user" else self.item_ids
         pos = np.flatnonzero(ids == raw)
         return int(pos[0]) + 1 if len(pos) else UNKNOWN
+
+    def trained_index(self, kind: str, raw: int) -> int:
+        """The index of a raw user or item id that training saw; else one line saying it has no training ratings."""
+        index = self.index_of(kind, raw)
+        seen = self.train_set.users if kind == "user" else self.train_set.items
+        if index == UNKNOWN or not bool((seen == index).any()):
+            raise StagetuneError(f"unknown {kind} {raw}: it has no ratings in the run's training data")
+        return index
 
     def model_kwargs(self) -> dict:
         self.setup()

@@ -159,3 +159,37 @@ class Interpretation(pl.Callback):
             labels = [n.replace("\t", " ").replace("\n", " ") for n in names]
             writer.add_embedding(factors, metadata=labels, tag="item_factors", global_step=trainer.global_step)
             writer.flush()
+
+
+def bias_figure(ranked: dict[str, list], n_ratings: dict[str, int]) -> Figure:
+    """Items with the lowest and the highest learned bias, as bars, each labelled with its training ratings."""
+    rows = max(len(ranked["lowest"]), 1)
+    fig = new_figure(11, 1.2 + 0.32 * rows)
+    for ax, side, color in zip(fig.subplots(1, 2), ("lowest", "highest"), ("#c62828", "#1a7f37")):
+        names = [name for name, _ in ranked[side]]
+        values = [value for _, value in ranked[side]]
+        ax.barh(range(len(values)), values, color=color)
+        ax.set_yticks(range(len(values)), [f"{name} ({n_ratings[name]})" for name in names], fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_xlabel("learned item bias")
+        ax.set_title(f"{side} bias (training ratings)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def user_figure(user: int, names: list[str], ratings: list[float], predicted: list[float]) -> Figure:
+    """One user's ratings beside the model's predictions, an item a row, joined by a line."""
+    fig = new_figure(7, 1.6 + 0.32 * max(len(names), 1), constrained=True)
+    ax = fig.subplots()
+    rows = range(len(names))
+    ax.hlines(rows, ratings, predicted, color="0.7", lw=1.5)
+    ax.scatter(ratings, rows, color="black", label="rating", zorder=3)
+    ax.scatter(predicted, rows, color="#d95f02", marker="D", label="predicted", zorder=3)
+    ax.set_yticks(rows, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("rating")
+    ax.set_title(f"user {user}: ratings and the model's predictions", fontsize=10)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    return fig

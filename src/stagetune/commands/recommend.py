@@ -38,14 +38,6 @@ def ratings_data(trained: Trained) -> RatingsDataModule:
     return data
 
 
-def _index(data: RatingsDataModule, kind: str, raw: int) -> int:
-    index = data.index_of(kind, raw)
-    counts = data.train_set.users if kind == "user" else data.train_set.items
-    if index == UNKNOWN or not bool((counts == index).any()):
-        raise StagetuneError(f"unknown {kind} {raw}: it has no ratings in the run's training data")
-    return index
-
-
 def _ranked(data: RatingsDataModule, indices: torch.Tensor, scores: torch.Tensor) -> list[Ranked]:
     titles = data.item_titles
     return [
@@ -58,7 +50,7 @@ def _ranked(data: RatingsDataModule, indices: torch.Tensor, scores: torch.Tensor
 def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
     """The ``k`` items with the highest predicted rating that ``user`` has not rated."""
     data = ratings_data(trained)
-    u = _index(data, "user", user)
+    u = data.trained_index("user", user)
     candidates = torch.ones(data.n_items + 1, dtype=torch.bool)
     candidates[UNKNOWN] = False
     candidates[torch.as_tensor(data.item_counts() == 0)] = False
@@ -75,7 +67,7 @@ def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
 def similar(trained: Trained, item: int, k: int = 10) -> list[Ranked]:
     """The ``k`` items whose learned factors point the most the same way as ``item``'s."""
     data = ratings_data(trained)
-    i = _index(data, "item", item)
+    i = data.trained_index("item", item)
     factors = trained.model.item_factors.weight.detach().cpu()
     cosine = F.cosine_similarity(factors, factors[i].unsqueeze(0), dim=1)
     seen = torch.as_tensor(data.item_counts() > 0)

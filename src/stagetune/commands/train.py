@@ -29,6 +29,7 @@ from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
 from stagetune.engine.faults import check_checkpoint
+from stagetune.engine.lr_find import StageFinder
 from stagetune.engine.plan import StagePlan
 from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
@@ -100,6 +101,22 @@ def run_callbacks(cfg: DictConfig, overrides: list[str], swept: list[str] | None
     return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides, swept), ScalarLayout(cfg.metric), *named]
 
 
+def run_finder(cfg: DictConfig, run: RunDir) -> StageFinder | None:
+    """The range test of the run's ``lr=find`` stages (None when every stage has a number)."""
+    plan = plan_of(cfg)
+    if not any(stage.finds_lr for stage in plan.ordered):
+        return None
+    model_cfg = without_start_weights(cfg).model  # the live model's weights replace the copy's
+    return StageFinder(
+        settings=plan.find,
+        make_model=lambda datamodule: build(model_cfg, **datamodule.model_kwargs()),
+        optim=optim_of(cfg),
+        trainer_args=cfg.trainer,
+        out_dir=run.path,
+        tensorboard=run.tensorboard,
+    )
+
+
 def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
     """The Trainer of a run: the engine's, with the run's checkpoints, logger and callbacks."""
     return build_trainer(
@@ -111,6 +128,7 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         logger=run_logger(cfg, run),
         root_dir=str(run.path),
         history_csv=run.path / "history.csv",
+        finder=run_finder(cfg, run),
     )
 
 

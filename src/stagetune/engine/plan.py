@@ -15,8 +15,9 @@ the stage (fastai resets Adam's state when groups unfreeze), re-wraps the model 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,6 +31,7 @@ from stagetune.engine.ddp import average_norm_buffers, rewrap_ddp
 from stagetune.engine.freezing import Freezing
 from stagetune.engine.groups import LayerGroup, LearningRate, check_partition, param_groups, slice_lrs
 from stagetune.engine.lr_logging import log_group_lrs
+from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import (
     Optim,
     Schedule,
@@ -41,9 +43,43 @@ from stagetune.engine.optim import (
     has_sparse_gradients,
 )
 from stagetune.engine.weight_decay import group_wds, recorded_wd
-from stagetune.errors import ConfigError
+from stagetune.errors import ConfigError, StagetuneError
 
-LR_ALLOWED = "a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi"
+# lr=find inside a run: (the live model, its datamodule, the stage with its lr shape, the config key) -> the top rate
+LRFinder = Callable[[pl.LightningModule, pl.LightningDataModule, "Stage", str], float]
+
+LR_ALLOWED = "a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find"
+FIND = "find"  # lr=find: the LR range test sets the rate when the stage starts (find*K: K times that rate)
+
+
+def find_factor(value: Any) -> float | None:
+    """``find`` -> 1, ``find*K`` -> K (what ``${mul:${plan.lr},K}`` makes of ``plan.lr=find``); else None."""
+    if value == FIND:
+        return 1.0
+    if isinstance(value, str) and value.startswith(FIND + "*"):
+        try:
+            return float(value[len(FIND) + 1 :])
+        except ValueError:
+            return None
+    return None
+
+
+def find_shape(lr: Any) -> LearningRate | None:
+    """The multipliers of a stage's ``lr`` made of ``find`` terms (``[find*0.01, find]`` -> ``(0.01, 1.0)``); None when it has none."""
+    values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
+    factors = [find_factor(v) for v in values]
+    if all(f is None for f in factors):
+        return None
+    if any(f is None for f in factors):
+        return tuple(factors)  # mixed: check_lr refuses it
+    return tuple(factors) if isinstance(lr, Sequence) and not isinstance(lr, str) else factors[0]
+
+
+def scaled(shape: LearningRate, top: float) -> LearningRate:
+    """``shape`` scaled so that its highest end is ``top``."""
+    if isinstance(shape, (int, float)):
+        return float(top)
+    return tuple(float(v) * top / max(shape) for v in shape)
 
 
 class CacheMode(StrEnum):
@@ -62,7 +98,12 @@ def check_wd_number(key: str, value: Any) -> None:
 
 
 def check_lr(key: str, lr: Any) -> None:
-    """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``."""
+    """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``, or made of ``find`` terms."""
+    shape = find_shape(lr)
+    if shape is not None:
+        if any(v is None for v in (shape if isinstance(shape, tuple) else [shape])):
+            raise ConfigError(key, lr, "find cannot be mixed with numbers; " + LR_ALLOWED)
+        lr = shape
     values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
     lr = values if isinstance(lr, Sequence) and not isinstance(lr, str) else lr  # shown as the config wrote it
     if not 1 <= len(values) <= 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -136,20 +177,34 @@ class Stage:
         return list(range(start, n_groups))
 
     def group_lrs(self, n_groups: int) -> list[float]:
-        """Peak LR of each trainable layer group."""
-        return slice_lrs(self.lr, len(self.trainable_groups(n_groups)))
+        """Peak LR of each trainable layer group (a ``find`` stage: its shape, highest group 1)."""
+        shape = find_shape(self.lr)
+        return slice_lrs(self.lr if shape is None else shape, len(self.trainable_groups(n_groups)))
+
+    @property
+    def finds_lr(self) -> bool:
+        """Whether the LR range test sets this stage's rate when it starts (``lr=find``)."""
+        return find_shape(self.lr) is not None
 
 
 @dataclass
 class Plan:
     """An ordered mapping of named stages (``plan.stages``), run one after the other."""
 
-    lr: float = 2e-3
+    lr: Any = 2e-3  # a number, or find: every stage whose lr comes from plan.lr runs the range test when it starts
     stages: dict[str, Stage] = field(default_factory=dict)
     cache: CacheMode = CacheMode.auto
+    find: RangeTestSettings = field(default_factory=RangeTestSettings)  # the range test of lr=find
 
     def __post_init__(self) -> None:
         self.cache = CacheMode(self.cache)
+        if self.lr != FIND and not isinstance(self.lr, bool):
+            try:
+                self.lr = float(self.lr)  # a number as the float it was typed as before find was allowed
+            except (TypeError, ValueError):
+                pass  # check() names the key
+        if isinstance(self.find, Mapping):
+            self.find = RangeTestSettings(**self.find)
         for name, stage in self.stages.items():
             stage.name = str(name)
 
@@ -158,7 +213,11 @@ class Plan:
         return tuple(self.stages.values())
 
     def check(self, key: str = "plan") -> None:
-        check_positive(f"{key}.lr", self.lr)
+        if self.lr != FIND:
+            if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool):
+                raise ConfigError(f"{key}.lr", self.lr, "a number > 0, or find")
+            check_positive(f"{key}.lr", self.lr)
+        self.find.check(f"{key}.find")
         if not self.stages:
             raise ConfigError(f"{key}.stages", {}, "a plan needs at least one stage")
         for name, stage in self.stages.items():
@@ -218,13 +277,15 @@ class StagedModule(pl.LightningModule):
 class StagePlan(Callback):
     """Applies a :class:`Plan` to a :class:`StagedModule` during ``Trainer.fit``."""
 
-    def __init__(self, plan: Plan, optim: Optim | None = None) -> None:
+    def __init__(self, plan: Plan, optim: Optim | None = None, finder: LRFinder | None = None) -> None:
         self.plan = plan
         self.optim = optim or Optim()
+        self.finder = finder
         self.index = 0
         self.groups: list[LayerGroup] = []
         self.freezing = Freezing()
         self.history: list[dict] = []
+        self.found: dict[str, float] = {}  # stage name -> the top rate its range test chose (lr=find)
 
     @classmethod
     def of(cls, trainer: pl.Trainer) -> "StagePlan":
@@ -248,7 +309,7 @@ class StagePlan(Callback):
         return "StagePlan"
 
     def state_dict(self) -> dict:
-        return {"active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history}
+        return {"active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history, "found": self.found}
 
     def load_state_dict(self, state_dict: dict) -> None:
         names = [s.name for s in self.plan.ordered]
@@ -256,6 +317,7 @@ class StagePlan(Callback):
             raise ValueError(f"checkpoint was made with stages {state_dict['stages']}, this plan has {names}")
         self.index = int(state_dict["active"])
         self.history = list(state_dict.get("history", []))
+        self.found = dict(state_dict.get("found", {}))
         if self.groups:
             self._freeze()
 
@@ -283,11 +345,36 @@ class StagePlan(Callback):
         self.groups = list(pl_module.layer_groups())
         stage = self.stage
         trainable = self._freeze()
-        groups = param_groups(self.groups, trainable, stage.lr, self.stage_wd(stage), self.optim.bn_wd, self.optim.bias_wd)
+        if stage.finds_lr and stage.name not in self.found:
+            self.found[stage.name] = self.find_lr(trainer, pl_module, stage)
+        groups = param_groups(self.groups, trainable, self.stage_lr(self.index), self.stage_wd(stage), self.optim.bn_wd, self.optim.bias_wd)
         optimizer = build_optimizer(groups, self.optim, sparse=has_sparse_gradients(pl_module))
         total = stage.epochs * self.steps_per_epoch(trainer)
         scheduler = build_scheduler(optimizer, stage.schedule, total, stage.pct_start, stage.div, stage.div_final)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def stage_lr(self, index: int) -> LearningRate:
+        """Stage ``index``'s ``lr``; for ``lr=find`` its shape scaled to the rate the range test chose."""
+        stage = self.plan.ordered[index]
+        if not stage.finds_lr:
+            return stage.lr
+        return scaled(find_shape(stage.lr), self.found[stage.name])
+
+    def find_lr(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Stage) -> float:
+        """Rank 0 runs the range test for ``stage`` (its shape kept); every rank gets the rate, or the error."""
+        key = f"plan.stages.{stage.name}.lr"
+        if self.finder is None:
+            raise ConfigError(key, stage.lr, "find needs a run's range test (stagetune); here give a number")
+        outcome: tuple[str, Any] = ("error", "")
+        if trainer.is_global_zero:
+            try:
+                outcome = ("lr", self.finder(pl_module, trainer.datamodule, dataclasses.replace(stage, lr=find_shape(stage.lr)), key))
+            except StagetuneError as err:
+                outcome = ("error", str(err))
+        outcome = trainer.strategy.broadcast(outcome, src=0)
+        if outcome[0] == "error":
+            raise StagetuneError(outcome[1])
+        return float(outcome[1])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wanted = self.plan.stage_at(trainer.current_epoch)
@@ -314,7 +401,8 @@ class StagePlan(Callback):
             "first_epoch": epoch,
             "epochs": stage.epochs,
             "trainable_groups": [self.groups[k].name for k in trainable],
-            "lr": {self.groups[k].name: lr for k, lr in zip(trainable, stage.group_lrs(n))},
+            "lr": {self.groups[k].name: lr for k, lr in zip(trainable, slice_lrs(self.stage_lr(index), len(trainable)))},
+            **({"lr_found": self.found[stage.name], "lr_suggest": self.plan.find.suggest.value} if stage.finds_lr else {}),
             "wd": stage.recorded_wd([g.name for g in self.groups], self.optim.wd),
             "wd_kind": self.optim.wd_kind.value,
             "schedule": stage.schedule.value,

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption
 from stagetune.engine.history import History
 from stagetune.engine.optim import Optim
-from stagetune.engine.plan import Plan, StagePlan
+from stagetune.engine.plan import LRFinder, Plan, StagePlan
 from stagetune.engine.progress import progress_for
 from stagetune.engine.training_loss import TrainingLoss
 from stagetune.errors import ConfigError
@@ -93,18 +93,19 @@ def build_trainer(
     root_dir: str | None = None,
     max_steps: int = -1,
     history_csv: str | Path | None = None,
+    finder: LRFinder | None = None,
 ) -> pl.Trainer:
     """A Trainer that applies ``plan`` with ``optim``; ``args`` are the config's ``trainer:`` keys.
 
     ``max_steps`` > 0 (the LR finder) runs that many steps whatever the plan's epochs; the epoch
-    history goes to ``history_csv`` when given.
+    history goes to ``history_csv`` when given; ``finder`` runs the range test of the ``lr=find`` stages.
     """
     kwargs = {**DEFAULTS, **trainer_kwargs(args)}
     check_trainer_args(kwargs)
     extra = list(callbacks)
     if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in extra):
         extra.append(progress_for(sys.stdout, getattr(checkpoint, "monitor", None)))  # unless the config chose its own bar (callbacks=rich)
-    engine = [StagePlan(plan, optim), TrainingLoss(), History(history_csv), DivergenceGuard(), Interruption()]
+    engine = [StagePlan(plan, optim, finder), TrainingLoss(), History(history_csv), DivergenceGuard(), Interruption()]
     try:
         return pl.Trainer(
             max_epochs=-1 if max_steps > 0 else plan.total_epochs,

@@ -34,15 +34,20 @@ from stagetune.engine.plan import Plan, StagePlan
 HParam = int | float | str | bool
 
 
-def stage_hparams(plan: Plan, n_groups: int, default_wd: float) -> dict[str, HParam]:
-    """Per stage: epochs, weight decay and the LR given to its lowest and highest group."""
+def stage_hparams(plan: Plan, n_groups: int, default_wd: float, found: dict[str, float] | None = None) -> dict[str, HParam]:
+    """Per stage: epochs, weight decay and the LR given to its lowest and highest group.
+
+    An ``lr=find`` stage shows the rates its range test chose (``found``), or none before it ran.
+    """
     out: dict[str, HParam] = {}
+    found = found or {}
     for k, stage in enumerate(plan.ordered):
-        lrs = plan.group_lrs(k, n_groups)
         prefix = f"plan.stages.{stage.name}"
         out[f"{prefix}.epochs"] = stage.epochs
-        out[f"{prefix}.lr_lo"] = min(lrs)
-        out[f"{prefix}.lr_hi"] = max(lrs)
+        if not stage.finds_lr or stage.name in found:
+            lrs = [lr * found.get(stage.name, 1.0) for lr in plan.group_lrs(k, n_groups)]
+            out[f"{prefix}.lr_lo"] = min(lrs)
+            out[f"{prefix}.lr_hi"] = max(lrs)
         wd = stage.recorded_wd(None, default_wd)
         if isinstance(wd, dict):
             out.update({f"{prefix}.wd.{group}": value for group, value in wd.items()})
@@ -89,20 +94,21 @@ def swept_hparams(cfg: DictConfig, swept: Iterable[str], overrides: Iterable[str
 
 
 def run_hparams(
-    cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()
+    cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = (),
+    swept: Iterable[str] = (), found: dict[str, float] | None = None,
 ) -> dict[str, HParam]:
     """The hyperparameters of one run as the HParams table shows them: a sweep job's swept keys, else the usual knobs."""
     swept = list(swept)
     if swept:
         return {key: shown(value) for key, value in swept_hparams(cfg, swept, overrides).items()}
     out: dict[str, HParam] = {
-        "plan.lr": float(cfg.plan.lr),
+        "plan.lr": cfg.plan.lr if isinstance(cfg.plan.lr, str) else float(cfg.plan.lr),
         "optim.name": cfg.optim.name,
         "optim.wd": float(cfg.optim.wd),
         "optim.wd_kind": cfg.optim.wd_kind,
         "model.n_params": n_params,
     }
-    out.update(stage_hparams(plan, n_groups, float(cfg.optim.wd)))
+    out.update(stage_hparams(plan, n_groups, float(cfg.optim.wd), found))
     if "batch_size" in cfg.data:
         out["data.batch_size"] = cfg.data.batch_size
     for key, value in cfg.model.items():
@@ -140,7 +146,7 @@ class HParamsSummary(Callback):
             return
         stage_plan = StagePlan.of(trainer)
         n_params = sum(p.numel() for p in pl_module.parameters())
-        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides, self.swept)
+        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides, self.swept, stage_plan.found)
         params["status"] = status
         metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **self.final_metrics(trainer)}
         for logger in loggers:

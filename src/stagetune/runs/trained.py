@@ -57,17 +57,22 @@ def without_start_weights(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def load_trained(path: str | Path, which: str = "best", device: str = "cpu") -> Trained:
-    """The model of run directory ``path`` with its ``best`` or ``last`` checkpoint's weights."""
-    if which not in CHECKPOINTS:
-        raise StagetuneError(f"--ckpt {which}: use best or last")
+def load_trained(path: str | Path, which: str = "best", device: str = "cpu", any_file: bool = False) -> Trained:
+    """The model of run directory ``path`` with its ``best`` or ``last`` checkpoint's weights.
+
+    With ``any_file``, ``which`` may also name a checkpoint file (an epoch's ``best-*.ckpt``);
+    it is read the same way, ``weights_only=True``.
+    """
+    if which not in CHECKPOINTS and not (any_file and Path(which).is_file()):
+        choices = "best, last or the path of a checkpoint file" if any_file else "best or last"
+        raise StagetuneError(f"--ckpt {which}: use {choices}")
     target = pick_device(device)
     run = RunDir(path)
     if not run.path.is_dir():
         raise StagetuneError(f"{path}: no such run directory")
     try:
         cfg = run.checked_config()
-        checkpoint = run.checkpoint(which)
+        checkpoint = run.checkpoint(which) if which in CHECKPOINTS else Path(which).resolve()
     except FileNotFoundError as err:
         raise StagetuneError(str(err)) from None
     state = check_checkpoint(checkpoint, f"--ckpt {which}")

@@ -9,6 +9,11 @@ validation split (summed over the ranks); the worst predictions are those of ran
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 from matplotlib.figure import Figure  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
@@ -89,35 +94,131 @@ class StageReport(Callback):
         return self.confusion.compute().cpu()
 
     def confusion_figure(self, names: list[str]) -> Figure:
-        matrix = self.confusion_matrix()
-        n = len(names)
-        fig = new_figure(2 + 0.4 * n, 2 + 0.4 * n)
-        ax = fig.subplots()
-        ax.imshow(matrix, cmap="Blues")
-        ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="actual", title="confusion matrix")
-        ax.set_xticklabels(names, rotation=90, fontsize=7)
-        ax.set_yticklabels(names, fontsize=7)
-        if n <= 20:
-            dark = float(matrix.max()) / 2
-            for i in range(n):
-                for j in range(n):
-                    count = int(matrix[i, j])
-                    ax.text(j, i, count, ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
-        fig.tight_layout()
-        return fig
+        return confusion_figure(self.confusion_matrix(), names)
 
     def worst_figure(self, names: list[str], mean, std) -> Figure:
-        cols = max(1, int(len(self.worst) ** 0.5 + 0.999))
-        rows = max(1, -(-len(self.worst) // cols))
-        fig = new_figure(2.2 * cols, 2.4 * rows)
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, (loss, image, pred, true, prob) in zip(axes.flat, self.worst):
-            if mean is not None and std is not None:
-                image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
-            ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy())
-            ax.set_title(f"{names[pred]}/{names[true]}\n{loss:.2f}/{prob:.2f}", fontsize=8)
-        fig.suptitle("prediction/actual, loss/probability", fontsize=9)
-        fig.tight_layout()
-        return fig
+        return top_losses_figure([Example(image, pred, true, loss, prob) for loss, image, pred, true, prob in self.worst], names, mean, std)
+
+
+@dataclass
+class Example:
+    """One image as the model saw it (normalised), its predicted and true class, its loss and the prediction's probability."""
+
+    image: torch.Tensor
+    pred: int
+    true: int
+    loss: float = math.nan
+    prob: float = math.nan
+
+
+def examples(dataset, logits: torch.Tensor, targets: torch.Tensor, indices: list[int]) -> list[Example]:
+    """The examples at ``indices`` of ``dataset`` (its images as the model saw them), with the model's verdict on each."""
+    probs = logits.softmax(1)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    out = []
+    for k in indices:
+        pred = int(logits[k].argmax())
+        out.append(Example(dataset[k][0], pred, int(targets[k]), float(losses[k]), float(probs[k, pred])))
+    return out
+
+
+def confusion_figure(matrix: torch.Tensor, names: list[str]) -> Figure:
+    """Counts with row = true class, column = predicted class; the count in each cell up to 20 classes."""
+    n = len(names)
+    matrix = np.asarray(matrix)
+    fig = new_figure(2 + 0.4 * n, 2 + 0.4 * n)
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="actual", title="confusion matrix")
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_yticklabels(names, fontsize=7)
+    if n <= 20:
+        dark = float(matrix.max()) / 2
+        for i in range(n):
+            for j in range(n):
+                count = int(matrix[i, j])
+                ax.text(j, i, count, ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
+    fig.tight_layout()
+    return fig
+
+
+def shown(image: torch.Tensor, mean, std) -> np.ndarray:
+    """A normalised CHW tensor as the HWC picture it was made from (``mean``/``std`` undone, clipped to [0, 1])."""
+    if mean is not None and std is not None:
+        image = image * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+    return image.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def image_grid(
+    examples: list[Example], caption: Callable[[Example], str], mean, std, title: str, color: Callable[[Example], str] | None = None
+) -> Figure:
+    """Images in a square-ish grid, each with its caption above it (two short lines at most), 2.2 x 2.4 inches a cell."""
+    cols = max(1, math.ceil(len(examples) ** 0.5))
+    rows = max(1, -(-len(examples) // cols))
+    fig = new_figure(2.2 * cols, 2.4 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, example in zip(axes.flat, examples):
+        ax.imshow(shown(example.image, mean, std), interpolation="nearest")
+        ax.set_title(caption(example), fontsize=8, color=color(example) if color else "black")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def top_losses_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
+    """fastai's ``plot_top_losses``: the given examples with prediction/actual and loss/probability."""
+    return image_grid(
+        examples,
+        lambda e: f"{names[e.pred]}/{names[e.true]}\n{e.loss:.2f}/{e.prob:.2f}",
+        mean,
+        std,
+        "prediction/actual, loss/probability",
+    )
+
+
+def batch_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
+    """fastai's ``show_batch``: training inputs after their transforms, each with its label."""
+    return image_grid(examples, lambda e: names[e.true], mean, std, "a training batch, as the model sees it (label)")
+
+
+def results_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
+    """fastai's ``show_results``: prediction against truth with the loss; green when right, red when wrong."""
+    return image_grid(
+        examples,
+        lambda e: f"{names[e.pred]}/{names[e.true]}\n{e.loss:.2f}",
+        mean,
+        std,
+        "prediction/actual, loss (green: right, red: wrong)",
+        color=lambda e: "#1a7f37" if e.pred == e.true else "#c62828",
+    )
+
+
+def most_confused(matrix: torch.Tensor, names: list[str], min_count: int = 1) -> list[tuple[str, str, int]]:
+    """fastai's ``most_confused``: (actual, predicted, count) off the diagonal, most frequent first."""
+    pairs = [
+        (names[i], names[j], int(matrix[i, j]))
+        for i in range(len(names))
+        for j in range(len(names))
+        if i != j and int(matrix[i, j]) >= min_count
+    ]
+    return sorted(pairs, key=lambda p: -p[2])
+
+
+def most_confused_figure(pairs: list[tuple[str, str, int]]) -> Figure:
+    """The confused pairs as horizontal bars, the most frequent on top, each labelled with its count."""
+    fig = new_figure(6, 1 + 0.35 * max(1, len(pairs)))
+    ax = fig.subplots()
+    labels = [f"{actual} \u2192 {pred}" for actual, pred, _ in pairs]
+    counts = [count for _, _, count in pairs]
+    ax.barh(range(len(pairs)), counts, color="C0")
+    ax.set_yticks(range(len(pairs)), labels, fontsize=8)
+    ax.invert_yaxis()
+    for k, count in enumerate(counts):
+        ax.text(count, k, f" {count}", va="center", fontsize=8, color="black")
+    ax.set_xlim(0, max(counts, default=1) * 1.15)
+    ax.set_xlabel("examples (actual \u2192 predicted)")
+    ax.set_title("most confused classes" if pairs else "most confused classes: none confused")
+    fig.tight_layout()
+    return fig
