@@ -10,6 +10,7 @@ composition errors — an unknown key or group — exit 2).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -20,11 +21,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stagetune.app import UnwritableOutput
-from stagetune.console import quiet_library_warnings
+from stagetune.console import FILE_ONLY, quiet_library_warnings
 from stagetune.engine.trainer import check_trainer_overrides
 from stagetune.errors import StagetuneError
 
 Recorder = Callable[[str, str], None]
+log = logging.getLogger("stagetune")
 
 
 def status_of(err: StagetuneError) -> str:
@@ -68,7 +70,8 @@ def in_multirun() -> bool:
 
 
 def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Decorate a Hydra task: a StagetuneError is one line, recorded by ``record(status, message)``.
+    """Decorate a Hydra task: a StagetuneError is one line, recorded by ``record(status, message)``,
+    with its traceback (and its cause's) in the job's log file only.
 
     In a sweep the job returns NaN so the other jobs still run; alone it exits with the error's code.
     """
@@ -80,6 +83,7 @@ def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[
             try:
                 return task(cfg)
             except StagetuneError as err:
+                log.error("%s: %s", prog, err, exc_info=err, extra=FILE_ONLY)
                 code = report_error(prog, err)
                 if record is not None:
                     record(status_of(err), str(err))

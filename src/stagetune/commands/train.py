@@ -8,8 +8,10 @@ and ``metrics.json``. The return value is the configured metric, so Hydra sweepe
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ from stagetune.build import build
 from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
-from stagetune.engine.faults import check_checkpoint
+from stagetune.engine.faults import Interrupted, check_checkpoint
 from stagetune.engine.plan import StagePlan
 from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
@@ -184,7 +186,12 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     check_batch_size(cfg, datamodule)
     groups = model.layer_groups()
     plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns a Ctrl-C before training starts into exit(1)
+            raise KeyboardInterrupt from None
+        raise
 
     stages = list(StagePlan.of(trainer).history)  # before evaluating: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
@@ -256,20 +263,48 @@ def record_failure(status: str, message: str) -> None:
         RunDir(HydraConfig.get().runtime.output_dir).record_failure(status, message)
 
 
+def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> float:
+    """:func:`train`, with every failure a :class:`StagetuneError` saying what to do next.
+
+    In a sweep, a failure no check foresaw is logged and recorded, and the job returns NaN so the
+    other jobs still run.
+    """
+    try:
+        return train(cfg, run_dir, overrides)
+    except StagetuneError:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "SIGINT received during set-up, before training started; nothing was trained or saved: start the run again",
+            signal.SIGINT,
+        ) from None
+    except Exception as err:
+        if not in_multirun():
+            raise unforeseen(err, Path(run_dir).resolve()) from err
+        log.exception("job %s failed", HydraConfig.get().job.num)
+        record_failure("failed", f"{type(err).__name__}: {err}")
+        return math.nan
+
+
+def unforeseen(err: Exception, run: Path) -> StagetuneError:
+    """The one line for an exception no check caught: a full disk says how to go on; anything else
+    names itself and the log that holds its traceback."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        last = run / "checkpoints" / "last.ckpt"
+        then = f"continue with: stagetune resume={run}" if last.exists() else "start the run again"
+        return StagetuneError(f"no space left on the device writing {err.filename or run}; free some space, then {then}")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return StagetuneError(
+        f"{type(err).__name__}{': ' + first if first else ''} (not a check stagetune makes: the traceback is in "
+        f"{run / 'train.log'}; please report it with that file)"
+    )
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 @hydra_task("stagetune", record=record_failure)
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    try:
-        return train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    except StagetuneError:
-        raise
-    except Exception as err:  # in a sweep, one broken job is recorded and the others still run
-        if not in_multirun():
-            raise
-        log.exception("job %s failed", hydra_cfg.job.num)
-        record_failure("failed", f"{type(err).__name__}: {err}")
-        return math.nan
+    return run_job(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
 
 
 def main() -> None:
