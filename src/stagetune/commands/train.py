@@ -8,6 +8,7 @@ and ``metrics.json``. The return value is the configured metric, so Hydra sweepe
 
 from __future__ import annotations
 
+import difflib
 import errno
 import logging
 import math
@@ -31,10 +32,10 @@ from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
 from stagetune.engine.faults import Interrupted, check_checkpoint
-from stagetune.engine.plan import StagePlan
+from stagetune.engine.plan import Plan, StagePlan
 from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
-from stagetune.errors import ConfigError, StagetuneError
+from stagetune.errors import ConfigError, DataError, StagetuneError
 from stagetune.runs.hparams import HParamsSummary
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
@@ -54,6 +55,33 @@ def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
         every_n_epochs=cfg.checkpoint.every_n_epochs,
         save_last=True,
     )
+
+
+class MetricCheck(pl.Callback):
+    """The run's ``metric`` must be one the model logs; a typo would stop the run only when the first
+    checkpoint is chosen. A validation metric (``val/...``) is checked after Lightning's sanity check,
+    before any training; any other at the first validation."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.checked = metric, False
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.metric.startswith("val/"):
+            self._check(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        logged = sorted(k for k in trainer.callback_metrics if k not in ("epoch", "step"))
+        if self.metric not in logged:
+            close = difflib.get_close_matches(self.metric, logged, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError("metric", self.metric, f"{hint}the model logs: {', '.join(logged) or 'nothing'}")
 
 
 def run_logger(cfg: DictConfig, run: RunDir) -> list[Logger] | bool:
@@ -97,7 +125,7 @@ def named_callback(name: str, node: DictConfig) -> pl.Callback:
 def run_callbacks(cfg: DictConfig, overrides: list[str]) -> list[pl.Callback]:
     """The callbacks a run adds to every stagetune Trainer's own, then those named under ``callbacks:``."""
     named = [named_callback(name, node) for name, node in (cfg.callbacks or {}).items() if node is not None]
-    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), *named]
+    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides), MetricCheck(cfg.metric), *named]
 
 
 def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
@@ -137,9 +165,10 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         if done is not None:
             print(f"stagetune: {run.path} already completed; nothing to resume, nothing changed", file=sys.stderr)
             return done.get("metric", {}).get("best", math.nan)
-        ckpt_path = str(resumed.checkpoint("last"))
+        ckpt_path = resume_checkpoint(resumed)
         log.info("resuming %s from %s", run.path, ckpt_path)
-    from_step = check_training_checkpoint(ckpt_path, "resume" if resuming else "ckpt_path") if ckpt_path else None
+    what = "resume" if resuming else "ckpt_path"
+    from_step = check_training_checkpoint(ckpt_path, what, plan_of(cfg)) if ckpt_path else None
     launch.process_count(cfg.trainer)
     if writer and resuming:
         run.record_resume(PACKAGE_DIR, from_step)
@@ -158,22 +187,72 @@ def debug_record(cfg: DictConfig) -> dict:
     return {"debug": cfg.debug} if cfg.debug else {}
 
 
-def check_training_checkpoint(path: str, what: str) -> int | None:
-    """A checkpoint to continue from must be readable and hold stagetune's training state; its step."""
+def resume_checkpoint(resumed: RunDir) -> str:
+    """``last.ckpt`` of a run to continue; a run that stopped before saving one cannot be continued."""
+    try:
+        return str(resumed.checkpoint("last"))
+    except FileNotFoundError:
+        status = resumed.metrics().get("status", "unknown")
+        raise StagetuneError(
+            f"resume: {resumed.path} has no checkpoint yet (status: {status}; it stopped before the end of its first "
+            "epoch): nothing to continue, start the run again in a new directory"
+        ) from None
+
+
+def check_training_checkpoint(path: str, what: str, plan: Plan) -> int | None:
+    """A checkpoint to continue from must be readable, hold stagetune's training state and have been made
+    by this plan (the same stages, the same epochs in those it entered: its schedule is sized to them); its step."""
     data = check_checkpoint(path, what)
     if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
         raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
+    state = data["callbacks"]["StagePlan"]
+    names = [stage.name for stage in plan.ordered]
+    if state.get("stages") != names:
+        raise ConfigError(what, path, f"made with the stages {state.get('stages')}; this plan has {names}: continue it with the plan it was made with")
+    for row in state.get("history", []):
+        epochs = plan.stages[row["stage"]].epochs
+        if row.get("epochs") != epochs:
+            raise ConfigError(
+                what,
+                path,
+                f"made with plan.stages.{row['stage']}.epochs={row.get('epochs')}; this plan has {epochs}: a checkpoint "
+                "continues the plan it was made with (its LR schedule is sized to it)",
+            )
     return data.get("global_step")
 
 
-def check_batch_size(cfg: DictConfig, datamodule) -> None:
-    """A batch larger than the training split would train on one short batch per epoch."""
+def check_batch_size(cfg: DictConfig) -> None:
+    """A batch is one example or more (checked before any data is built)."""
     batch_size = cfg.data.get("batch_size")
-    if batch_size is None:
-        return
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError("data.batch_size", batch_size, "must be >= 1")
+
+
+def check_splits(cfg: DictConfig, datamodule, world_size: int) -> None:
+    """Splits a run can use: a batch no larger than the training split (else one short batch per
+    epoch), a validation split that is not empty (it chooses the checkpoint), and under DDP at
+    least one validation and test example per process (a process with none would wait forever)."""
+    batch_size = cfg.data.get("batch_size")
     n = len(datamodule.train_dataloader().dataset)
-    if batch_size > n:
+    if batch_size is not None and batch_size > n:
         raise ConfigError("data.batch_size", batch_size, f"the training split has {n} examples; use at most {n}")
+    parts = {"validation": datamodule.val_dataloader().dataset}
+    if cfg.test and getattr(datamodule, "has_test", False):
+        parts["test"] = datamodule.test_dataloader().dataset
+    for part, dataset in parts.items():
+        size = len(dataset)
+        if size == 0:
+            keys = ("valid_pct", "val_pct", "n_val") if part == "validation" else ("test_pct",)
+            key = next((key for key in keys if key in cfg.data), None)
+            if key is None:
+                raise DataError(f"the {part} split is empty; it is what measures the run")
+            raise ConfigError(f"data.{key}", cfg.data[key], f"the {part} split is empty; make it large enough to hold examples")
+        if size < world_size:
+            raise ConfigError(
+                "trainer.devices", cfg.trainer.get("devices"),
+                f"the {part} split has {size} example(s) for {world_size} processes; every process needs one: "
+                f"use at most {size} devices, or a larger split",
+            )
 
 
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
@@ -181,9 +260,10 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     started = time.time()
     trainer = run_trainer(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    check_batch_size(cfg)
     datamodule = build(cfg.data)
     model = build(cfg.model, **datamodule.model_kwargs())
-    check_batch_size(cfg, datamodule)
+    check_splits(cfg, datamodule, trainer.world_size)
     groups = model.layer_groups()
     plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
     try:
