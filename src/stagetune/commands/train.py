@@ -9,7 +9,6 @@ and ``metrics.json``. The return value is the configured metric, so Hydra sweepe
 from __future__ import annotations
 
 import difflib
-import errno
 import logging
 import math
 import signal
@@ -28,7 +27,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
 from stagetune.build import build
-from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree
+from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree, unforeseen
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
 from stagetune.engine.faults import Interrupted, check_checkpoint
@@ -364,20 +363,6 @@ def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str]) -> float
         log.exception("job %s failed", HydraConfig.get().job.num)
         record_failure("failed", f"{type(err).__name__}: {err}")
         return math.nan
-
-
-def unforeseen(err: Exception, run: Path) -> StagetuneError:
-    """The one line for an exception no check caught: a full disk says how to go on; anything else
-    names itself and the log that holds its traceback."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        last = run / "checkpoints" / "last.ckpt"
-        then = f"continue with: stagetune resume={run}" if last.exists() else "start the run again"
-        return StagetuneError(f"no space left on the device writing {err.filename or run}; free some space, then {then}")
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return StagetuneError(
-        f"{type(err).__name__}{': ' + first if first else ''} (not a check stagetune makes: the traceback is in "
-        f"{run / 'train.log'}; please report it with that file)"
-    )
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

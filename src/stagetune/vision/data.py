@@ -42,8 +42,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int | None, eval_batch_size: int | None = None) -> None:
         super().__init__()
-        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size or 1)):
-            if value < 1:
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
                 raise ConfigError(key, value, "must be >= 1")
         if num_workers is not None and num_workers < 0:
             raise ConfigError("data.num_workers", num_workers, "must be >= 0, or null to choose from the machine")
