@@ -164,6 +164,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     run = typed(cfg)
     check_target("model", run.model)
     check_target("data", run.data)
+    batch_size = run.data.get("batch_size")
+    if isinstance(batch_size, int) and batch_size < 1:  # every data module batches; checked here before any is built
+        raise ConfigError("data.batch_size", batch_size, "must be >= 1")
     plan_of(run).check("plan")
     optim_of(run).check("optim")
     check_trainer_args(run.trainer)

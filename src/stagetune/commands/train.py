@@ -220,13 +220,6 @@ def check_training_checkpoint(path: str, what: str, plan: Plan) -> int | None:
     return data.get("global_step")
 
 
-def check_batch_size(cfg: DictConfig) -> None:
-    """A batch is one example or more (checked before any data is built)."""
-    batch_size = cfg.data.get("batch_size")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError("data.batch_size", batch_size, "must be >= 1")
-
-
 def check_splits(cfg: DictConfig, datamodule, world_size: int) -> None:
     """Splits a run can use: a batch no larger than the training split (else one short batch per
     epoch), a validation split that is not empty (it chooses the checkpoint), and under DDP at
@@ -259,7 +252,6 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     started = time.time()
     trainer = run_trainer(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    check_batch_size(cfg)
     datamodule = build(cfg.data)
     model = build(cfg.model, **datamodule.model_kwargs())
     check_splits(cfg, datamodule, trainer.world_size)
