@@ -391,3 +391,382 @@ def test_a_16_bit_grey_png_keeps_its_grey_levels(tmp_path):
     data.setup()
     x, _ = data.splits["train"][[p for p, _ in data.splits["train"].samples].index(str(root / "train/a/g16.png"))]
     assert x.std() > 0.1, "not one flat white image"
+
+
+# -- checkpoints and resume -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory.mktemp("tiny") / "run", "experiment=tiny")
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def checkpoint_file(tmp_path: Path, kind: str, tiny_run: Path) -> str:
+    """A file to give as a checkpoint: ``kind`` says how it is broken."""
+    last = tiny_run / "checkpoints" / "last.ckpt"
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "truncated":
+        path.write_bytes(last.read_bytes()[:200])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "state_dict_only":
+        torch.save({"state_dict": torch.load(last, weights_only=True)["state_dict"]}, path)
+    elif kind == "tensor":
+        torch.save(torch.ones(3), path)
+    elif kind == "list":
+        torch.save([1, 2], path)
+    elif kind == "pickled_code":
+        torch.save({"state_dict": Payload()}, path)
+    elif kind == "no_callbacks":
+        state = torch.load(last, weights_only=True)
+        state.pop("callbacks")
+        torch.save(state, path)
+    return str(path)
+
+
+CHECKPOINTS = [
+    # (how the checkpoint is broken or which plan continues it, extra overrides, error type, fragment)
+    ("truncated", [], StagetuneError, "ckpt_path: {f} is not a readable checkpoint"),
+    ("empty", [], StagetuneError, "ckpt_path: {f} is not a readable checkpoint"),
+    ("text", [], StagetuneError, "ckpt_path: {f} is not a readable checkpoint"),
+    ("state_dict_only", [], StagetuneError, "ckpt_path: {f} is not a stagetune training checkpoint (no stage plan state in it)"),
+    ("no_callbacks", [], StagetuneError, "is not a stagetune training checkpoint"),
+    ("tensor", [], StagetuneError, "holds a Tensor, not a checkpoint or state dict"),
+    ("list", [], StagetuneError, "holds a list, not a checkpoint or state dict"),
+    ("pickled_code", [], StagetuneError, "holds pickled code, which stagetune refuses to run (weights_only=True)"),
+    ("last", ["plan=fit_one_cycle"], ConfigError, "made with the stages ['frozen', 'unfrozen']; this plan has ['all']"),
+    ("last", ["plan.stages.unfrozen.epochs=5"], ConfigError, "made with plan.stages.unfrozen.epochs=3; this plan has 5"),
+    ("last", ["plan.stages.unfrozen.epochs=2"], ConfigError, "made with plan.stages.unfrozen.epochs=3; this plan has 2"),
+    ("last", ["plan.stages.frozen.epochs=1"], ConfigError, "made with plan.stages.frozen.epochs=2; this plan has 1"),
+    ("dir", [], ConfigError, "a checkpoint file (e.g. RUN/checkpoints/last.ckpt), not a directory"),
+]
+
+
+@pytest.mark.parametrize("kind,overrides,error,fragment", CHECKPOINTS, ids=[f"{c[0]}-{' '.join(c[1])}" for c in CHECKPOINTS])
+def test_checkpoints(tmp_path, tiny_run, kind, overrides, error, fragment):
+    if kind == "last":
+        path = str(tiny_run / "checkpoints" / "last.ckpt")
+    elif kind == "dir":
+        path = str(tiny_run / "checkpoints")
+    else:
+        path = checkpoint_file(tmp_path, kind, tiny_run)
+    err = job(tmp_path / "run", "experiment=tiny", f"ckpt_path={path}", *overrides)
+    assert type(err) is error and fragment.format(f=path) in str(err)
+    assert RunDir(tmp_path / "run").metrics()["status"] == "failed"
+
+
+def run_copy(tiny_run: Path, dest: Path, drop: tuple[str, ...] = (), edit: dict[str, str | bytes] | None = None) -> Path:
+    """A copy of the tiny run with files removed or rewritten: a run as a user may leave it."""
+    import shutil
+
+    shutil.copytree(tiny_run, dest, ignore=shutil.ignore_patterns(".lock"))
+    for name in drop:
+        target = dest / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    for name, content in (edit or {}).items():
+        (dest / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return dest
+
+
+def unfinished(record: str = '{"status": "failed"}') -> dict:
+    return {"metrics.json": record}
+
+
+RESUMES = [
+    # (how the run to resume is left, error type, fragment; "{r}" is the run)
+    ({"drop": ("checkpoints",), "edit": unfinished()}, StagetuneError, "resume: {r} has no checkpoint yet (status: failed"),
+    ({"drop": ("config.yaml",)}, StagetuneError, "{r} is not a stagetune run directory (no config.yaml)"),
+    ({"edit": {**unfinished(), "config.yaml": "model: [unclosed\n"}}, StagetuneError, "{r}/config.yaml is not a readable config"),
+    ({"edit": {**unfinished(), "config.yaml": "- a\n- list\n"}}, StagetuneError, "{r}/config.yaml holds a list, not a run's config"),
+    ({"edit": {"metrics.json": "{not json"}}, StagetuneError, "{r}/metrics.json is not valid JSON"),
+    ({"edit": {"metrics.json": "[1, 2]"}}, StagetuneError, "{r}/metrics.json holds a list, not a run's record"),
+    ({"edit": {**unfinished(), "checkpoints/last.ckpt": b"PK\x03\x04 truncated"}}, StagetuneError, "resume: {r}/checkpoints/last.ckpt is not a readable checkpoint"),
+    ({"edit": {**unfinished(), "config.yaml": "model:\n  _target_: builtins.open\n"}}, StagetuneError, "refusing to build model._target_: builtins.open"),
+]
+
+
+@pytest.mark.parametrize("left,error,fragment", RESUMES, ids=[str(k) for k in range(len(RESUMES))])
+def test_resume(tmp_path, tiny_run, left, error, fragment):
+    run = run_copy(tiny_run, tmp_path / "run", left.get("drop", ()), left.get("edit"))
+    before = (run / "metrics.json").read_bytes() if (run / "metrics.json").exists() else None
+    with pytest.raises(StagetuneError) as err:
+        run_job(composed(f"resume={run}"), run, [f"resume={run}"])
+    RunDir(run).release()
+    assert isinstance(err.value, error) and err.value.exit_code == 1 and fragment.format(r=run.resolve()) in str(err.value)
+    if before is not None and b"failed" not in before:
+        assert (run / "metrics.json").read_bytes() == before, "a run that cannot be resumed is left as it was"
+
+
+def test_resume_with_other_overrides_and_of_a_completed_run(tmp_path, tiny_run):
+    with pytest.raises(ConfigError, match=r"takes no other overrides; refused: seed=1"):
+        run_job(composed(f"resume={tiny_run}", "seed=1"), tiny_run, [f"resume={tiny_run}", "seed=1"])
+    before = (tiny_run / "metrics.json").read_bytes()
+    value = run_job(composed(f"resume={tiny_run}"), tiny_run, [f"resume={tiny_run}"])
+    assert value == json.loads(before)["metric"]["best"] and (tiny_run / "metrics.json").read_bytes() == before
+
+
+# -- run directories ------------------------------------------------------------------------------
+
+
+def test_run_directories(tmp_path, tiny_run):
+    """A directory holding a run, one another process writes, a file in the way: one line each, nothing overwritten."""
+    import fcntl
+
+    cases = []
+    held = tmp_path / "held"
+    held.mkdir()
+    fd = os.open(held / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"pid 1 on elsewhere\n")
+    (tmp_path / "afile").write_text("")
+    cases = [
+        (tiny_run, 2, f"{tiny_run} already holds a run (status: completed); continue it with `stagetune resume={tiny_run}`"),
+        (held, 2, f"{held} is being written by another stagetune run (pid 1 on elsewhere); start the new run in another directory"),
+        (tmp_path / "afile" / "run", 1, f"cannot write the run directory {tmp_path}/afile/run: Not a directory"),
+    ]
+    before = (tiny_run / "metrics.json").read_bytes()
+    try:
+        for run, code, fragment in cases:
+            with pytest.raises(StagetuneError) as err:
+                run_job(composed("experiment=tiny"), run, [])
+            assert err.value.exit_code == code and fragment in str(err.value)
+    finally:
+        os.close(fd)
+    assert (tiny_run / "metrics.json").read_bytes() == before
+
+
+# -- signals and faults ---------------------------------------------------------------------------
+
+
+def failing_save(after: int, err: OSError):
+    """``AtomicCheckpointIO.save_checkpoint`` that writes ``after`` checkpoints, then raises ``err``."""
+    original = AtomicCheckpointIO.save_checkpoint
+    calls = []
+
+    def save(self, checkpoint, path, storage_options=None):
+        calls.append(path)
+        if len(calls) > after:
+            raise err
+        return original(self, checkpoint, path, storage_options)
+
+    return save
+
+
+FAULTS = [
+    # (what goes wrong, error type or status, fragment; "{r}" is the run)
+    ("disk full after the first checkpoints", OSError(errno.ENOSPC, "No space left on device", "last.ckpt"), 2, "failed",
+     "no space left on the device writing last.ckpt; free some space, then continue with: stagetune resume={r}"),
+    ("disk full at the first checkpoint", OSError(errno.ENOSPC, "No space left on device", "best.ckpt"), 0, "failed",
+     "no space left on the device writing best.ckpt; free some space, then start the run again"),
+    ("quota exceeded", OSError(errno.EDQUOT, "Disk quota exceeded", "last.ckpt"), 1, "failed", "no space left on the device writing last.ckpt"),
+    ("an I/O error", OSError(errno.EIO, "Input/output error"), 0, "failed",
+     "OSError: [Errno 5] Input/output error (not a check stagetune makes: the traceback is in {r}/train.log; please report it with that file)"),
+]
+
+
+@pytest.mark.parametrize("what,raised,after,status,fragment", FAULTS, ids=[f[0] for f in FAULTS])
+def test_faults(tmp_path, monkeypatch, what, raised, after, status, fragment):
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", failing_save(after, raised))
+    run = tmp_path / "run"
+    err = job(run, "experiment=tiny")
+    assert fragment.format(r=run.resolve()) in str(err) and err.exit_code == 1
+    record = RunDir(run).metrics()
+    assert (record["status"], record["error"]) == (status, str(err))
+
+
+def test_ctrl_c_during_set_up_is_an_interrupted_run_with_nothing_to_resume(tmp_path, monkeypatch):
+    import stagetune.commands.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "build", interrupted)
+    err = job(tmp_path / "run", "experiment=tiny")
+    assert err.exit_code == 128 + signal.SIGINT and status_of(err) == "interrupted"
+    assert str(err) == "SIGINT received during set-up, before training started; nothing was trained or saved: start the run again"
+    assert RunDir(tmp_path / "run").metrics()["status"] == "interrupted"
+
+
+def test_a_fault_inside_training_names_itself_and_the_log(tmp_path):
+    err = job(tmp_path / "run", "experiment=tiny", "+callbacks.fault._target_=tests.tiny.RaiseAt", "+callbacks.fault.step=3")
+    run = (tmp_path / "run").resolve()
+    assert str(err) == (
+        f"RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {run}/train.log; "
+        "please report it with that file)"
+    )
+    assert isinstance(err.__cause__, RuntimeError), "the traceback logged is the fault's own"
+
+
+def test_divergence_is_recorded_as_diverged(tmp_path):
+    err = job(tmp_path / "run", "experiment=tiny", "model.nan_at_step=4")
+    assert status_of(err) == "diverged" and "loss became nan in stage 'frozen', epoch 0, step 4" in str(err)
+    assert RunDir(tmp_path / "run").metrics()["status"] == "diverged"
+
+
+# -- console commands -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ratings_run(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory.mktemp("ratings") / "run", *RATINGS, "plan.stages.all.epochs=1")
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> Path:
+    small = ["data.classes=[0,1]", "data.train_per_class=2", "data.size=8", "data.val_pct=0.05", "data.test_pct=0.05", "data.batch_size=4"]
+    return trained(tmp_path_factory.mktemp("digits") / "run", "experiment=digits_scratch", *small, "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1")
+
+
+def command(main, argv: list[str], capsys) -> tuple[int, list[str]]:
+    """A console command's exit code and its stderr lines."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+COMMANDS = [
+    # (command, argv with {tiny} {ratings} {image} {tmp}, exit code, the last stderr line's fragment)
+    (predict, ["{tmp}/nowhere", "x.png"], 1, "stagetune-predict: error: {tmp}/nowhere: no such run directory"),
+    (predict, ["{tmp}", "x.png"], 1, "stagetune-predict: error: {tmp} is not a stagetune run directory (no config.yaml)"),
+    (predict, ["{tiny}", "x.png"], 1, "stagetune-predict: error: {tiny} is a tiny run, not an image classifier"),
+    (predict, ["{tiny}", "x.png", "--ckpt", "middle"], 2, "stagetune-predict: error: argument --ckpt: invalid choice: 'middle'"),
+    (predict, ["{tiny}", "x.png", "--device", "tpu"], 2, "stagetune-predict: error: argument --device: invalid choice: 'tpu'"),
+    (predict, ["{tiny}", "x.png", "--batch-size", "many"], 2, "stagetune-predict: error: argument --batch-size: invalid int value: 'many'"),
+    (predict, ["{tiny}"], 2, "stagetune-predict: error: the following arguments are required: images"),
+    (predict, ["{image}", "{tmp}/missing.png"], 1, "stagetune-predict: error: {tmp}/missing.png: no such file or folder"),
+    (predict, ["{image}", "{tmp}"], 1, "stagetune-predict: error: no image files in {tmp}"),
+    (predict, ["{image}", "{tmp}/bad.png"], 1, "stagetune-predict: error: none of the 1 file(s) could be read as an image"),
+    (predict, ["{image}", "{tmp}/good.png", "--batch-size", "0"], 1, "stagetune-predict: error: --batch-size 0: must be >= 1"),
+    (predict, ["{image}", "{tmp}/good.png", "--top-k", "0"], 1, "stagetune-predict: error: --top-k 0: must be >= 1"),
+    (predict, ["{image}", "{tmp}/good.png", "--out", "{tmp}/taken.csv"], 2, "stagetune-predict: config error: --out='{tmp}/taken.csv': exists; choose another file, or add --force"),
+    (predict, ["{image}", "{tmp}/good.png", "--out", "{tmp}"], 2, "stagetune-predict: config error: --out='{tmp}': is a directory; give a file name"),
+    (predict, ["{image}", "{tmp}/good.png", "--out", "{image}/metrics.json", "--force"], 2, "is in the records of the run {image} (metrics.json); write elsewhere"),
+    (recommend, ["{tmp}/nowhere", "--user", "1"], 1, "stagetune-recommend: error: {tmp}/nowhere: no such run directory"),
+    (recommend, ["{tiny}", "--user", "1"], 1, "stagetune-recommend: error: {tiny} is a tiny run, not a rating model"),
+    (recommend, ["{image}", "--similar", "1"], 1, "stagetune-recommend: error: {image} is a digits_scratch run, not a rating model"),
+    (recommend, ["{ratings}", "--user", "999999"], 1, "stagetune-recommend: error: unknown user 999999: it has no ratings in the run's training data"),
+    (recommend, ["{ratings}", "--similar", "-3"], 1, "stagetune-recommend: error: unknown item -3: it has no ratings in the run's training data"),
+    (recommend, ["{ratings}", "--user", "1", "-k", "0"], 1, "stagetune-recommend: error: -k 0: must be >= 1"),
+    (recommend, ["{ratings}"], 2, "stagetune-recommend: error: one of the arguments --user --similar is required"),
+    (recommend, ["{ratings}", "--user", "1", "--similar", "2"], 2, "stagetune-recommend: error: argument --similar: not allowed with argument --user"),
+    (recommend, ["{ratings}", "--user", "one"], 2, "stagetune-recommend: error: argument --user: invalid int value: 'one'"),
+    (recommend, ["{ratings}", "--user", "1", "--ckpt", "first"], 2, "stagetune-recommend: error: argument --ckpt: invalid choice: 'first'"),
+    (export, ["{tmp}/nowhere", "--format", "torchscript"], 1, "stagetune-export: error: {tmp}/nowhere: no such run directory"),
+    (export, ["{tiny}", "--format", "pdf"], 2, "stagetune-export: error: argument --format: invalid choice: 'pdf'"),
+    (export, ["{tiny}"], 2, "stagetune-export: error: the following arguments are required: --format"),
+    (export, ["{tiny}", "--format", "torchscript", "--out", "{tmp}/taken.csv"], 2, "stagetune-export: config error: --out='{tmp}/taken.csv': exists"),
+    (export, ["{tiny}", "--format", "torchscript", "--out", "{tmp}"], 2, "stagetune-export: config error: --out='{tmp}': is a directory"),
+    (export, ["{tiny}", "--format", "torchscript", "--out", "{tiny}/checkpoints/x.pt"], 2, "is in the records of the run {tiny} (checkpoints)"),
+    (export, ["{tmp}", "--format", "onnx", "--out", "{tmp}/m.onnx"], 1, "stagetune-export: error: {tmp} is not a stagetune run directory"),
+    (report, ["{tmp}/nowhere"], 1, "stagetune-report: error: {tmp}/nowhere holds no run directories"),
+    (report, ["{tmp}"], 1, "stagetune-report: error: {tmp} holds no run directories"),
+    (report, ["{tmp}/taken.csv"], 1, "stagetune-report: error: {tmp}/taken.csv holds no run directories"),
+    (report, [], 2, "stagetune-report: error: the following arguments are required: sweep_dir"),
+]
+
+
+@pytest.mark.parametrize("main,argv,code,fragment", COMMANDS, ids=[f"{c[0].__name__.rsplit('.', 1)[-1]}-{k}" for k, c in enumerate(COMMANDS)])
+def test_commands(request, tmp_path, capsys, main, argv, code, fragment):
+    places = {"tmp": str(tmp_path)}
+    for name in ("tiny", "ratings", "image"):
+        if any(f"{{{name}}}" in a for a in [*argv, fragment]):
+            places[name] = str(request.getfixturevalue(f"{name}_run"))
+    (tmp_path / "taken.csv").write_text("")
+    (tmp_path / "bad.png").write_text("not an image")
+    Image.new("RGB", (8, 8), (200, 200, 200)).save(tmp_path / "good.png")
+    if main is predict and argv[-1] == "{tmp}":
+        for p in tmp_path.iterdir():
+            p.unlink()
+    got, lines = command(main.main, [a.format(**places) for a in argv], capsys)
+    assert got == code, lines
+    assert lines and fragment.format(**places) in lines[-1]
+    assert not any("Traceback" in line for line in lines)
+
+
+LR_FIND = [
+    (["lr_find.start_lr=0"], "lr_find.start_lr", "must be > 0"),
+    (["lr_find.end_lr=1e-8"], "lr_find.end_lr", "must be above lr_find.start_lr"),
+    (["lr_find.steps=2"], "lr_find.steps", "must be >= 5"),
+    (["lr_find.beta=1"], "lr_find.beta", "[0, 1)"),
+    (["lr_find.diverge=1"], "lr_find.diverge", "must be > 1"),
+    (["lr_find.stage=nope"], "lr_find.stage", "a stage of the plan: frozen, unfrozen"),
+    (["data.batch_size=0"], "data.batch_size", "must be >= 1"),
+    (["plan.lr=-1"], "plan.lr", "> 0"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,allowed", LR_FIND, ids=[c[0][0] for c in LR_FIND])
+def test_lr_find(tmp_path, overrides, key, allowed):
+    from stagetune.commands.lr_find import run_range_test
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="lr_find", overrides=[TESTS_CONF, "experiment=tiny", *overrides])
+    with pytest.raises(ConfigError) as err:
+        run_range_test(cfg, tmp_path / "lr")
+    assert err.value.key == key and allowed in str(err.value)
+
+
+# -- configs made by hypothesis -------------------------------------------------------------------
+
+NUMBERS = st.one_of(st.integers(-3, 5), st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from(["x", "null", "[]", "[1,2,3]"]))
+KEYS = ["plan.lr", "plan.stages.frozen.epochs", "plan.stages.unfrozen.pct_start", "plan.stages.unfrozen.div", "optim.wd", "optim.eps",
+        "optim.momentum", "seed", "checkpoint.save_top_k", "checkpoint.every_n_epochs", "plan.stages.unfrozen.wd"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.dictionaries(st.sampled_from(KEYS), NUMBERS, min_size=1, max_size=3))
+def test_any_config_is_valid_or_refused_naming_a_key_it_was_given(values):
+    overrides = [f"{key}={value}" for key, value in values.items()]
+    try:
+        cfg = validate(composed("experiment=tiny", *overrides))
+    except ConfigError as err:
+        assert err.key in values or any(err.key.startswith(k) for k in values), (err.key, overrides)
+        assert "\n" not in str(err)
+        return
+    except Exception as err:  # noqa: BLE001 - Hydra refusing a value's syntax is a composition error (exit 2)
+        from hydra.errors import HydraException
+
+        assert isinstance(err, HydraException), (type(err), err)
+        return
+    assert cfg.plan.lr > 0 and cfg.seed >= 0 and all(s.epochs >= 1 for s in cfg.plan.stages.values())
+
+
+# -- end to end: the contract of one failed run ---------------------------------------------------
+
+END_TO_END = [
+    # (overrides, exit code, line start, status; "{r}" is the run directory)
+    (["data.batch_size=0"], 2, "stagetune: config error: data.batch_size=0: must be >= 1", "failed"),
+    (["+callbacks.fault._target_=tests.tiny.RaiseAt", "+callbacks.fault.step=3"], 1,
+     "stagetune: error: RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {r}/train.log", "failed"),
+    (["+callbacks.sigint._target_=tests.tiny.SignalInSetup"], 130,
+     "stagetune: interrupted: SIGINT received during set-up, before training started; nothing was trained or saved", "interrupted"),
+    (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], 2, "stagetune: config error: trainer.sync_batchnorm=True: SyncBatchNorm runs on GPUs only", "failed"),
+]
+
+
+@pytest.mark.parametrize("overrides,code,line,status", END_TO_END, ids=[o[0][0] for o in END_TO_END])
+def test_end_to_end(tmp_path, overrides, code, line, status):
+    out = run_cli(*TINY, *overrides, "hydra.run.dir=run", cwd=tmp_path)
+    run = tmp_path / "run"
+    assert out.returncode == code, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    (printed,) = [x for x in out.stderr.splitlines() if x.startswith("stagetune:")]
+    assert printed.startswith(line.format(r=run))
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == status and printed.endswith(record["error"])
+    log = (run / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and record["error"] in log
+
+
+def test_resume_of_a_path_that_does_not_exist_makes_no_directory(tmp_path):
+    out = run_cli(f"resume={tmp_path}/nowhere", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [f"stagetune: config error: resume='{tmp_path}/nowhere': no such file or directory"]
+    assert not (tmp_path / "nowhere").exists()

@@ -27,8 +27,8 @@ from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
 from stagetune.build import build
-from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree, unforeseen
-from stagetune.config import optim_of, plan_of, validate
+from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree, report_error, unforeseen
+from stagetune.config import check_paths, optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
 from stagetune.engine.faults import Interrupted, check_checkpoint
 from stagetune.engine.plan import Plan, StagePlan
@@ -367,5 +367,18 @@ def hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """Console entry point: ``stagetune [key=value ...]``."""
     sys.argv = [sys.argv[0], *launch.hydra_args_for_rank(sys.argv[1:])]
+    try:
+        check_paths(*(override_of(sys.argv[1:], key) for key in ("resume", "ckpt_path")))
+    except StagetuneError as err:  # before Hydra makes the run directory, which is the resumed one
+        sys.exit(report_error("stagetune", err))
     check_output_overrides(sys.argv[1:])
     hydra_command("stagetune", hydra_main)
+
+
+def override_of(argv: list[str], key: str) -> str | None:
+    """The value ``key=VALUE`` on the command line gives (``null`` and interpolations left to the config)."""
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if name.lstrip("+") == key and value not in ("", "null") and "${" not in value:
+            return value.strip("'\"")
+    return None

@@ -145,7 +145,7 @@ class RunDir:
         last = self.checkpoints / "last.ckpt"
         best = None
         if self.metrics_path.exists():
-            recorded = read_json(self.metrics_path).get("best", {}).get("checkpoint")
+            recorded = self.metrics().get("best", {}).get("checkpoint")
             best = Path(recorded) if recorded else None
         if which == "best" and best is not None and best.exists():
             return best
