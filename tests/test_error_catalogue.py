@@ -647,7 +647,7 @@ COMMANDS = [
     (predict, ["{image}", "{tmp}/good.png", "--top-k", "0"], 1, "stagetune-predict: error: --top-k 0: must be >= 1"),
     (predict, ["{image}", "{tmp}/good.png", "--out", "{tmp}/taken.csv"], 2, "stagetune-predict: config error: --out='{tmp}/taken.csv': exists; choose another file, or add --force"),
     (predict, ["{image}", "{tmp}/good.png", "--out", "{tmp}"], 2, "stagetune-predict: config error: --out='{tmp}': is a directory; give a file name"),
-    (predict, ["{image}", "{tmp}/good.png", "--out", "{image}/metrics.json", "--force"], 2, "is in the records of the run {image} (metrics.json); write elsewhere"),
+    (predict, ["{image}", "{tmp}/good.png", "--out", "{image}/metrics.json"], 2, "is in the records of the run {image} (metrics.json); write elsewhere"),
     (recommend, ["{tmp}/nowhere", "--user", "1"], 1, "stagetune-recommend: error: {tmp}/nowhere: no such run directory"),
     (recommend, ["{tiny}", "--user", "1"], 1, "stagetune-recommend: error: {tiny} is a tiny run, not a rating model"),
     (recommend, ["{image}", "--similar", "1"], 1, "stagetune-recommend: error: {image} is a digits_scratch run, not a rating model"),
