@@ -106,7 +106,8 @@ def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[
                 else:
                     job = HydraConfig.get()
                     err = unforeseen(raised, Path(job.runtime.output_dir).resolve(), f"{job.job.name}.log")
-                log.error("%s: %s", prog, err, exc_info=raised, extra=FILE_ONLY)
+                if log.hasHandlers():  # the job's log file (never Python's last-resort handler, the terminal)
+                    log.error("%s: %s", prog, err, exc_info=raised, extra=FILE_ONLY)
                 code = report_error(prog, err)
                 if record is not None:
                     record(status_of(err), str(err))
