@@ -515,30 +515,33 @@ def test_resume_with_other_overrides_and_of_a_completed_run(tmp_path, tiny_run):
 # -- run directories ------------------------------------------------------------------------------
 
 
-def test_run_directories(tmp_path, tiny_run):
+RUN_DIRS = [
+    # (the directory a new run is started in, exit code, fragment; "{r}" is it, "{t}" the test's tmp_path)
+    ("completed", 2, "{r} already holds a run (status: completed); continue it with `stagetune resume={r}`"),
+    ("held", 2, "{r} is being written by another stagetune run (pid 1 on elsewhere); start the new run in another directory"),
+    ("under_a_file", 1, "cannot write the run directory {t}/afile/run: Not a directory"),
+]
+
+
+@pytest.mark.parametrize("which,code,fragment", RUN_DIRS, ids=[c[0] for c in RUN_DIRS])
+def test_run_directories(tmp_path, tiny_run, which, code, fragment):
     """A directory holding a run, one another process writes, a file in the way: one line each, nothing overwritten."""
     import fcntl
 
-    cases = []
     held = tmp_path / "held"
     held.mkdir()
     fd = os.open(held / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.write(fd, b"pid 1 on elsewhere\n")
     (tmp_path / "afile").write_text("")
-    cases = [
-        (tiny_run, 2, f"{tiny_run} already holds a run (status: completed); continue it with `stagetune resume={tiny_run}`"),
-        (held, 2, f"{held} is being written by another stagetune run (pid 1 on elsewhere); start the new run in another directory"),
-        (tmp_path / "afile" / "run", 1, f"cannot write the run directory {tmp_path}/afile/run: Not a directory"),
-    ]
+    run = {"completed": tiny_run, "held": held, "under_a_file": tmp_path / "afile" / "run"}[which]
     before = (tiny_run / "metrics.json").read_bytes()
     try:
-        for run, code, fragment in cases:
-            with pytest.raises(StagetuneError) as err:
-                run_job(composed("experiment=tiny"), run, [])
-            assert err.value.exit_code == code and fragment in str(err.value)
+        with pytest.raises(StagetuneError) as err:
+            run_job(composed("experiment=tiny"), run, [])
     finally:
         os.close(fd)
+    assert err.value.exit_code == code and fragment.format(r=run, t=tmp_path) in str(err.value)
     assert (tiny_run / "metrics.json").read_bytes() == before
 
 
