@@ -57,16 +57,16 @@ def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
 
 
 class MetricCheck(pl.Callback):
-    """The run's ``metric`` must be one the model logs; a typo would stop the run only when the first
-    checkpoint is chosen. A validation metric (``val/...``) is checked after Lightning's sanity check,
-    before any training; any other at the first validation."""
+    """A validation ``metric`` (``val/...``) must be one the model logs; a typo would stop the run only
+    when the first checkpoint is chosen. Checked after Lightning's sanity check, before any training
+    (at the first validation when ``trainer.num_sanity_val_steps=0``); other metrics (a training
+    loss, logged at the epoch's end) are left to the checkpoint's own check."""
 
     def __init__(self, metric: str) -> None:
-        self.metric, self.checked = metric, False
+        self.metric, self.checked = metric, not metric.startswith("val/")
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.metric.startswith("val/"):
-            self._check(trainer)
+        self._check(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
