@@ -24,7 +24,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 from PIL import Image
 
 from stagetune.app import conf_dir
