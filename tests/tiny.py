@@ -139,3 +139,22 @@ class OptimizerDump(pl.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         groups = [{"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in trainer.optimizers[0].param_groups]
         (self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(groups))
+
+
+class RaiseAt(pl.Callback):
+    """Raises a RuntimeError at a global step: a fault no check foresees (a bug in a model or callback)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"fault injected at step {self.step}")
+
+
+class SignalInSetup(pl.Callback):
+    """Sends this process SIGINT while the Trainer sets up, before training starts (Ctrl-C during set-up)."""
+
+    def setup(self, trainer, pl_module, stage):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # the signal is delivered here

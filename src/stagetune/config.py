@@ -164,16 +164,29 @@ def validate(cfg: DictConfig) -> DictConfig:
     run = typed(cfg)
     check_target("model", run.model)
     check_target("data", run.data)
+    batch_size = run.data.get("batch_size")
+    if isinstance(batch_size, int) and batch_size < 1:  # every data module batches; checked here before any is built
+        raise ConfigError("data.batch_size", batch_size, "must be >= 1")
     plan_of(run).check("plan")
     optim_of(run).check("optim")
     check_trainer_args(run.trainer)
     with omegaconf_errors():
         OmegaConf.to_object(run.checkpoint).check("checkpoint")
-    for key in ("resume", "ckpt_path"):
-        path = run[key]
+    if not 0 <= run.seed < 2**32:
+        raise ConfigError("seed", run.seed, "an integer from 0 to 4294967295 (numpy's and torch's seed range)")
+    check_paths(run.resume, run.ckpt_path)
+    return run
+
+
+def check_paths(resume: str | None, ckpt_path: str | None) -> None:
+    """``resume`` names a run directory and ``ckpt_path`` a checkpoint file, both existing."""
+    for key, path in (("resume", resume), ("ckpt_path", ckpt_path)):
         if path is not None and not Path(path).exists():
             raise ConfigError(key, path, "no such file or directory")
-    return run
+    if resume is not None and not Path(resume).is_dir():
+        raise ConfigError("resume", resume, "a run directory (outputs/EXPERIMENT/TIME), not a file; a checkpoint file is ckpt_path=FILE")
+    if ckpt_path is not None and Path(ckpt_path).is_dir():
+        raise ConfigError("ckpt_path", ckpt_path, "a checkpoint file (e.g. RUN/checkpoints/last.ckpt), not a directory; to continue a run, resume=RUN")
 
 
 register_defaults()

@@ -23,10 +23,16 @@ def is_library(name: str) -> bool:
     return any(name == lib or name.startswith(lib + ".") for lib in LIBRARIES)
 
 
+FILE_ONLY = {"file_only": True}  # ``log.error(..., extra=FILE_ONLY)``: train.log only (a failure's traceback)
+
+
 class ConsoleFilter(logging.Filter):
-    """On the terminal: everything of stagetune's, only warnings and errors of Lightning's."""
+    """On the terminal: everything of stagetune's, only warnings and errors of Lightning's; never a
+    record marked :data:`FILE_ONLY` (the terminal gets one line per failure, the log its traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):
+            return False
         return record.levelno >= logging.WARNING or not is_library(record.name)
 
 

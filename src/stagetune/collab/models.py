@@ -114,6 +114,8 @@ class DotBias(RatingModule):
     def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5),
                  global_mean: float | None = None, sparse: bool = False) -> None:
         super().__init__(y_range, global_mean)
+        if n_factors < 1:
+            raise ConfigError("model.n_factors", n_factors, "must be >= 1 (the width of the user and item factors)")
         self.save_hyperparameters()
         self.user_factors = trunc_normal_embedding(n_users, n_factors, sparse=sparse)
         self.item_factors = trunc_normal_embedding(n_items, n_factors, sparse=sparse)
@@ -154,6 +156,9 @@ class CollabNN(RatingModule):
         sizes = [int(s) for s in layers]
         if not sizes or any(s < 1 for s in sizes):
             raise ConfigError("model.layers", list(layers), "one or more hidden sizes, each >= 1")
+        for key, width in (("model.user_width", user_width), ("model.item_width", item_width)):
+            if width is not None and width < 1:
+                raise ConfigError(key, width, "must be >= 1, or null for fastai's rule")
         self.user_factors = trunc_normal_embedding(n_users, user_width or embedding_width(n_users + 1), sparse=sparse)
         self.item_factors = trunc_normal_embedding(n_items, item_width or embedding_width(n_items + 1), sparse=sparse)
         blocks: list[nn.Module] = []

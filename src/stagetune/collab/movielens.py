@@ -78,12 +78,13 @@ FORMATS = (
 
 
 def read_ratings(path: Path, separator: str, header: bool, y_range: tuple[float, float]) -> Ratings:
-    """Parse a ratings file; a malformed line or a rating outside ``y_range`` stops at ``file:line``."""
+    """Parse a ratings file; a malformed line, a rating outside ``y_range`` or a non-finite timestamp
+    stops at ``file:line``. A UTF-8 byte-order mark (files saved by Excel or Notepad) is skipped."""
     sep_name = {"\t": "<TAB>", "::": "::", ",": ","}[separator]
     expected = sep_name.join(["USER", "ITEM", "RATING", "TIMESTAMP"])
     lo, hi = y_range
     users, items, ratings, stamps = [], [], [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if (header and lineno == 1) or not line.strip():
                 continue
@@ -92,7 +93,7 @@ def read_ratings(path: Path, separator: str, header: bool, y_range: tuple[float,
                 if len(fields) != 4:
                     raise ValueError
                 u, i, r, t = int(fields[0]), int(fields[1]), float(fields[2]), int(float(fields[3]))
-            except ValueError:
+            except (ValueError, OverflowError):  # int(float("inf")) overflows, int(float("nan")) is a ValueError
                 got = line.strip()[:80]
                 raise DataError(f"{path}:{lineno}: expected {expected} (integer ids, a number, an integer), got {got!r}") from None
             if not lo <= r <= hi:
@@ -107,6 +108,18 @@ def read_titles(path: Path, fmt: RatingsFormat) -> dict[int, str]:
     """Item id -> title, from ``u.item``, ``movies.dat`` or ``movies.csv``; empty when absent."""
     if not path.exists():
         return {}
+    if not path.is_file():
+        raise DataError(f"{path} is a directory, not a titles file: remove it or put the file there")
+    try:
+        return _titles(path, fmt)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not {fmt.titles_encoding.upper()} text (byte {err.object[err.start]:#04x}; a Latin-1 file?): "
+            f"save it as {fmt.titles_encoding.upper()}, as GroupLens publishes it"
+        ) from None
+
+
+def _titles(path: Path, fmt: RatingsFormat) -> dict[int, str]:
     titles: dict[int, str] = {}
     with open(path, encoding=fmt.titles_encoding, newline="") as f:
         if fmt.titles == "movies.csv":
@@ -129,7 +142,10 @@ def find_format(path: Path) -> tuple[Path, RatingsFormat] | None:
     Several ``ml-*`` folders with ratings are an error listing them: taking one would be a guess.
     """
     def ratings_format(folder: Path) -> RatingsFormat | None:
-        return next((fmt for fmt in FORMATS if (folder / fmt.ratings).exists()), None)
+        fmt = next((fmt for fmt in FORMATS if (folder / fmt.ratings).exists()), None)
+        if fmt is not None and not (folder / fmt.ratings).is_file():
+            raise DataError(f"{folder / fmt.ratings} is a directory, not a ratings file: remove it or put the file there")
+        return fmt
 
     if (fmt := ratings_format(path)) is not None:
         return path, fmt

@@ -9,10 +9,13 @@ composition errors — an unknown key or group — exit 2).
 
 from __future__ import annotations
 
+import errno
 import functools
+import logging
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -20,11 +23,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from stagetune.app import UnwritableOutput
-from stagetune.console import quiet_library_warnings
+from stagetune.console import FILE_ONLY, quiet_library_warnings
 from stagetune.engine.trainer import check_trainer_overrides
 from stagetune.errors import StagetuneError
 
 Recorder = Callable[[str, str], None]
+log = logging.getLogger("stagetune")
 
 
 def status_of(err: StagetuneError) -> str:
@@ -57,6 +61,20 @@ def one_line_errors(prog: str) -> Callable[[Callable[[list[str] | None], int]], 
     return wrap
 
 
+def unforeseen(err: Exception, run: Path, log_name: str = "train.log") -> StagetuneError:
+    """The one line for an exception no check caught: a full disk says how to go on; anything else
+    names itself and the log (``run/log_name``) that holds its traceback."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        last = run / "checkpoints" / "last.ckpt"
+        then = f"continue with: stagetune resume={run}" if last.exists() else "start the run again"
+        return StagetuneError(f"no space left on the device writing {err.filename or run}; free some space, then {then}")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return StagetuneError(
+        f"{type(err).__name__}{': ' + first if first else ''} (not a check stagetune makes: the traceback is in "
+        f"{run / log_name}; please report it with that file)"
+    )
+
+
 class _Task:
     """Whether Hydra got as far as calling the task (else a failure is a composition error)."""
 
@@ -68,7 +86,8 @@ def in_multirun() -> bool:
 
 
 def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Decorate a Hydra task: a StagetuneError is one line, recorded by ``record(status, message)``.
+    """Decorate a Hydra task: a StagetuneError, or any error outside a sweep, is one line, recorded by
+    ``record(status, message)``, with its traceback (and its cause's) in the job's log file only.
 
     In a sweep the job returns NaN so the other jobs still run; alone it exits with the error's code.
     """
@@ -79,7 +98,16 @@ def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[
             _Task.started = True
             try:
                 return task(cfg)
-            except StagetuneError as err:
+            except Exception as raised:
+                if isinstance(raised, StagetuneError):
+                    err = raised
+                elif in_multirun():
+                    raise
+                else:
+                    job = HydraConfig.get()
+                    err = unforeseen(raised, Path(job.runtime.output_dir).resolve(), f"{job.job.name}.log")
+                if log.hasHandlers():  # the job's log file (never Python's last-resort handler, the terminal)
+                    log.error("%s: %s", prog, err, exc_info=raised, extra=FILE_ONLY)
                 code = report_error(prog, err)
                 if record is not None:
                     record(status_of(err), str(err))

@@ -8,8 +8,10 @@ and ``metrics.json``. The return value is the configured metric, so Hydra sweepe
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,15 +27,15 @@ from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from stagetune.engine import launch
 from stagetune.app import PACKAGE_DIR, check_output_overrides, conf_dir
 from stagetune.build import build
-from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree
-from stagetune.config import optim_of, plan_of, validate
+from stagetune.commands.cli import hydra_command, hydra_task, in_multirun, print_config_tree, report_error, unforeseen
+from stagetune.config import check_paths, optim_of, plan_of, validate
 from stagetune.engine.cache import FeatureCache
-from stagetune.engine.faults import check_checkpoint
+from stagetune.engine.faults import Interrupted, check_checkpoint
 from stagetune.engine.lr_find import StageFinder
-from stagetune.engine.plan import StagePlan
+from stagetune.engine.plan import Plan, StagePlan
 from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
-from stagetune.errors import ConfigError, StagetuneError
+from stagetune.errors import ConfigError, DataError, StagetuneError
 from stagetune.runs.hparams import HParamsSummary, ScalarLayout
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.swept import swept_keys
@@ -54,6 +56,33 @@ def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
         every_n_epochs=cfg.checkpoint.every_n_epochs,
         save_last=True,
     )
+
+
+class MetricCheck(pl.Callback):
+    """A validation ``metric`` (``val/...``) must be one the model logs; a typo would stop the run only
+    when the first checkpoint is chosen. Checked after Lightning's sanity check, before any training
+    (at the first validation when ``trainer.num_sanity_val_steps=0``); other metrics (a training
+    loss, logged at the epoch's end) are left to the checkpoint's own check."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.checked = metric, not metric.startswith("val/")
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        logged = sorted(k for k in trainer.callback_metrics if k not in ("epoch", "step"))
+        if self.metric not in logged:
+            close = difflib.get_close_matches(self.metric, logged, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError("metric", self.metric, f"{hint}the model logs: {', '.join(logged) or 'nothing'}")
 
 
 def run_logger(cfg: DictConfig, run: RunDir) -> list[Logger] | bool:
@@ -98,7 +127,7 @@ def named_callback(name: str, node: DictConfig) -> pl.Callback:
 def run_callbacks(cfg: DictConfig, overrides: list[str], swept: list[str] | None = None) -> list[pl.Callback]:
     """The callbacks a run adds to every stagetune Trainer's own, then those named under ``callbacks:``."""
     named = [named_callback(name, node) for name, node in (cfg.callbacks or {}).items() if node is not None]
-    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides, swept), ScalarLayout(cfg.metric), *named]
+    return [ExactResume(), FeatureCache(cfg.plan.cache), HParamsSummary(cfg, overrides, swept), ScalarLayout(cfg.metric), MetricCheck(cfg.metric), *named]
 
 
 def run_finder(cfg: DictConfig, run: RunDir) -> StageFinder | None:
@@ -157,9 +186,10 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         if done is not None:
             print(f"stagetune: {run.path} already completed; nothing to resume, nothing changed", file=sys.stderr)
             return done.get("metric", {}).get("best", math.nan)
-        ckpt_path = str(resumed.checkpoint("last"))
+        ckpt_path = resume_checkpoint(resumed)
         log.info("resuming %s from %s", run.path, ckpt_path)
-    from_step = check_training_checkpoint(ckpt_path, "resume" if resuming else "ckpt_path") if ckpt_path else None
+    what = "resume" if resuming else "ckpt_path"
+    from_step = check_training_checkpoint(ckpt_path, what, plan_of(cfg)) if ckpt_path else None
     launch.process_count(cfg.trainer)
     if writer and resuming:
         run.record_resume(PACKAGE_DIR, from_step)
@@ -178,22 +208,65 @@ def debug_record(cfg: DictConfig) -> dict:
     return {"debug": cfg.debug} if cfg.debug else {}
 
 
-def check_training_checkpoint(path: str, what: str) -> int | None:
-    """A checkpoint to continue from must be readable and hold stagetune's training state; its step."""
+def resume_checkpoint(resumed: RunDir) -> str:
+    """``last.ckpt`` of a run to continue; a run that stopped before saving one cannot be continued."""
+    try:
+        return str(resumed.checkpoint("last"))
+    except FileNotFoundError:
+        status = resumed.metrics().get("status", "unknown")
+        raise StagetuneError(
+            f"resume: {resumed.path} has no checkpoint yet (status: {status}; it stopped before the end of its first "
+            "epoch): nothing to continue, start the run again in a new directory"
+        ) from None
+
+
+def check_training_checkpoint(path: str, what: str, plan: Plan) -> int | None:
+    """A checkpoint to continue from must be readable, hold stagetune's training state and have been made
+    by this plan (the same stages, the same epochs in those it entered: its schedule is sized to them); its step."""
     data = check_checkpoint(path, what)
     if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
         raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
+    state = data["callbacks"]["StagePlan"]
+    names = [stage.name for stage in plan.ordered]
+    if state.get("stages") != names:
+        raise ConfigError(what, path, f"made with the stages {state.get('stages')}; this plan has {names}: continue it with the plan it was made with")
+    for row in state.get("history", []):
+        epochs = plan.stages[row["stage"]].epochs
+        if row.get("epochs") != epochs:
+            raise ConfigError(
+                what,
+                path,
+                f"made with plan.stages.{row['stage']}.epochs={row.get('epochs')}; this plan has {epochs}: a checkpoint "
+                "continues the plan it was made with (its LR schedule is sized to it)",
+            )
     return data.get("global_step")
 
 
-def check_batch_size(cfg: DictConfig, datamodule) -> None:
-    """A batch larger than the training split would train on one short batch per epoch."""
+def check_splits(cfg: DictConfig, datamodule, world_size: int) -> None:
+    """Splits a run can use: a batch no larger than the training split (else one short batch per
+    epoch), a validation split that is not empty (it chooses the checkpoint), and under DDP at
+    least one validation and test example per process (a process with none would wait forever)."""
     batch_size = cfg.data.get("batch_size")
-    if batch_size is None:
-        return
     n = len(datamodule.train_dataloader().dataset)
-    if batch_size > n:
+    if batch_size is not None and batch_size > n:
         raise ConfigError("data.batch_size", batch_size, f"the training split has {n} examples; use at most {n}")
+    parts = {"validation": datamodule.val_dataloader().dataset}
+    if cfg.test and getattr(datamodule, "has_test", False):
+        parts["test"] = datamodule.test_dataloader().dataset
+    for part, dataset in parts.items():
+        size = len(dataset)
+        if size == 0:
+            keys = ("valid_pct", "val_pct", "n_val") if part == "validation" else ("test_pct",)
+            key = next((key for key in keys if key in cfg.data), None)
+            if key is None:
+                raise DataError(f"the {part} split is empty; it is what measures the run")
+            raise ConfigError(f"data.{key}", cfg.data[key], f"the {part} split is empty; make it large enough to hold examples")
+        if size < world_size:
+            raise ConfigError(
+                "trainer.devices", cfg.trainer.get("devices"),
+                f"the {part} split has {size} example(s) for {world_size} processes; every process needs one: "
+                f"use at most {size} devices, or a larger split",
+            )
 
 
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
@@ -203,10 +276,15 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     model = build(cfg.model, **datamodule.model_kwargs())
-    check_batch_size(cfg, datamodule)
+    check_splits(cfg, datamodule, trainer.world_size)
     groups = model.layer_groups()
     plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns a Ctrl-C before training starts into exit(1)
+            raise KeyboardInterrupt from None
+        raise
 
     stages = list(StagePlan.of(trainer).history)  # before evaluating: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
@@ -278,25 +356,52 @@ def record_failure(status: str, message: str) -> None:
         RunDir(HydraConfig.get().runtime.output_dir).record_failure(status, message)
 
 
+def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str], swept: list[str] | None = None) -> float:
+    """:func:`train`, with every failure a :class:`StagetuneError` saying what to do next.
+
+    In a sweep, a failure no check foresaw is logged and recorded, and the job returns NaN so the
+    other jobs still run.
+    """
+    try:
+        return train(cfg, run_dir, overrides, swept)
+    except StagetuneError:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "SIGINT received during set-up, before training started; nothing was trained or saved: start the run again",
+            signal.SIGINT,
+        ) from None
+    except Exception as err:
+        if not in_multirun():
+            raise unforeseen(err, Path(run_dir).resolve()) from err
+        log.exception("job %s failed", HydraConfig.get().job.num)
+        record_failure("failed", f"{type(err).__name__}: {err}")
+        return math.nan
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 @hydra_task("stagetune", record=record_failure)
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
-    try:
-        swept = swept_keys(sys.argv[1:], hydra_cfg.sweeper.get("params")) if in_multirun() else []
-        return train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task), swept)
-    except StagetuneError:
-        raise
-    except Exception as err:  # in a sweep, one broken job is recorded and the others still run
-        if not in_multirun():
-            raise
-        log.exception("job %s failed", hydra_cfg.job.num)
-        record_failure("failed", f"{type(err).__name__}: {err}")
-        return math.nan
+    swept = swept_keys(sys.argv[1:], hydra_cfg.sweeper.get("params")) if in_multirun() else []
+    return run_job(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task), swept)
 
 
 def main() -> None:
     """Console entry point: ``stagetune [key=value ...]``."""
     sys.argv = [sys.argv[0], *launch.hydra_args_for_rank(sys.argv[1:])]
+    try:
+        check_paths(*(override_of(sys.argv[1:], key) for key in ("resume", "ckpt_path")))
+    except StagetuneError as err:  # before Hydra makes the run directory, which is the resumed one
+        sys.exit(report_error("stagetune", err))
     check_output_overrides(sys.argv[1:])
     hydra_command("stagetune", hydra_main)
+
+
+def override_of(argv: list[str], key: str) -> str | None:
+    """The value ``key=VALUE`` on the command line gives (``null`` and interpolations left to the config)."""
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if name.lstrip("+") == key and value not in ("", "null") and "${" not in value:
+            return value.strip("'\"")
+    return None

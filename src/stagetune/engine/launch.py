@@ -59,6 +59,14 @@ def process_count(trainer_cfg) -> int:
         wanted = len(devices)
     else:
         wanted = int(devices)
+    if wanted < 1:
+        raise ConfigError("trainer.devices", devices, "a number of devices >= 1, -1 or 'auto' for all of them, or a list of device ids")
+    if trainer_cfg.get("sync_batchnorm") and not on_gpu:
+        raise ConfigError(
+            "trainer.sync_batchnorm", True,
+            "SyncBatchNorm runs on GPUs only; on CPU (trainer=cpu, trainer=ddp_cpu) set trainer.sync_batchnorm=false "
+            "(stagetune averages BatchNorm statistics over the ranks at every epoch end)",
+        )
     if on_gpu and wanted > available or accelerator in ("gpu", "cuda") and available == 0:
         raise ConfigError(
             "trainer.devices",

@@ -149,6 +149,8 @@ def build_scheduler(
     total_steps = max(1, total_steps)
     schedule = Schedule(schedule)
     if schedule is Schedule.one_cycle:
+        if pct_start * total_steps == 1:  # torch's warm-up would end on step 0 and divide by zero (2 steps at 0.5, 4 at 0.25, ...)
+            pct_start = math.nextafter(pct_start, 1.0)
         momentum = has_momentum(optimizer)
         return OneCycleLR(
             optimizer,

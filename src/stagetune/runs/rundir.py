@@ -153,7 +153,7 @@ class RunDir:
         last = self.checkpoints / "last.ckpt"
         best = None
         if self.metrics_path.exists():
-            recorded = read_json(self.metrics_path).get("best", {}).get("checkpoint")
+            recorded = self.metrics().get("best", {}).get("checkpoint")
             best = Path(recorded) if recorded else None
         if which == "best" and best is not None and best.exists():
             return best
@@ -166,7 +166,14 @@ class RunDir:
         path = self.path / CONFIG
         if not path.exists():
             raise FileNotFoundError(f"{self.path} is not a stagetune run directory (no {CONFIG})")
-        return OmegaConf.load(path)
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as err:  # noqa: BLE001 - YAML's and OmegaConf's parse errors, a binary file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StagetuneError(f"{path} is not a readable config ({first}); it was written when the run started: restore it") from None
+        if not isinstance(cfg, DictConfig):
+            raise StagetuneError(f"{path} holds a list, not a run's config; it was written when the run started: restore it")
+        return cfg
 
     def checked_config(self) -> DictConfig:
         """``config.yaml`` to rebuild objects from: refused unless every ``_target_`` is allowlisted."""
@@ -200,7 +207,16 @@ class RunDir:
         return list(OmegaConf.load(path)) if path.exists() else []
 
     def metrics(self) -> dict:
-        return read_json(self.metrics_path) if self.metrics_path.exists() else {}
+        """``metrics.json`` (empty before the run wrote it); a file that is not a JSON object is one error naming it."""
+        if not self.metrics_path.exists():
+            return {}
+        try:
+            data = read_json(self.metrics_path)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise StagetuneError(f"{self.metrics_path} is not valid JSON ({err}); stagetune writes it whole: was it edited?") from None
+        if not isinstance(data, dict):
+            raise StagetuneError(f"{self.metrics_path} holds a {type(data).__name__}, not a run's record")
+        return data
 
     def save_config(self, cfg: DictConfig, overrides: list[str]) -> None:
         write_atomic(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))

@@ -42,8 +42,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int | None, eval_batch_size: int | None = None) -> None:
         super().__init__()
-        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size or 1)):
-            if value < 1:
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
                 raise ConfigError(key, value, "must be >= 1")
         if num_workers is not None and num_workers < 0:
             raise ConfigError("data.num_workers", num_workers, "must be >= 0, or null to choose from the machine")
@@ -84,6 +84,12 @@ class ImageDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return eval_loader(self.splits["test"], self.eval_batch_size, **self._loader_kwargs())
+
+
+def check_size(size: int) -> None:
+    """``data.size``: the side of the square the model sees; ResNet34 needs 8 px or more (five halvings)."""
+    if size < 8:
+        raise ConfigError("data.size", size, "must be >= 8 (pixels on a side; ImageNet weights expect 224)")
 
 
 class TensorImages(Dataset):
@@ -129,7 +135,7 @@ class DigitsFile:
         self.size = size
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        grey = torch.tensor(np.array(img.convert("L")), dtype=torch.float32) / 255.0
+        grey = torch.tensor(np.array(to_rgb(img).convert("L")), dtype=torch.float32) / 255.0
         return digits_input(grey[None, None], self.size)[0]
 
 
@@ -204,12 +210,13 @@ class DigitsData(ImageDataModule):
 
 
 def unreadable(paths: Sequence[str | Path]) -> list[str]:
-    """The files PIL cannot open and verify as images."""
+    """The files PIL cannot decode in full: ``verify()`` alone passes a truncated JPEG, which would
+    then stop the run in the middle of an epoch, even with ``data.skip_bad_files``."""
     bad = []
     for path in paths:
         try:
             with Image.open(path) as img:
-                img.verify()
+                img.load()
         except Exception:  # noqa: BLE001 - every way an image fails to decode counts as unreadable
             bad.append(str(path))
     return bad
@@ -229,8 +236,21 @@ def drop_unreadable(paths: Sequence[str | Path], skip: bool, where: str) -> set[
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Grey, palette and RGBA files all become 3-channel images."""
+    """Grey, palette, RGBA and 16-bit grey files all become 3-channel 8-bit images.
+
+    PIL's ``convert`` clips 16-bit grey levels (0-65535) at 255, so such a PNG would turn white:
+    they are scaled to 8 bits first.
+    """
+    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+        grey = np.asarray(img.convert("I"), dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
     return img.convert("RGB")
+
+
+def open_image(path: str) -> Image.Image:
+    """An image file as 8-bit RGB (torchvision's own loader converts first, clipping 16-bit files)."""
+    with Image.open(path) as img:
+        return to_rgb(img)
 
 
 def image_transforms(size: int, augment: bool) -> tuple[T.Compose, T.Compose]:
@@ -274,6 +294,7 @@ class ImageFolderData(ImageDataModule):
         num_workers: int | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        check_size(size)
         self.root, self.size, self.augment = Path(root).expanduser(), size, augment
         self.valid_name, self.skip_bad_files = valid_name, skip_bad_files
         self.has_test = (self.root / "test").is_dir()
@@ -288,7 +309,7 @@ class ImageFolderData(ImageDataModule):
             raise DataError(f"split {folder} has no images (expected {folder}/<class>/<image>)")
         bad = drop_unreadable(files, self.skip_bad_files, str(folder))
         ds = ImageFolder(
-            str(folder), transform=transform, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True
+            str(folder), transform=transform, loader=open_image, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True
         )
         counts = Counter(ds.targets)
         empty = [c for k, c in enumerate(ds.classes) if counts[k] == 0]
@@ -347,6 +368,7 @@ class PetsData(ImageDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        check_size(size)
         if not 0 < valid_pct < 1:
             raise ConfigError("data.valid_pct", valid_pct, "must be in (0, 1)")
         self.root, self.size, self.augment, self.valid_pct = Path(root).expanduser(), size, augment, valid_pct
