@@ -145,4 +145,6 @@ def eval_loader(dataset: Dataset, batch_size: int, *, whole_batches: bool = Fals
     sampler = EvalShard(len(dataset), world, rank)
     if whole_batches:
         dataset, loader_kwargs = WholeBatches(dataset), {"collate_fn": as_batch, **loader_kwargs}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
+    # its own generator: the seed a loader draws as it starts a pass must not move the global RNG that
+    # dropout uses, or a validation redone after a resume would shift every later dropout mask
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator(), **loader_kwargs)
