@@ -4,6 +4,7 @@ import json
 import signal
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from stagetune.errors import StagetuneError
@@ -159,3 +160,49 @@ def test_data_error_catalogue(tmp_path):
         out = run_cli(*overrides, f"hydra.run.dir=run{k}", cwd=tmp_path)
         assert (out.returncode, error_lines(out.stderr)) == (code, [message]), out.stderr[-2000:]
         assert "Traceback" not in out.stderr
+
+
+def test_a_killed_writes_temporaries_are_what_the_next_start_removes(tmp_path):
+    left = [tmp_path / ".last.ckpt.a1b2c3.tmp", tmp_path / ".best-epoch1-step8.ckpt.d4e5f6.tmp"]
+    kept = [tmp_path / "last.ckpt", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for path in (*left, *kept):
+        path.write_bytes(b"x")
+    assert AtomicCheckpointIO.remove_stale(tmp_path) == sorted(left)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_lightning_loop_state_is_what_rewind_validation_expects(tmp_path):
+    """Lightning 2.6's private loop layout, which rewind_validation writes: this fails when Lightning changes it."""
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    from stagetune.engine.faults import rewind_validation
+    from tests.tiny import quiet_trainer
+
+    class Stop(Exception):
+        pass
+
+    class SaveInValidation(pl.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if batch_idx == 1 and not trainer.sanity_checking:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+                raise Stop
+
+    class Validated(pl.Callback):
+        def __init__(self) -> None:
+            self.batches: list[tuple[int, int]] = []
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.batches.append((trainer.current_epoch, batch_idx))
+
+    args = dict(max_epochs=2, limit_train_batches=2, limit_val_batches=3, num_sanity_val_steps=0)
+    with pytest.raises(Stop):
+        quiet_trainer(**args, callbacks=[SaveInValidation()]).fit(BoringModel())
+    state = torch.load(tmp_path / "mid.ckpt", weights_only=True)
+    progress = state["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    assert set(progress) == {"total", "current", "is_last_batch"}
+    assert set(progress["current"]) == {"ready", "started", "processed", "completed"}
+    rewind_validation(state)
+    torch.save(state, tmp_path / "rewound.ckpt")
+    validated = Validated()
+    quiet_trainer(**args, callbacks=[validated]).fit(BoringModel(), ckpt_path=tmp_path / "rewound.ckpt")
+    assert validated.batches == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)], "the interrupted validation runs again, whole"

@@ -1,6 +1,7 @@
-"""Kill a run with SIGKILL, resume it, and end exactly where the uninterrupted run ends.
+"""Stop a run (SIGKILL, SIGTERM mid-epoch or during validation), resume it, and end exactly where the uninterrupted run ends.
 
-The model has dropout, so the random state must travel through the checkpoint too.
+The model has dropout, so the random state must travel through the checkpoint too, and a stop
+mid-epoch must resume at the next batch of the same epoch order.
 """
 
 import json
@@ -41,16 +42,21 @@ def kill_then_resume(root: Path, step: int) -> Path:
     return run
 
 
-def assert_same_end(run: Path, reference: Path) -> None:
+def assert_same_end(run: Path, reference: Path, steps: int = 5 * STEPS_PER_EPOCH) -> None:
     a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 5 * STEPS_PER_EPOCH
+    assert a["global_step"] == b["global_step"] == steps
     for key in b["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], atol=1e-6, rtol=0, msg=key)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (run, reference))
     assert ma["status"] == "completed"
-    for key in ("val/loss", "train/loss"):
+    assert ma["final"].keys() == mb["final"].keys()
+    for key in mb["final"]:
         assert ma["final"][key] == pytest.approx(mb["final"][key], abs=1e-6), key
+    for key in mb["valid"]:
+        assert ma["valid"][key] == pytest.approx(mb["valid"][key], abs=1e-6), key
+    assert ma["metric"]["best"] == pytest.approx(mb["metric"]["best"], abs=1e-6)
+    assert Path(ma["best"]["checkpoint"]).name == Path(mb["best"]["checkpoint"]).name
     assert ma["stages"] == mb["stages"]
 
 
@@ -69,3 +75,99 @@ def test_killed_mid_unfrozen_stage_resumes_to_the_same_weights(tmp_path, uninter
 def test_resume_across_the_stage_boundary(tmp_path, uninterrupted):
     run = kill_then_resume(tmp_path, step=2 * STEPS_PER_EPOCH)
     assert_same_end(run, uninterrupted)
+
+
+def signal_then_resume(root: Path, callback: str, step: int, *args: str, **params) -> tuple[Path, str]:
+    """Run with a signalling callback from tests.tiny, check it stopped resumable, resume; the run and the stop line."""
+    extra = [f"+callbacks.stop.{key}={value}" for key, value in params.items()]
+    stopped = run_cli(*TINY, *args, f"+callbacks.stop._target_=tests.tiny.{callback}", f"+callbacks.stop.step={step}", f"+callbacks.stop.marker={root}/sent", *extra, cwd=root)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    run = run_dir_of(root)
+    (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("stagetune:")]
+    assert line.startswith("stagetune: interrupted: SIGTERM received") and line.endswith(f"Continue with: stagetune resume={run}")
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+    resumed = run_cli(f"resume={run}", cwd=root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return run, line
+
+
+def test_sigterm_mid_epoch_in_the_unfrozen_stage_resumes_to_the_same_weights(tmp_path, uninterrupted):
+    run, line = signal_then_resume(tmp_path, "SignalAt", 3 * STEPS_PER_EPOCH + 4)
+    assert "stage 'unfrozen', epoch 3, step 29" in line
+    assert_same_end(run, uninterrupted)
+    steps = {d: logged_steps(d / "tensorboard", "val/loss") for d in (run, uninterrupted)}
+    assert steps[run] == steps[uninterrupted]
+
+
+@pytest.mark.parametrize(
+    "callback,step,where",
+    [
+        ("SignalInValidation", 3 * STEPS_PER_EPOCH, "epoch 2, step 24 during validation"),
+        ("SignalAt", 3 * STEPS_PER_EPOCH - 1, "epoch 2, step 24 during validation"),  # the epoch's last batch: stops in the validation after it
+    ],
+    ids=["during-validation", "at-the-last-batch"],
+)
+def test_sigterm_during_validation_resumes_to_the_same_weights_and_metrics(tmp_path, uninterrupted, callback, step, where):
+    run, line = signal_then_resume(tmp_path, callback, step)
+    assert where in line
+    assert_same_end(run, uninterrupted)
+    history = {d: (d / "history.csv").read_text() for d in (run, uninterrupted)}
+    assert history[run].splitlines()[0] == history[uninterrupted].splitlines()[0]
+    assert len(history[run].splitlines()) == len(history[uninterrupted].splitlines()), "every epoch validated once"
+
+
+def test_sigterm_during_the_final_evaluation_is_interrupted_and_resume_evaluates(tmp_path, uninterrupted):
+    run, line = signal_then_resume(tmp_path, "SignalInValidation", 5 * STEPS_PER_EPOCH, after_fit="true", batch=0)
+    assert "during the validation of the chosen checkpoint, after training finished" in line
+    assert_same_end(run, uninterrupted)
+
+
+def test_last_ckpt_is_the_latest_state_even_when_the_metric_stopped_improving(tmp_path):
+    out = run_cli(*TINY, "metric_mode=max", cwd=tmp_path)  # val/loss falls: under max only epoch 0 is ever "best"
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = run_dir_of(tmp_path)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5 * STEPS_PER_EPOCH
+    best = json.loads((run / "metrics.json").read_text())["best"]["checkpoint"]
+    assert Path(best).name == f"best-epoch0-step{STEPS_PER_EPOCH}.ckpt"
+    assert torch.load(best, weights_only=True)["global_step"] == STEPS_PER_EPOCH
+
+
+def test_a_run_without_validation_killed_then_resumed_ends_as_the_uninterrupted_one(tmp_path):
+    no_val = ["trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0"]
+    out = run_cli(*TINY, *no_val, cwd=tmp_path / "straight")
+    assert out.returncode == 0, out.stderr[-3000:]
+    reference = run_dir_of(tmp_path / "straight")
+    root = tmp_path / "killed"
+    killed = run_cli(*TINY, *no_val, "+callbacks.kill._target_=tests.tiny.KillAt", f"+callbacks.kill.step={2 * STEPS_PER_EPOCH + 4}", f"+callbacks.kill.marker={root}/killed", cwd=root)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = run_dir_of(root)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+    stale = run / "checkpoints" / ".last.ckpt.k1ll3d.tmp"  # what a SIGKILL during a checkpoint write leaves
+    stale.write_bytes(b"PK\x03\x04 partial")
+    resumed = run_cli(f"resume={run}", cwd=root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not stale.exists(), "the next start removes a killed write's temporary file"
+    a = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(reference / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 5 * STEPS_PER_EPOCH
+    for key in b["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], atol=1e-6, rtol=0, msg=key)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (run, reference))
+    assert ma["status"] == "completed" and ma["final"] == pytest.approx(mb["final"], abs=1e-6)
+
+
+DDP_STEPS_PER_EPOCH = STEPS_PER_EPOCH // 2  # each of 2 ranks takes half of every epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("straight_ddp")
+    out = run_cli(*TINY, "trainer=ddp_cpu", cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir_of(root)
+
+
+def test_sigterm_to_one_ddp_rank_mid_epoch_stops_both_and_resumes_to_the_same_weights(tmp_path, uninterrupted_ddp):
+    run, line = signal_then_resume(tmp_path, "SignalAt", 3 * DDP_STEPS_PER_EPOCH + 2, "trainer=ddp_cpu", rank=1)
+    assert "epoch 3, step 15" in line
+    assert_same_end(run, uninterrupted_ddp, steps=5 * DDP_STEPS_PER_EPOCH)

@@ -91,15 +91,35 @@ class StateDump(pl.Callback):
 
 
 class SignalAt(pl.Callback):
-    """Sends this process a signal (SIGTERM by default) at a global step, once."""
+    """Sends this process a signal (SIGTERM by default) at a global step, once; only rank ``rank`` when given."""
 
-    def __init__(self, step: int, marker: str, signum: int = signal.SIGTERM) -> None:
-        self.step, self.marker, self.signum = step, Path(marker), signum
+    def __init__(self, step: int, marker: str, signum: int = signal.SIGTERM, rank: int | None = None) -> None:
+        self.step, self.marker, self.signum, self.rank = step, Path(marker), signum, rank
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+    def _signal(self, trainer) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step == self.step and not self.marker.exists():
             self.marker.write_text("signalled")
             os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._signal(trainer)
+
+
+class SignalInValidation(SignalAt):
+    """As :class:`SignalAt`, at validation batch ``batch`` of the fit (after ``step`` steps), or of the evaluation after it."""
+
+    def __init__(self, step: int, marker: str, batch: int = 1, after_fit: bool = False) -> None:
+        super().__init__(step, marker)
+        self.batch, self.after_fit = batch, after_fit
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        pass
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch and not trainer.sanity_checking and trainer.state.fn == ("validate" if self.after_fit else "fit"):
+            self._signal(trainer)
 
 
 class KillAt(pl.Callback):

@@ -45,7 +45,7 @@ log = logging.getLogger("stagetune")
 
 
 def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
-    """``last.ckpt`` and the best checkpoints by the run's metric (``checkpoint.*``), in ``checkpoints/``."""
+    """The best checkpoints by the run's metric (``checkpoint.*``), in ``checkpoints/``; ``last.ckpt`` beside them is the engine's (LatestCheckpoint)."""
     return ModelCheckpoint(
         dirpath=run.checkpoints,
         filename="best-epoch{epoch}-step{step}",
@@ -54,7 +54,6 @@ def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
         mode=cfg.metric_mode,
         save_top_k=cfg.checkpoint.save_top_k,
         every_n_epochs=cfg.checkpoint.every_n_epochs,
-        save_last=True,
     )
 
 
@@ -288,7 +287,10 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
 
     stages = list(StagePlan.of(trainer).history)  # before evaluating: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
-    final = _scalars(trainer.callback_metrics)
+    # a resume of a run stopped during its final evaluation trains nothing: the record keeps the fit's last values
+    final = _scalars(trainer.callback_metrics) or run.metrics().get("final", {})
+    if trainer.is_global_zero:
+        run.update_metrics(final=final)
     best = checkpoint.best_model_score
     value = float(best) if best is not None else final.get(cfg.metric, math.nan)
     valid, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test))

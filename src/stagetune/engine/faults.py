@@ -3,12 +3,16 @@
 * :class:`DivergenceGuard` stops at the first non-finite loss, before it reaches the weights, with
   one message naming the stage, epoch, step and learning rates in force, and the last good
   checkpoint.
-* :class:`Interruption` turns SIGINT/SIGTERM into a clean stop at the end of the current step: a
-  checkpoint (``last.ckpt``) that ``resume=RUN_DIR`` continues from, and the run marked
-  ``interrupted``.
+* :class:`LatestCheckpoint` keeps ``last.ckpt`` the latest state: written at every epoch end (with
+  or without validation) and at an interruption.
+* :class:`Interruption` turns SIGINT/SIGTERM/SIGUSR1 (a scheduler's preemption signal) into a clean
+  stop within one batch, in training, validation or test: ``last.ckpt`` that ``resume=RUN_DIR``
+  continues from exactly, and the run marked ``interrupted``. DDP ranks agree on the step: the
+  signal number is all-reduced at each batch end, so one rank's signal stops them all together.
 * :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file and renames it into place,
-  so a kill during a save leaves the previous good file; :func:`check_checkpoint` turns a
-  truncated, foreign or code-carrying file into one clear error naming it.
+  so a kill during a save leaves the previous good file (and a temporary that the next start
+  removes); :func:`check_checkpoint` turns a truncated, foreign or code-carrying file into one
+  clear error naming it.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import os
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, Checkpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import StagetuneError
@@ -49,9 +54,8 @@ def _stage_name(trainer: pl.Trainer) -> str:
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> Path | None:
-    cb = trainer.checkpoint_callback
-    last = getattr(cb, "last_model_path", "") if cb else ""
-    return Path(last) if last and Path(last).exists() else None
+    latest = LatestCheckpoint.of(trainer)
+    return latest.path if latest is not None and latest.path.exists() else None
 
 
 class DivergenceGuard(Callback):
@@ -71,23 +75,95 @@ class DivergenceGuard(Callback):
         )
 
 
-class Interruption(Callback):
-    """SIGINT/SIGTERM: finish the step, save ``last.ckpt``, raise :class:`Interrupted`."""
+def rewind_validation(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint written during the fit's validation resume by running that validation again, whole.
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    Lightning 2.6 resumes a checkpoint written at a validation batch by skipping the rest of that
+    validation (its metrics, the best checkpoint and the epoch's end hooks would be lost). Marked as
+    stopped inside the first validation step, it runs the whole validation, then the epoch's end.
+    This is the one place stagetune writes Lightning's private loop state; ``tests/test_faults.py``
+    checks the layout it expects.
+    """
+    at_first_step = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+    loop = checkpoint["loops"]["fit_loop"]
+    loop["epoch_loop.val_loop.batch_progress"] = {"total": dict(at_first_step), "current": dict(at_first_step), "is_last_batch": False}
+
+
+class LatestCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` at every epoch end, after the other checkpoint callbacks, and when asked to (an interruption).
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` rewrites ``last.ckpt`` only in epochs where the
+    monitored metric improves, and never when validation is off. At the start of a fit it removes
+    temporary files a killed checkpoint write left in its directory.
+    """
+
+    NAME = "last.ckpt"
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self._rewind = False
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.NAME
+
+    @staticmethod
+    def of(trainer: pl.Trainer) -> LatestCheckpoint | None:
+        """The Trainer's LatestCheckpoint; None for a Trainer that keeps no checkpoints (the LR finder)."""
+        return next((c for c in trainer.checkpoint_callbacks if isinstance(c, LatestCheckpoint)), None)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            AtomicCheckpointIO.remove_stale(self.dirpath)
+
+    def save(self, trainer: pl.Trainer, *, in_validation: bool = False) -> Path:
+        """Write ``last.ckpt`` now (every rank calls this); ``in_validation`` resumes by redoing the epoch's validation."""
+        self._rewind = in_validation
+        try:
+            trainer.save_checkpoint(self.path)
+        finally:
+            self._rewind = False
+        return self.path
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._rewind:
+            rewind_validation(checkpoint)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save(trainer)
+        interruption = Interruption.of(trainer)
+        if interruption is not None and (signum := interruption.requested(trainer)):
+            interruption.stop(trainer, signum, self.path)
+
+
+class Interruption(Callback):
+    """SIGINT/SIGTERM/SIGUSR1: finish the batch, save ``last.ckpt``, raise :class:`Interrupted`.
+
+    A signal at the epoch's last training batch is acted on at the first validation batch, or at the
+    epoch end when no validation follows: a checkpoint written between the last batch and the
+    epoch's end hooks would resume past those hooks. A signal during the evaluation after the fit
+    (validation and test of the chosen checkpoint) stops it; ``last.ckpt`` already holds the
+    finished training, and resuming evaluates again.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
+    @staticmethod
+    def of(trainer: pl.Trainer) -> Interruption | None:
+        return next((c for c in trainer.callbacks if isinstance(c, Interruption)), None)
+
     def _handle(self, signum: int, frame) -> None:
         self.received = signum
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, signal.signal(sig, self._handle))
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -98,25 +174,62 @@ class Interruption(Callback):
             signal.signal(sig, handler)
         self._previous.clear()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self.received is None:
-            return
-        signum, self.received = self.received, None
-        where = f"{signal.Signals(signum).name} received at stage {_stage_name(trainer)!r}, epoch {trainer.current_epoch}, step {trainer.global_step}"
-        cb = trainer.checkpoint_callback
-        if cb is None:
+    def requested(self, trainer: pl.Trainer) -> int:
+        """The signal any rank received (0: none); every rank calls this at the same batch, so all agree."""
+        signum = self.received or 0
+        if trainer.world_size > 1:
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device), reduce_op="max"))
+        return signum
+
+    def stop(self, trainer: pl.Trainer, signum: int, saved: Path | None, during: str = "") -> NoReturn:
+        """Raise :class:`Interrupted`, saying where and how to continue."""
+        self.received = None
+        where = f"{signal.Signals(signum).name} received at stage {_stage_name(trainer)!r}, epoch {trainer.current_epoch}, step {trainer.global_step}{during}"
+        if saved is None:
             raise Interrupted(f"{where}; this Trainer keeps no checkpoints, so there is nothing to resume", signum)
-        path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
-        raise Interrupted(
-            f"{where}; checkpoint saved to {path}. "
-            f"Continue with: stagetune resume={Path(trainer.default_root_dir).resolve()}",
-            signum,
-        )
+        raise Interrupted(f"{where}; checkpoint saved to {saved}. Continue with: stagetune resume={Path(trainer.default_root_dir).resolve()}", signum)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        signum = self.requested(trainer)
+        if not signum:
+            return
+        latest = LatestCheckpoint.of(trainer)
+        if latest is None:
+            self.stop(trainer, signum, None)
+        if batch_idx + 1 < trainer.num_training_batches:
+            self.stop(trainer, signum, latest.save(trainer))
+        # the epoch's last batch: acted on at the next validation batch or by LatestCheckpoint at the epoch end
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:  # a signal during the sanity check is acted on at the first training batch
+            self._in_evaluation(trainer, "validation")
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._in_evaluation(trainer, "test")
+
+    def _in_evaluation(self, trainer: pl.Trainer, split: str) -> None:
+        signum = self.requested(trainer)
+        if not signum:
+            return
+        latest = LatestCheckpoint.of(trainer)
+        if latest is None:
+            self.stop(trainer, signum, None, f" during {split}")
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.stop(trainer, signum, latest.save(trainer, in_validation=True), f" during {split}")
+        saved = latest.path if latest.path.exists() else None
+        self.stop(trainer, signum, saved, f" during the {split} of the chosen checkpoint, after training finished")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file in the same directory, then renamed into place."""
+
+    @staticmethod
+    def remove_stale(directory: Path) -> list[Path]:
+        """Delete the temporaries a write killed part-way left in ``directory`` (SIGKILL runs no cleanup); those removed."""
+        stale = sorted(directory.glob(".*.ckpt.*.tmp")) if directory.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)

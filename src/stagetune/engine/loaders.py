@@ -5,6 +5,10 @@ numbers were drawn before it, so a resumed run sees exactly the batches the unin
 and each rank of a DDP run takes its own shard (Lightning's own sampler injection is off:
 ``use_distributed_sampler: false``). Nothing here draws from the global generators, which
 :mod:`stagetune.engine.reproducibility` carries through checkpoints for dropout and augmentation.
+
+A training loader's sampler (:class:`EpochSampler`) can also start its epoch part-way: a
+checkpoint written mid-epoch records how many batches training took, and the resumed loader skips
+them (:class:`~stagetune.engine.reproducibility.ExactResume` does both).
 """
 
 from __future__ import annotations
@@ -54,6 +58,25 @@ def as_batch(batch):
     return batch
 
 
+class EpochSampler(DistributedSampler):
+    """This rank's indices of one epoch; a resumed one leaves out those of the batches already trained on."""
+
+    _resume: tuple[int, int] | None = None  # (epoch, indices to leave out of that epoch's pass)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Leave out the first ``skip`` indices of ``epoch``'s pass, whenever it starts (Lightning sets the epoch late)."""
+        self._resume = (epoch, skip)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] <= self.epoch:
+            epoch, skip = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                indices = indices[skip:]
+        return iter(indices)
+
+
 MAX_WORKERS = 8
 
 
@@ -80,14 +103,14 @@ def epoch_loader(
     seed: int | None = None,
     **loader_kwargs,
 ) -> DataLoader:
-    """A DataLoader over this rank's shard, shuffled by ``(seed, epoch)`` when ``shuffle``.
+    """A DataLoader over this rank's :class:`EpochSampler` shard, shuffled by ``(seed, epoch)`` when ``shuffle``.
 
     ``whole_batches`` hands the dataset a list of indices per batch (for tensor-backed datasets
     that slice a whole batch at once) instead of one index per row.
     """
     seed = run_seed() if seed is None else seed
     world, rank = shard()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler = EpochSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
     generator = torch.Generator().manual_seed(seed)
     if whole_batches:
         dataset, loader_kwargs = WholeBatches(dataset), {"collate_fn": as_batch, **loader_kwargs}
@@ -122,4 +145,6 @@ def eval_loader(dataset: Dataset, batch_size: int, *, whole_batches: bool = Fals
     sampler = EvalShard(len(dataset), world, rank)
     if whole_batches:
         dataset, loader_kwargs = WholeBatches(dataset), {"collate_fn": as_batch, **loader_kwargs}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
+    # its own generator: the seed a loader draws as it starts a pass must not move the global RNG that
+    # dropout uses, or a validation redone after a resume would shift every later dropout mask
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=torch.Generator(), **loader_kwargs)

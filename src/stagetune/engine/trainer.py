@@ -20,7 +20,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption
+from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, LatestCheckpoint
 from stagetune.engine.history import History
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import LRFinder, Plan, StagePlan
@@ -99,6 +99,7 @@ def build_trainer(
 
     ``max_steps`` > 0 (the LR finder) runs that many steps whatever the plan's epochs; the epoch
     history goes to ``history_csv`` when given; ``finder`` runs the range test of the ``lr=find`` stages.
+    With a ``checkpoint`` callback (its ``dirpath`` set), :class:`LatestCheckpoint` keeps ``last.ckpt`` there.
     """
     kwargs = {**DEFAULTS, **trainer_kwargs(args)}
     check_trainer_args(kwargs)
@@ -110,7 +111,7 @@ def build_trainer(
         return pl.Trainer(
             max_epochs=-1 if max_steps > 0 else plan.total_epochs,
             max_steps=max_steps,
-            callbacks=[*engine, *extra, *([checkpoint] if checkpoint else [])],
+            callbacks=[*engine, *extra, *([checkpoint, LatestCheckpoint(checkpoint.dirpath)] if checkpoint else [])],
             enable_checkpointing=checkpoint is not None,
             plugins=[AtomicCheckpointIO()],
             logger=logger,
