@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: help data train test test-slow sweep tensorboard bench clean clean-outputs
+.PHONY: help data train test test-slow sweep tensorboard bench bench-fastai clean clean-outputs
 
 help:
 	@echo "make train        set up .venv if needed, run the default experiment (ARGS='key=value ...')"
@@ -15,6 +15,7 @@ help:
 	@echo "make sweep        the weight-decay lesson: L2 wd over four decades on ML-100k, train and valid RMSE against wd"
 	@echo "make tensorboard  TensorBoard on outputs/ (http://127.0.0.1:6006)"
 	@echo "make bench        the performance benchmarks (table under outputs/bench/)"
+	@echo "make bench-fastai the movielens recipes against fastai's own, timed alternately (fastai in its own venv)"
 	@echo "make clean        remove caches and build files (keeps outputs/ and .venv)"
 	@echo "make clean-outputs  delete every run under outputs/ (asks first)"
 
@@ -47,6 +48,17 @@ tensorboard: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# fastai in a virtual environment of its own (no system site-packages), never in .venv: it is a
+# yardstick, not a dependency. The torch wheels are the ones .venv pins.
+FASTAI_ENV := outputs/bench/fastai-env
+$(FASTAI_ENV)/.installed:
+	$(PYTHON) -m venv $(FASTAI_ENV)
+	$(FASTAI_ENV)/bin/python -m pip install --quiet fastai torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+bench-fastai: data $(FASTAI_ENV)/.installed
+	$(BIN)/python -m benchmarks.fastai_collab $(ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis src/*.egg-info lightning_logs
