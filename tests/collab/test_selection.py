@@ -32,7 +32,7 @@ def run(tmp_path, name: str, test_shift: int) -> dict:
         cfg = compose(
             config_name="train",
             overrides=[
-                "experiment=movielens", f"data.path={tmp_path / name / 'data'}", "data.split=u1",
+                "experiment=movielens_fastai", f"data.path={tmp_path / name / 'data'}", "data.split=u1",
                 "plan.stages.all.epochs=3", "trainer.enable_progress_bar=false", "logger=csv",
             ],
         )
