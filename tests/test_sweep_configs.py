@@ -45,6 +45,20 @@ def test_grid_sweeps_compose_into_valid_runs(sweep, base, size):
         assert float(run.plan.lr) == float(point[1].split("=")[1])
 
 
+def test_wd_l2_sweep_spans_four_decades_of_l2_wd_and_keeps_only_the_last_epoch():
+    points = grid_points(composed("experiment=movielens", "sweep=wd_l2"))
+    wds = [float(p[0].split("=")[1]) for p in points]
+    assert max(wds) / min(wds) >= 1e4 and wds == sorted(wds)
+    for point in points:
+        job = composed("experiment=movielens", "sweep=wd_l2", *point)
+        with open_dict(job):
+            del job["hydra"]
+        run = validate(job)
+        assert run.optim.wd_kind == "l2" and float(run.optim.wd) == float(point[0].split("=")[1])
+        assert run.data._target_.endswith("MovieLens") and run.data.path is None  # the bundled ML-100k
+        assert run.checkpoint.every_n_epochs == run.plan.stages.all.epochs  # the chosen checkpoint is the last epoch's
+
+
 def test_optuna_sweep_searches_log_uniform_wd_and_lr_in_the_metric_direction():
     cfg = composed("experiment=ratings_synthetic", "sweep=optuna")
     sweeper = cfg.hydra.sweeper

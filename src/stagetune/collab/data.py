@@ -145,6 +145,11 @@ class RatingsDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return eval_loader(self.test_set, self.valid_batch_size, whole_batches=True)
 
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training part in order, for the chosen model's train RMSE in eval mode (an honest
+        fit measure: no dropout or BatchNorm batch statistics, unlike the epoch's running loss)."""
+        return eval_loader(self.train_set, self.valid_batch_size, whole_batches=True)
+
 
 def unseen_counts(users: np.ndarray, items: np.ndarray, new_user: np.ndarray, new_item: np.ndarray) -> dict[str, int]:
     """Distinct users and items of an evaluated part that training never saw, and the ratings they touch."""

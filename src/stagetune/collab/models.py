@@ -74,6 +74,8 @@ class RatingModule(StagedModule):
         self.val_mae = torchmetrics.MeanAbsoluteError()
         self.test_rmse = torchmetrics.MeanSquaredError(squared=False)
         self.test_mae = torchmetrics.MeanAbsoluteError()
+        self.train_loss, self.train_rmse = torchmetrics.MeanMetric(), torchmetrics.MeanSquaredError(squared=False)
+        self.train_mae = torchmetrics.MeanAbsoluteError()
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -97,12 +99,17 @@ class RatingModule(StagedModule):
         loss.update(nn.functional.mse_loss(pred, ratings), n)
         rmse.update(pred, ratings)
         mae.update(pred, ratings)
-        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=n)
-        self.log(f"{split}/rmse", rmse, prog_bar=True, batch_size=n)
-        self.log(f"{split}/mae", mae, batch_size=n)
+        self.log(f"{split}/loss", loss, prog_bar=True, batch_size=n, add_dataloader_idx=False)
+        self.log(f"{split}/rmse", rmse, prog_bar=True, batch_size=n, add_dataloader_idx=False)
+        self.log(f"{split}/mae", mae, batch_size=n, add_dataloader_idx=False)
 
-    def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_loss, self.val_rmse, self.val_mae)
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        """Loader 0 is valid; loader 1, when the end-of-run evaluation passes it, the training part
+        (``train_eval/*``: the model in eval mode, apart from ``train/loss``, the epoch's running mean)."""
+        if dataloader_idx == 1:
+            self._evaluate(batch, "train_eval", self.train_loss, self.train_rmse, self.train_mae)
+        else:
+            self._evaluate(batch, "val", self.val_loss, self.val_rmse, self.val_mae)
 
     def test_step(self, batch, batch_idx):
         self._evaluate(batch, "test", self.test_loss, self.test_rmse, self.test_mae)

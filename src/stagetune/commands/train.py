@@ -293,7 +293,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
         run.update_metrics(final=final)
     best = checkpoint.best_model_score
     value = float(best) if best is not None else final.get(cfg.metric, math.nan)
-    valid, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test))
+    valid, fit, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test))
     if not trainer.is_global_zero:
         return value
     record = run.update_metrics(
@@ -308,23 +308,31 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
         global_step=trainer.global_step,
         world_size=trainer.world_size,
         time_s=round(time.time() - started, 2),
+        **({"train_eval": fit} if fit else {}),
         **_extra_metrics(datamodule),
     )
     _print_summary(cfg, run, record)
     return math.nan if cfg.debug else value  # a sweeper never optimises a debug run's number
 
 
-def evaluate_chosen(trainer: pl.Trainer, model, datamodule, ckpt_path: str | None, with_test: bool) -> tuple[dict, dict]:
-    """Valid and test metrics of the chosen checkpoint, side by side.
+def evaluate_chosen(trainer: pl.Trainer, model, datamodule, ckpt_path: str | None, with_test: bool) -> tuple[dict, dict, dict]:
+    """Valid, train and test metrics of the chosen checkpoint, side by side.
 
+    Train (``train_eval/*``) is the training part re-read in eval mode, where the data offers it
+    (``train_eval_dataloader``): how well the model fits what it learned from, to set beside valid.
     This is the only place test data is read: after fitting, once, with the checkpoint that valid
     chose; nothing that selects (the checkpoint, a sweep's objective) sees its result.
     """
-    kwargs = {"datamodule": datamodule, "ckpt_path": ckpt_path, "weights_only": True, "verbose": False}
-    valid = trainer.validate(model, **kwargs)
-    test = trainer.test(model, **kwargs) if with_test and getattr(datamodule, "has_test", False) else []
+    kwargs = {"ckpt_path": ckpt_path, "weights_only": True, "verbose": False}
+    train_part = getattr(datamodule, "train_eval_dataloader", None)
+    if train_part is None:
+        valid = trainer.validate(model, datamodule=datamodule, **kwargs)
+    else:
+        valid = trainer.validate(model, dataloaders=[datamodule.val_dataloader(), train_part()], **kwargs)
+    test = trainer.test(model, datamodule=datamodule, **kwargs) if with_test and getattr(datamodule, "has_test", False) else []
+    fit = _scalars(valid[1]) if len(valid) > 1 else {}
     valid, test = (_scalars(r[0]) if r else {} for r in (valid, test))
-    return valid, test
+    return valid, fit, test
 
 
 def _extra_metrics(datamodule) -> dict:
@@ -336,12 +344,14 @@ def _extra_metrics(datamodule) -> dict:
 def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
     metric = record["metric"]
     lines = [f"{metric['name']} best {metric['best']:.4f} (chooses the checkpoint)"]
-    valid, test = record.get("valid", {}), record.get("test", {})
+    valid, test, fit = record.get("valid", {}), record.get("test", {}), record.get("train_eval", {})
     names = sorted({key.split("/", 1)[-1] for key in (*valid, *test) if "/" in key})
+    parts = [("train", fit, "train_eval")] if fit else []
+    parts += [("valid", valid, "val"), ("test", test, "test")]
     if names:
-        lines.append(f"{'chosen checkpoint':<20}{'valid':>10}{'test':>10}")
+        lines.append(f"{'chosen checkpoint':<20}" + "".join(f"{title:>10}" for title, _, _ in parts))
         for name in names:
-            cells = [f"{part[key]:>10.4f}" if key in part else f"{'-':>10}" for part, key in ((valid, f"val/{name}"), (test, f"test/{name}"))]
+            cells = [f"{part[f'{prefix}/{name}']:>10.4f}" if f"{prefix}/{name}" in part else f"{'-':>10}" for _, part, prefix in parts]
             lines.append(f"{name:<20}{''.join(cells)}")
     for key, value in record.get("data", {}).items():
         lines.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")

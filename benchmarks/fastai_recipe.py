@@ -1,0 +1,49 @@
+"""fastai's collaborative-filtering recipe on given parts, timed: run by the fastai environment only.
+
+``python fastai_recipe.py PARTS_DIR``: reads ``train.tsv``, ``valid.tsv``, ``test.tsv`` (user, item,
+rating; raw ids, ``-1`` for an id the training part never saw), trains fastai's own recipe
+(``collab_learner(n_factors=50, y_range=(0, 5.5))``, batch 64, ``fit_one_cycle(5, 5e-3, wd=0.1)``)
+on train with valid as its validation set, and prints one JSON line: fit seconds, valid and test
+RMSE. It imports fastai, never stagetune (fastai is not a stagetune dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.collab import TabularCollab, collab_learner
+from fastai.tabular.all import Categorify, IndexSplitter, TransformBlock, range_of
+
+
+def read(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, sep="\t", names=["user", "item", "rating"])
+    return df.astype({"user": str, "item": str, "rating": "float32"})
+
+
+def main(parts: Path) -> None:
+    train, valid, test = (read(parts / f"{name}.tsv") for name in ("train", "valid", "test"))
+    df = pd.concat([train, valid], ignore_index=True)
+    splits = IndexSplitter(list(range(len(train), len(df))))(range_of(df))
+    # Categorify's vocabulary comes from the training split only, as stagetune's does.
+    to = TabularCollab(df, [Categorify], cat_names=["user", "item"], y_names=["rating"], y_block=TransformBlock(), splits=splits)
+    dls = to.dataloaders(path=str(parts), bs=64)
+    learn = collab_learner(dls, n_factors=50, y_range=(0, 5.5))
+    def rmse(part: pd.DataFrame) -> float:
+        preds, _ = learn.get_preds(dl=learn.dls.test_dl(part))
+        return float(torch.sqrt(torch.mean((preds.view(-1) - torch.tensor(part["rating"].values)) ** 2)))
+
+    with learn.no_bar(), learn.no_logging():
+        started = time.perf_counter()
+        learn.fit_one_cycle(5, 5e-3, wd=0.1)
+        fit_s = time.perf_counter() - started
+        scores = {"valid_rmse": rmse(valid), "test_rmse": rmse(test)}
+    print(json.dumps({"fit_s": round(fit_s, 2), **scores}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
