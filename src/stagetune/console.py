@@ -16,7 +16,13 @@ LIBRARIES = ("pytorch_lightning", "lightning_fabric", "lightning", "lightning_ut
 ADVERTS = ("💡 Tip:",)
 # Raised by Lightning's own pytree helper (pytorch_lightning/utilities/_pytree.py), not by code a
 # stagetune user writes or can change; every run printed it twice.
-LIBRARY_DEPRECATIONS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+# Warnings Lightning raises on every run about its own internals or about stagetune's deliberate
+# set-up: the pytree deprecation, and two checkpoint callbacks (the best by the metric, then
+# LatestCheckpoint's last.ckpt), where "best" means the first one, as intended.
+LIBRARY_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"`\.(validate|test)\(ckpt_path=\"best\"\)` is called with Trainer configured with multiple `ModelCheckpoint`",
+)
 
 
 def is_library(name: str) -> bool:
@@ -44,6 +50,6 @@ class NoAdverts(logging.Filter):
 
 
 def quiet_library_warnings() -> None:
-    """Ignore the deprecation warnings that Lightning's internals raise on every run."""
-    for message in LIBRARY_DEPRECATIONS:
+    """Ignore :data:`LIBRARY_WARNINGS`: they say nothing a user can act on."""
+    for message in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
