@@ -93,3 +93,24 @@ def test_a_wd_x_lr_grid_swept_over_seeds_is_still_a_heatmap_of_the_means(tmp_pat
     assert report.grid_axes() == ("optim.wd", "plan.lr")
     assert len(report.groups) == 4
     assert report.group_stats(report.best_group())["val/rmse"].mean == pytest.approx(1.005)
+
+
+def test_heatmap_text_contrasts_with_its_cell(tmp_path):
+    for i, (wd, lr) in enumerate((w, l) for w in ("0", "0.1") for l in ("1e-3", "1e-2")):
+        fake_job(tmp_path, str(i), {"optim.wd": wd, "plan.lr": lr}, 0.9 + i / 10)
+    fig = Report(tmp_path)._heatmap("optim.wd", "plan.lr")
+    ax = fig.axes[0]
+    image = ax.images[0]
+    for text in ax.texts:
+        c, r = (round(v) for v in text.get_position())
+        red, green, blue, _ = image.cmap(image.norm(image.get_array()[r, c]))
+        luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+        assert (text.get_color() == "black") == (luminance > 0.45), (text.get_text(), luminance)
+    assert {t.get_color() for t in ax.texts} == {"black", "white"}, "both ends of the colour scale appear"
+
+
+def test_slices_and_numbers_sort_by_value_not_as_text():
+    from stagetune.runs.sweep_report import _sort_key
+
+    values = ["[0.0001,0.01]", "1e-05", "[1e-05,0.001]", "0.001", "cosine"]
+    assert sorted(values, key=_sort_key) == ["1e-05", "[1e-05,0.001]", "[0.0001,0.01]", "0.001", "cosine"]

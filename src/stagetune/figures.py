@@ -19,6 +19,6 @@ def new_figure(width: float, height: float, constrained: bool = False) -> Figure
     return fig
 
 
-def colormap(name: str) -> Colormap:
-    """A private copy of a registered colormap, safe to modify (``set_bad``)."""
-    return colormaps[name].copy()
+def colormap(name: str, bad: str | None = None) -> Colormap:
+    """A registered colormap, with ``bad`` (NaN cells: a failed job) in that colour when given."""
+    return colormaps[name].with_extremes(bad=bad) if bad else colormaps[name]

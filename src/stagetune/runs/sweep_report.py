@@ -112,9 +112,23 @@ def _number(text: str | None) -> float | None:
         return None
 
 
+def _numbers(text: str) -> tuple[float, ...] | None:
+    """The numbers of a number or a list of numbers (an LR slice ``[1e-05,0.001]``); None for other text."""
+    parts = text.strip().removeprefix("[").removesuffix("]").split(",") if text.strip().startswith("[") else [text]
+    values = [_number(part.strip()) for part in parts]
+    return tuple(values) if values and None not in values else None
+
+
 def _sort_key(value: str) -> tuple:
-    number = _number(value)
-    return (0, number, "") if number is not None else (1, 0.0, value)
+    """Numbers and slices in numeric order (``[1e-05,0.001]`` before ``[0.0001,0.01]``), then other text."""
+    numbers = _numbers(value)
+    return (0, numbers, "") if numbers is not None else (1, (), value)
+
+
+def text_color(rgb) -> str:
+    """Black on a light cell, white on a dark one (relative luminance of the cell's colour, ITU-R BT.709)."""
+    r, g, b = rgb[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
 def _finite(value: Any) -> bool:
@@ -347,15 +361,14 @@ class Report:
             cells[r][c] = (f"{st.mean:.4f}" + (f"\n± {st.std:.4f}" if st.std is not None else "")) if st else ", ".join(sorted({j.status for j in group.jobs})) or "none"
         fig = new_figure(1.6 + 1.4 * len(lrs), 1.2 + 0.8 * len(wds))
         ax = fig.subplots()
-        cmap = colormap("viridis_r" if self.mode == "min" else "viridis")
-        cmap.set_bad("lightgray")
+        cmap = colormap("viridis_r" if self.mode == "min" else "viridis", bad="lightgray")
         image = ax.imshow(values, cmap=cmap, aspect="auto")
         best = self.best_group()
         for r in range(len(wds)):
             for c in range(len(lrs)):
-                finite = math.isfinite(values[r][c])
                 is_best = best is not None and (wds[r], lrs[c]) == (best.values[wd_key], best.values[lr_key])
-                ax.text(c, r, cells[r][c] + (" *" if is_best else ""), ha="center", va="center", fontsize=9, color="white" if finite else "black", fontweight="bold" if is_best else "normal")
+                color = text_color(image.cmap(image.norm(values[r][c])) if math.isfinite(values[r][c]) else (0.83, 0.83, 0.83))
+                ax.text(c, r, cells[r][c] + (" *" if is_best else ""), ha="center", va="center", fontsize=9, color=color, fontweight="bold" if is_best else "normal")
         ax.set_xticks(range(len(lrs)), lrs)
         ax.set_yticks(range(len(wds)), wds)
         ax.set_xlabel(lr_key)
