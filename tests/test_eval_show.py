@@ -178,3 +178,15 @@ def test_show_refuses_a_view_of_the_other_kind_in_one_line(ratings_run, digits_r
     assert capsys.readouterr().err.strip().endswith("is a rating run; its views are batch, results, biases")
     assert run_main(show, digits_run, "biases") == 1
     assert capsys.readouterr().err.strip().endswith("is an image run; its views are batch, results, confused")
+
+
+def test_show_batch_of_a_ratings_run_prints_the_first_training_batch(ratings_run, capsys):
+    assert run_main(show, ratings_run, "batch", "-n", "4") == 0
+    rows = [line.split(None, 3) for line in capsys.readouterr().out.splitlines()[1:]]
+    trained = load_trained(ratings_run)
+    users, items, ratings = show.training_batch(trained)
+    data = trained.datamodule
+    assert [[int(u), int(i), float(r)] for u, i, r, _ in rows] == [
+        [int(data.user_ids[u - 1]), int(data.item_ids[i - 1]), pytest.approx(r, abs=5e-3)] for u, i, r in zip(users[:4].tolist(), items[:4].tolist(), ratings[:4].tolist())
+    ]
+    assert not (ratings_run / "show-batch.png").exists(), "a table, no picture"

@@ -11,8 +11,8 @@ suggestions are fastai's (``fastai.callback.schedule``), read from the curve aft
 - ``minimum``: a tenth of the rate at the lowest loss;
 - ``steep``: the rate where the loss falls fastest per unit of log LR.
 
-A curve that never falls by 1% of where it starts (flat), or that leaves too few points, gets no
-suggestion: the caller warns (``stagetune-lr-find``) or stops in one line (a run with ``lr=find``).
+A curve whose lowest point is not 1% below the highest point before it (flat), or that leaves too
+few points, gets no suggestion: the caller warns (``stagetune-lr-find``) or stops in one line (a run with ``lr=find``).
 """
 
 from __future__ import annotations
@@ -144,7 +144,9 @@ class RangeTest:
         lrs, losses = self.window()
         if len(losses) < MIN_POINTS:
             return f"the loss was finite for {len(losses)} usable steps only (need {MIN_POINTS}); lower the start_lr or raise the steps"
-        if min(losses) > losses[0] - FLAT * abs(losses[0]):
+        lowest = min(range(len(losses)), key=losses.__getitem__)
+        highest = max(losses[: lowest + 1])
+        if losses[lowest] > highest - FLAT * abs(highest):
             return f"the loss curve is flat (it never fell by {FLAT:.0%} between lr {lrs[0]:.1e} and {lrs[-1]:.1e}); no rate stands out"
         return None
 

@@ -409,10 +409,11 @@ class StagePlan(Callback):
         }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        average_norm_buffers(pl_module)
+        if trainer.world_size > 1:  # not a one-process Trainer inside a DDP rank (the range test of lr=find)
+            average_norm_buffers(pl_module)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit":
+        if trainer.state.fn == "fit" and trainer.world_size > 1:
             average_norm_buffers(pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
