@@ -22,3 +22,9 @@ def new_figure(width: float, height: float, constrained: bool = False) -> Figure
 def colormap(name: str, bad: str | None = None) -> Colormap:
     """A registered colormap, with ``bad`` (NaN cells: a failed job) in that colour when given."""
     return colormaps[name].with_extremes(bad=bad) if bad else colormaps[name]
+
+
+def text_color(rgb) -> str:
+    """Black on a light cell, white on a dark one (relative luminance of the cell's colour, ITU-R BT.709)."""
+    r, g, b = rgb[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"

@@ -59,6 +59,8 @@ def test_default_transfer_run_makes_its_source_and_reports_the_target_test_accur
 
     images = set(EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload().Tags()["images"])
     assert {"confusion_matrix/frozen", "confusion_matrix/unfrozen", "worst_predictions/frozen", "worst_predictions/unfrozen"} <= images
+    pictures = {p.name for p in run.glob("stage-*.png")}
+    assert pictures == {f"stage-{s}-{kind}.png" for s in ("frozen", "unfrozen") for kind in ("confusion", "top-losses")}
 
 
 def compose_experiment(name: str, *overrides: str):

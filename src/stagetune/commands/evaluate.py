@@ -48,9 +48,13 @@ def eval_pictures(trained: Trained, result: Evaluation, stem: str, n_worst: int)
     data = trained.datamodule
     names = trained.model.class_names
     worst = examples(data.splits[SPLITS[result.split]], result.logits, result.targets, result.top_losses(n_worst))
+    matrix = result.confusion()
+    total = int(matrix.sum())
+    about = f"{result.split} split: accuracy {float(matrix.trace()) / max(total, 1):.3f} on {total} images"
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
     pictures = {
-        trained.run.path / f"{stem}-confusion.png": confusion_figure(result.confusion(), names),
-        trained.run.path / f"{stem}-top-losses.png": top_losses_figure(worst, names, getattr(data, "mean", None), getattr(data, "std", None)),
+        trained.run.path / f"{stem}-confusion.png": confusion_figure(matrix, names, f"confusion matrix, {about}"),
+        trained.run.path / f"{stem}-top-losses.png": top_losses_figure(worst, names, mean, std, f"top losses, {about}\nprediction/actual, loss/probability"),
     }
     for path, figure in pictures.items():
         save_figure(figure, path)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 from pytorch_lightning.callbacks import Callback
 from torch.nn import functional as F
 
@@ -59,9 +60,7 @@ class Evaluation:
 
     def confusion(self) -> torch.Tensor:
         """Counts: row = true class, column = predicted class."""
-        n = self.logits.shape[1]
-        pairs = self.targets * n + self.logits.argmax(1)
-        return torch.bincount(pairs, minlength=n * n).view(n, n)
+        return multiclass_confusion_matrix(self.logits.argmax(1), self.targets, num_classes=self.logits.shape[1])
 
     def losses(self) -> torch.Tensor:
         return F.cross_entropy(self.logits, self.targets, reduction="none")

@@ -28,7 +28,7 @@ import yaml  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from stagetune.figures import colormap, new_figure  # noqa: E402
+from stagetune.figures import colormap, new_figure, text_color  # noqa: E402
 
 from stagetune.runs.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
 
@@ -123,12 +123,6 @@ def _sort_key(value: str) -> tuple:
     """Numbers and slices in numeric order (``[1e-05,0.001]`` before ``[0.0001,0.01]``), then other text."""
     numbers = _numbers(value)
     return (0, numbers, "") if numbers is not None else (1, (), value)
-
-
-def text_color(rgb) -> str:
-    """Black on a light cell, white on a dark one (relative luminance of the cell's colour, ITU-R BT.709)."""
-    r, g, b = rgb[:3]
-    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
 def _finite(value: Any) -> bool:

@@ -1,8 +1,10 @@
-"""Pictures of how a classifier is doing, written to TensorBoard at the end of every stage.
+"""Pictures of how a classifier is doing, at the end of every stage: in TensorBoard and the run directory.
 
 At the last validation epoch of each stage: the confusion matrix, and a grid of the validation
 images the model got most wrong (highest loss) with prediction, truth, loss and probability, as
-fastai's ``plot_top_losses``. Images are shown un-normalised with the datamodule's ``mean``/``std``.
+fastai's ``plot_top_losses``, each titled with the stage and its validation accuracy, under
+*Images* and as ``stage-<name>-confusion.png`` / ``stage-<name>-top-losses.png`` in the run
+directory. Images are shown un-normalised with the datamodule's ``mean``/``std``.
 The confusion matrix is torchmetrics' ``MulticlassConfusionMatrix``: under DDP it counts the whole
 validation split (summed over the ranks); the worst predictions are those of rank 0's shard.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # noqa: E402
@@ -23,7 +26,7 @@ from torch.nn import functional as F  # noqa: E402
 from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
 
 from stagetune.engine.plan import StagePlan  # noqa: E402
-from stagetune.figures import new_figure  # noqa: E402
+from stagetune.figures import new_figure, text_color  # noqa: E402
 
 
 class StageReport(Callback):
@@ -81,12 +84,19 @@ class StageReport(Callback):
             self._reset()
             return
         names = pl_module.class_names
-        writer = trainer.logger.experiment
-        step = trainer.global_step
-        writer.add_figure(f"confusion_matrix/{stage}", self.confusion_figure(names), step)
+        matrix = self.confusion_matrix()
+        total = int(matrix.sum())
+        about = f"after stage '{stage}': valid accuracy {float(matrix.trace()) / max(total, 1):.3f} on {total} images"
         mean = getattr(trainer.datamodule, "mean", None)
         std = getattr(trainer.datamodule, "std", None)
-        writer.add_figure(f"worst_predictions/{stage}", self.worst_figure(names, mean, std), step)
+        figures = {
+            "confusion_matrix": (confusion_figure(matrix, names, f"confusion matrix {about}"), "confusion"),
+            "worst_predictions": (self.worst_figure(names, mean, std, f"top losses {about}\nprediction/actual, loss/probability"), "top-losses"),
+        }
+        out = Path(trainer.default_root_dir)
+        for tag, (fig, stem) in figures.items():
+            fig.savefig(out / f"stage-{stage}-{stem}.png", dpi=100)
+            trainer.logger.experiment.add_figure(f"{tag}/{stage}", fig, trainer.global_step)
         self._reset()
 
     def confusion_matrix(self) -> torch.Tensor:
@@ -96,8 +106,9 @@ class StageReport(Callback):
     def confusion_figure(self, names: list[str]) -> Figure:
         return confusion_figure(self.confusion_matrix(), names)
 
-    def worst_figure(self, names: list[str], mean, std) -> Figure:
-        return top_losses_figure([Example(image, pred, true, loss, prob) for loss, image, pred, true, prob in self.worst], names, mean, std)
+    def worst_figure(self, names: list[str], mean, std, title: str = "prediction/actual, loss/probability") -> Figure:
+        worst = [Example(image, pred, true, loss, prob) for loss, image, pred, true, prob in self.worst]
+        return top_losses_figure(worst, names, mean, std, title)
 
 
 @dataclass
@@ -122,22 +133,29 @@ def examples(dataset, logits: torch.Tensor, targets: torch.Tensor, indices: list
     return out
 
 
-def confusion_figure(matrix: torch.Tensor, names: list[str]) -> Figure:
-    """Counts with row = true class, column = predicted class; the count in each cell up to 20 classes."""
+def confusion_figure(matrix: torch.Tensor, names: list[str], title: str = "confusion matrix") -> Figure:
+    """Counts with row = true class, column = predicted class; the count in each cell up to 20 classes.
+
+    Counts are black on light cells and white on dark ones; short class names stay upright.
+    """
     n = len(names)
     matrix = np.asarray(matrix)
-    fig = new_figure(2 + 0.4 * n, 2 + 0.4 * n)
+    side = max(4.5, 1.5 + 0.55 * n)
+    fig = new_figure(side, side)
     ax = fig.subplots()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="actual", title="confusion matrix")
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_yticklabels(names, fontsize=7)
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n))
+    ax.set_xlabel("predicted", fontsize=10)
+    ax.set_ylabel("actual", fontsize=10)
+    ax.set_title(title, fontsize=10, wrap=True)
+    short = all(len(str(name)) <= 3 for name in names)
+    ax.set_xticklabels(names, rotation=0 if short else 45, ha="center" if short else "right", fontsize=10 if n <= 20 else 7)
+    ax.set_yticklabels(names, fontsize=10 if n <= 20 else 7)
     if n <= 20:
-        dark = float(matrix.max()) / 2
         for i in range(n):
             for j in range(n):
-                count = int(matrix[i, j])
-                ax.text(j, i, count, ha="center", va="center", fontsize=7, color="white" if count > dark else "black")
+                color = text_color(image.cmap(image.norm(matrix[i, j])))
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=10, color=color)
     fig.tight_layout()
     return fig
 
@@ -167,15 +185,9 @@ def image_grid(
     return fig
 
 
-def top_losses_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
+def top_losses_figure(examples: list[Example], names: list[str], mean, std, title: str = "prediction/actual, loss/probability") -> Figure:
     """fastai's ``plot_top_losses``: the given examples with prediction/actual and loss/probability."""
-    return image_grid(
-        examples,
-        lambda e: f"{names[e.pred]}/{names[e.true]}\n{e.loss:.2f}/{e.prob:.2f}",
-        mean,
-        std,
-        "prediction/actual, loss/probability",
-    )
+    return image_grid(examples, lambda e: f"{names[e.pred]}/{names[e.true]}\n{e.loss:.2f}/{e.prob:.2f}", mean, std, title)
 
 
 def batch_figure(examples: list[Example], names: list[str], mean, std) -> Figure:
