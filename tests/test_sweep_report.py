@@ -114,3 +114,16 @@ def test_slices_and_numbers_sort_by_value_not_as_text():
 
     values = ["[0.0001,0.01]", "1e-05", "[1e-05,0.001]", "0.001", "cosine"]
     assert sorted(values, key=_sort_key) == ["1e-05", "[1e-05,0.001]", "[0.0001,0.01]", "0.001", "cosine"]
+
+
+def test_a_sweeps_best_job_is_chosen_on_valid_whatever_the_test_numbers(tmp_path):
+    chosen = []
+    for k, tests in enumerate(((0.99, 0.80, 0.95), (0.70, 1.30, 0.60))):  # the same valid numbers, other test numbers
+        sweep = tmp_path / str(k)
+        for i, (wd, valid) in enumerate((("0", 0.95), ("0.01", 0.91), ("0.1", 0.97))):
+            fake_job(sweep, str(i), {"optim.wd": wd}, valid, test=tests[i])
+        best = Report(sweep).best_group()
+        chosen.append(best.values)
+        Report(sweep).write()
+        assert "in job 1 " in (sweep / "summary.md").read_text()
+    assert chosen == [{"optim.wd": "0.01"}, {"optim.wd": "0.01"}], "valid chose; test changed nothing"
