@@ -49,10 +49,10 @@ def machine() -> str:
 
 
 def mean_std(values: list[float]) -> str:
-    """``mean ± sample std (n)``, or the single value."""
+    """``mean ± sample std``, or the single value."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 @dataclass
@@ -139,16 +139,16 @@ def digits_transfer(runner: Runner) -> str:
     budget = ["data.train_per_class=2", "model.weights.train_per_class=4", "model.weights.epochs=1"] if runner.quick else []
     recipes = {
         "frozen stage only (`~plan.stages.unfrozen`)": ["experiment=digits_transfer", "~plan.stages.unfrozen"],
-        "fine-tuned (`experiment=digits_transfer`)": ["experiment=digits_transfer"],
-        "from scratch (`experiment=digits_scratch`)": ["experiment=digits_scratch"],
+        "**fine-tuned** (`digits_transfer`, frozen then unfrozen)": ["experiment=digits_transfer"],
+        "scratch (`digits_scratch`, same data, plan and budget)": ["experiment=digits_scratch"],
     }
-    lines = ["| run | valid acc | test acc | wall time per run |", "| --- | --- | --- | --- |"]
+    lines = ["| run | seeds | valid acc | test acc | wall time per run |", "| --- | --- | --- | --- | --- |"]
     for k, (label, overrides) in enumerate(recipes.items()):
         runs = [runner.train(f"digits_{k}_seed{seed}", *overrides, f"seed={seed}", *budget) for seed in seeds]
         valid = [r["valid"]["val/acc"] for r in runs]
         test = [r["test"]["test/acc"] for r in runs]
         wall = statistics.median(r["wall_s"] for r in runs)
-        lines.append(f"| {label} | {mean_std(valid)} | {mean_std(test)} | {wall:.0f} s |")
+        lines.append(f"| {label} | {','.join(map(str, seeds))} | {mean_std(valid)} | {mean_std(test)} | {wall:.0f} s |")
     seeds_text = ", ".join(map(str, seeds))
     return "\n".join(lines) + f"\n\nSeeds {seeds_text}; each run's checkpoint is chosen on valid, and test is read once, for that checkpoint."
 

@@ -56,7 +56,7 @@ def test_choosing_a_plan_gives_exactly_its_stages():
     cfg = composed("experiment=digits_transfer", "plan=fit_one_cycle")
     assert list(cfg.plan.stages) == ["all"]
     assert list(composed("experiment=digits_transfer").plan.stages) == ["frozen", "unfrozen"]
-    assert plan_of(composed("experiment=digits_transfer")).total_epochs == 8
+    assert plan_of(composed("experiment=digits_transfer")).total_epochs == 12
 
 
 def test_an_override_naming_a_stage_the_plan_lacks_is_refused():

@@ -8,6 +8,7 @@ import itertools
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from stagetune.config import validate
@@ -57,6 +58,33 @@ def test_wd_l2_sweep_spans_four_decades_of_l2_wd_and_keeps_only_the_last_epoch()
         assert run.optim.wd_kind == "l2" and float(run.optim.wd) == float(point[0].split("=")[1])
         assert run.data._target_.endswith("MovieLens") and run.data.path is None  # the bundled ML-100k
         assert run.checkpoint.every_n_epochs == run.plan.stages.all.epochs  # the chosen checkpoint is the last epoch's
+
+
+def test_digits_finetune_sweep_is_a_grid_of_valid_runs_ranked_on_validation():
+    base = ["experiment=digits_transfer", "sweep=digits_finetune"]
+    cfg = composed(*base)
+    params = cfg.hydra.sweeper.params
+    assert dict(params) == {
+        "plan.stages.frozen.train_bn": "true,false",
+        "plan.stages.unfrozen.epochs": "4,8",
+        "plan.stages.unfrozen.lr": "[2e-5,2e-3],[2e-4,2e-3]",
+        "seed": "0,1,2",
+    }
+    parsed = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])}
+    assert list(parsed.pop("seed").sweep_iterator()) == [0, 1, 2], "each cell on the seeds its mean is taken over"
+    axes = [[(key, text, value) for text, value in zip(o.sweep_string_iterator(), o.sweep_iterator())] for key, o in parsed.items()]
+    points = list(itertools.product(*axes))
+    assert len(points) == 8
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        jobs = [compose("train", overrides=[*base, *(f"{key}={text}" for key, text, _ in point)]) for point in points]
+    for point, job in zip(points, jobs):
+        assert (job.metric, job.metric_mode) == ("val/acc", "max"), "every job is judged on the validation split"
+        stages = validate(job).plan.stages
+        chosen = {key: value for key, _, value in point}
+        assert stages.frozen.train_bn is chosen["plan.stages.frozen.train_bn"]
+        assert stages.unfrozen.epochs == chosen["plan.stages.unfrozen.epochs"]
+        assert [float(x) for x in stages.unfrozen.lr] == chosen["plan.stages.unfrozen.lr"]
 
 
 def test_optuna_sweep_searches_log_uniform_wd_and_lr_in_the_metric_direction():

@@ -53,7 +53,7 @@ def test_default_transfer_run_makes_its_source_and_reports_the_target_test_accur
     assert metrics["data"] == {"train_images": 10, "val_images": 179, "test_images": 179, "classes": 5}
     assert [s["stage"] for s in metrics["stages"]] == ["frozen", "unfrozen"]
     assert metrics["stages"][0]["trainable_groups"] == ["head"]
-    assert metrics["stages"][1]["lr"] == pytest.approx({"body_early": 2e-5, "body_late": 2e-4, "head": 2e-3})
+    assert metrics["stages"][1]["lr"] == pytest.approx({"body_early": 2e-4, "body_late": 2e-4 * 10**0.5, "head": 2e-3})
     assert summary_rows(first.stderr, "acc") == [["acc", f"{metrics['valid']['val/acc']:.4f}", f"{metrics['test']['test/acc']:.4f}"]]
     assert f"run directory: {run}" in first.stderr and "tensorboard --logdir" in first.stderr
 
@@ -66,6 +66,15 @@ def test_default_transfer_run_makes_its_source_and_reports_the_target_test_accur
 def compose_experiment(name: str, *overrides: str):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("train", overrides=[f"experiment={name}", *overrides])
+
+
+def test_transfer_plan_is_the_recipe_chosen_on_validation():
+    cfg = compose_experiment("digits_transfer")
+    frozen, unfrozen = cfg.plan.stages.frozen, cfg.plan.stages.unfrozen
+    assert (cfg.plan.lr, cfg.data.batch_size, cfg.data.train_per_class, cfg.data.augment) == (4e-3, 10, 10, False)
+    assert (frozen.epochs, frozen.freeze_to, frozen.train_bn, [float(x) for x in frozen.lr], frozen.pct_start) == (4, -1, False, [4e-3], 0.99)
+    assert (unfrozen.epochs, unfrozen.freeze_to, unfrozen.train_bn, unfrozen.pct_start, unfrozen.div) == (8, 0, True, 0.3, 5.0)
+    assert [float(x) for x in unfrozen.lr] == pytest.approx([2e-4, 2e-3])
 
 
 def test_scratch_trains_the_same_target_for_the_same_budget_from_random_weights():
