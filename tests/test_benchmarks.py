@@ -75,3 +75,25 @@ def test_quick_figures_are_indicative_and_never_met():
     assert figure.met is None
     text = table([figure])
     assert "indicative" in text and "| yes |" not in text
+
+
+def test_fastai_benchmark_writes_the_same_three_parts_with_raw_ids(tmp_path):
+    """fastai trains and is scored on exactly stagetune's parts: every rating once, ids as in u.data."""
+    import numpy as np
+
+    from benchmarks.fastai_collab import write_parts
+    from benchmarks.cases import config
+    from tests.collab.test_selection import N_RATINGS, write_u_data
+
+    write_u_data(tmp_path / "data", test_shift=0)
+    out = tmp_path / "parts"
+    out.mkdir()
+    write_parts(config(["experiment=movielens_fastai", f"data.path={tmp_path / 'data'}"]), out)
+    raw = {tuple(row[:3]) for row in np.loadtxt(tmp_path / "data" / "u.data", dtype=int)}
+    parts = {name: np.loadtxt(out / f"{name}.tsv", ndmin=2) for name in ("train", "valid", "test")}
+    assert sum(len(p) for p in parts.values()) == N_RATINGS
+    assert len(parts["test"]) == N_RATINGS // 5  # u1.test: the first fifth of u.data's lines
+    assert (parts["train"][:, :2] > 0).all()  # every training id is known
+    for part in parts.values():
+        known = part[(part[:, 0] > 0) & (part[:, 1] > 0)].astype(int)
+        assert {tuple(row) for row in known} <= raw
