@@ -151,6 +151,7 @@ class Interruption(Callback):
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._seen, self._common = 0, 0.0  # evaluation batches done, and how many every rank has
 
     @staticmethod
     def of(trainer: pl.Trainer) -> Interruption | None:
@@ -159,9 +160,21 @@ class Interruption(Callback):
     def _handle(self, signum: int, frame) -> None:
         self.received = signum
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _install(self) -> None:
+        """Take the signals over from Lightning's handlers, which it installs just before the loops run.
+
+        Lightning's SIGTERM handler broadcasts from inside the handler under DDP, which breaks the
+        collective a rank is in when the signal reaches only that rank; this one only sets a flag.
+        """
         for sig in self.SIGNALS:
-            self._previous.setdefault(sig, signal.signal(sig, self._handle))
+            if signal.getsignal(sig) != self._handle:
+                self._previous.setdefault(sig, signal.signal(sig, self._handle))
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
@@ -176,7 +189,7 @@ class Interruption(Callback):
 
     def requested(self, trainer: pl.Trainer) -> int:
         """The signal any rank received (0: none); every rank calls this at the same batch, so all agree."""
-        signum = self.received or 0
+        signum = self.received or (signal.SIGTERM if trainer.received_sigterm else 0)  # Lightning's handler, before ours took over
         if trainer.world_size > 1:
             signum = int(trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device), reduce_op="max"))
         return signum
@@ -200,12 +213,39 @@ class Interruption(Callback):
             self.stop(trainer, signum, latest.save(trainer))
         # the epoch's last batch: acted on at the next validation batch or by LatestCheckpoint at the epoch end
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()
         if not trainer.sanity_checking:  # a signal during the sanity check is acted on at the first training batch
-            self._in_evaluation(trainer, "validation")
+            self._start_evaluation(trainer, trainer.num_val_batches)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()
+        self._start_evaluation(trainer, trainer.num_test_batches)
+
+    def _start_evaluation(self, trainer: pl.Trainer, batches: list[int | float]) -> None:
+        """Count the batches every rank has: evaluation shards differ by one example, so their batch counts may too."""
+        self._seen, self._common = 0, sum(batches)
+        if trainer.world_size > 1:
+            self._common = float(trainer.strategy.reduce(torch.tensor(float(self._common), device=trainer.strategy.root_device), reduce_op="min"))
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking:
+            self._evaluation_batch(trainer, "validation")
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_batch(trainer, "test")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._in_evaluation(trainer, "validation")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._in_evaluation(trainer, "test")
+
+    def _evaluation_batch(self, trainer: pl.Trainer, split: str) -> None:
+        self._seen += 1
+        if self._seen <= self._common:  # a rank's extra last batch checks nothing: the others would not answer; the loop's end does
+            self._in_evaluation(trainer, split)
 
     def _in_evaluation(self, trainer: pl.Trainer, split: str) -> None:
         signum = self.requested(trainer)
