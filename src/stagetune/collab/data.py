@@ -22,6 +22,23 @@ UNKNOWN = 0
 LISTED_CELLS = 2**25  # up to this many (user, item) cells, synthetic data lists the free ones (256 MB)
 
 
+class RatedItems:
+    """The items each user rated in the training part, CSR by user index: user ``u`` rated
+    ``items[indptr[u]:indptr[u + 1]]`` (``indptr`` has ``n_users + 2`` entries; index 0, unknown,
+    rated nothing). A plain class, not a dataclass: Hydra passes it through ``instantiate`` as is."""
+
+    def __init__(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        self.indptr, self.items = indptr, items
+
+    @classmethod
+    def of(cls, ratings: "RatingsTensor", n_users: int) -> "RatedItems":
+        """From a part's ratings (the training part: valid and test never enter ``N(u)``)."""
+        order = torch.argsort(ratings.users, stable=True)
+        counts = torch.bincount(ratings.users, minlength=n_users + 1)
+        indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+        return cls(indptr, ratings.items[order])
+
+
 class RatingsTensor(Dataset):
     """Users, items and ratings as three tensors; a whole batch is one tensor indexing operation."""
 
@@ -111,7 +128,12 @@ class RatingsDataModule(pl.LightningDataModule):
 
     def model_kwargs(self) -> dict:
         self.setup()
-        return {"n_users": self.n_users, "n_items": self.n_items, "global_mean": self.global_mean}
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "global_mean": self.global_mean,
+            "rated": RatedItems.of(self.train_set, self.n_users),
+        }
 
     def summary(self) -> dict:
         self.setup()

@@ -104,7 +104,7 @@ def rating_view(trained: Trained, view: str, split: str, n: int, user: int | Non
         return user_figure(user, titles, ratings, predicted)
     bias = getattr(trained.model, "item_bias", None)
     if bias is None:
-        raise StagetuneError(f"{trained.run.path}: its model ({type(trained.model).__name__}) learns no item bias; biases needs model=dot_bias")
+        raise StagetuneError(f"{trained.run.path}: its model ({type(trained.model).__name__}) learns no item bias; biases needs model=dot_bias or model=svdpp")
     counts = data.item_counts()
     seen = np.flatnonzero(counts[1:] > 0) + 1  # an item training never saw keeps its initial bias
     values = bias.weight.detach().cpu().numpy()[seen, 0]

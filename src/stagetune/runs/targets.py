@@ -34,6 +34,7 @@ ALLOWED = frozenset(
         "stagetune.collab.data.SyntheticRatings",
         "stagetune.collab.models.CollabNN",
         "stagetune.collab.models.DotBias",
+        "stagetune.collab.models.SVDpp",
         "stagetune.collab.movielens.MovieLens",
         "stagetune.curvefit.data.CurvePoints",
         "stagetune.curvefit.line.LineFit",
