@@ -27,7 +27,7 @@ from stagetune.console import FILE_ONLY, quiet_library_warnings
 from stagetune.engine.trainer import check_trainer_overrides
 from stagetune.errors import StagetuneError
 
-Recorder = Callable[[str, str], None]
+Recorder = Callable[[str, str], bool]  # (status, message) -> whether the job's directory recorded them
 log = logging.getLogger("stagetune")
 
 
@@ -87,7 +87,8 @@ def in_multirun() -> bool:
 
 def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Decorate a Hydra task: a StagetuneError, or any error outside a sweep, is one line, recorded by
-    ``record(status, message)``, with its traceback (and its cause's) in the job's log file only.
+    ``record(status, message)``, with its traceback (and its cause's) in the job's log file only; a
+    job whose directory records nothing (a refused resume: another run's) gets nothing in its log.
 
     In a sweep the job returns NaN so the other jobs still run; alone it exits with the error's code.
     """
@@ -106,11 +107,10 @@ def hydra_task(prog: str, record: Recorder | None = None) -> Callable[[Callable[
                 else:
                     job = HydraConfig.get()
                     err = unforeseen(raised, Path(job.runtime.output_dir).resolve(), f"{job.job.name}.log")
-                if log.hasHandlers():  # the job's log file (never Python's last-resort handler, the terminal)
-                    log.error("%s: %s", prog, err, exc_info=raised, extra=FILE_ONLY)
                 code = report_error(prog, err)
-                if record is not None:
-                    record(status_of(err), str(err))
+                recorded = record(status_of(err), str(err)) if record is not None else True
+                if recorded and log.hasHandlers():  # the job's log file (never Python's last-resort handler, the terminal)
+                    log.error("%s: %s", prog, err, exc_info=raised, extra=FILE_ONLY)
                 if in_multirun():
                     return math.nan
                 sys.exit(code)

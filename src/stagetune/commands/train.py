@@ -362,10 +362,9 @@ def _print_summary(cfg: DictConfig, run: RunDir, record: dict) -> None:
     print(f"tensorboard:   tensorboard --logdir {run.tensorboard}", file=sys.stderr)
 
 
-def record_failure(status: str, message: str) -> None:
-    """A failed job's status and error, in its run directory (rank 0 writes it)."""
-    if launch.global_rank() == 0:
-        RunDir(HydraConfig.get().runtime.output_dir).record_failure(status, message)
+def record_failure(status: str, message: str) -> bool:
+    """A failed job's status and error, in its run directory (rank 0 writes it); whether they were written."""
+    return launch.global_rank() == 0 and RunDir(HydraConfig.get().runtime.output_dir).record_failure(status, message)
 
 
 def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str], swept: list[str] | None = None) -> float:

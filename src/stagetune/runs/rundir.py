@@ -320,11 +320,13 @@ class RunDir:
         write_json(self.metrics_path, {**metrics, "status": "running"})
         _writers[self.path].started = True
 
-    def record_failure(self, status: str, error: str) -> None:
-        """Record how the run stopped, only if this process is its writer and started it; release it."""
+    def record_failure(self, status: str, error: str) -> bool:
+        """Record how the run stopped, only if this process is its writer and started it; release it.
+        Whether it was recorded."""
         writer = _writers.get(self.path)
         if writer is None:
-            return
+            return False
         if writer.started:
             self.update_metrics(status=status, error=error)
         self.release()
+        return writer.started
