@@ -280,9 +280,9 @@ class ImageFolderData(ImageDataModule):
 
     The classes are the train split's folders; every split must use the same ones. Without a
     ``test/`` folder the test part is a seeded ``test_pct`` (at least one image) of ``train/``, as
-    Pets carves valid, and those images leave training: every run still reports test. An empty class folder or
-    split is an error naming it; unreadable images are an error listing them, or are left out with
-    a warning when ``skip_bad_files`` is true.
+    Pets carves valid, and those images leave training: every run still reports test. An empty
+    class folder or split is an error naming it; unreadable images are an error listing them, or
+    are left out with a warning when ``skip_bad_files`` is true.
     """
 
     def __init__(
@@ -348,6 +348,7 @@ class ImageFolderData(ImageDataModule):
             )
         self.splits["train"] = Transformed(train, np.sort(order[n_test:]).tolist(), train_tf)
         self.splits["test"] = Transformed(train, np.sort(order[:n_test]).tolist(), eval_tf)
+
 
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMG_EXTENSIONS)
