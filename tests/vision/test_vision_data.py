@@ -74,6 +74,22 @@ def test_image_folder_reads_every_split(tmp_path):
     assert data.has_test
 
 
+def test_an_image_folder_without_test_sets_a_seeded_share_of_train_aside(tmp_path):
+    root = image_tree(tmp_path, {"train": {"cat": 10, "dog": 10}, "valid": {"cat": 1, "dog": 1}})
+    data = ImageFolderData(str(root), size=32, test_pct=0.25, seed=3)
+    assert data.has_test
+    assert data.summary() == {"train_images": 15, "val_images": 2, "test_images": 5, "classes": 2}
+    train, test = (set(data.splits[s].indices) for s in ("train", "test"))
+    assert not train & test and len(train | test) == 20, "every train/ image in exactly one part"
+    again = ImageFolderData(str(root), size=32, test_pct=0.25, seed=3)
+    again.setup()
+    assert again.splits["test"].indices == sorted(test)
+    x, _ = data.splits["test"][0]
+    assert x.shape == (3, 32, 32)
+    with pytest.raises(DataError, match=r"has 1 image\(s\): too few to set data.test_pct=0.1 .* test/ folder"):
+        ImageFolderData(str(image_tree(tmp_path / "few", {"train": {"cat": 1}, "valid": {"cat": 1}})), size=32).setup()
+
+
 def test_corrupt_images_are_listed_in_one_error_or_skipped(tmp_path, caplog):
     root = image_tree(tmp_path, {"train": {"cat": 3, "dog": 3}, "valid": {"cat": 1, "dog": 1}})
     (root / "train" / "cat" / "broken.jpg").write_bytes(b"not an image at all")
@@ -87,7 +103,7 @@ def test_corrupt_images_are_listed_in_one_error_or_skipped(tmp_path, caplog):
     data = ImageFolderData(str(root), size=32, skip_bad_files=True)
     with caplog.at_level("WARNING", logger="stagetune"):
         data.setup()
-    assert len(data.splits["train"]) == 6
+    assert len(data.splits["train"]) + len(data.splits["test"]) == 6
     assert "skipped 2 unreadable image file(s)" in caplog.text
 
 

@@ -19,8 +19,11 @@ class CurvePoints(pl.LightningDataModule):
 
     ``f`` is ``a * x + b`` (``function: affine``) or ``sin(x)`` (``function: sin``). Validation
     points lie on an even grid *without* noise, so ``val/loss`` is the distance from the true curve
-    rather than from one noisy draw of it.
+    rather than from one noisy draw of it. Test points are noise-free too, at ``n_test`` seeded uniform
+    ``x`` rather than the grid: the checkpoint valid chose is scored on points it was not chosen on.
     """
+
+    has_test = True
 
     def __init__(
         self,
@@ -29,6 +32,7 @@ class CurvePoints(pl.LightningDataModule):
         b: float = 1.0,
         n_train: int = 100,
         n_val: int = 200,
+        n_test: int = 200,
         noise: float = 0.5,
         x_min: float = -2.0,
         x_max: float = 2.0,
@@ -40,7 +44,7 @@ class CurvePoints(pl.LightningDataModule):
             raise ConfigError("data.function", function, "allowed: " + ", ".join(FUNCTIONS))
         if not x_min < x_max:
             raise ConfigError("data.x_max", x_max, f"must be above data.x_min={x_min}")
-        for key, value in (("n_train", n_train), ("n_val", n_val), ("batch_size", batch_size)):
+        for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size)):
             if value < 1:
                 raise ConfigError(f"data.{key}", value, "must be >= 1")
         self.save_hyperparameters()
@@ -49,6 +53,8 @@ class CurvePoints(pl.LightningDataModule):
         self.y_train = self.curve(self.x_train) + rng.normal(0.0, noise, n_train)
         self.x_val = np.linspace(x_min, x_max, n_val)
         self.y_val = self.curve(self.x_val)
+        self.x_test = rng.uniform(x_min, x_max, n_test)  # drawn after the training points: those stay as they were
+        self.y_test = self.curve(self.x_test)
 
     def curve(self, x: np.ndarray) -> np.ndarray:
         """The true, noise-free ``f(x)``."""
@@ -82,6 +88,8 @@ class CurvePoints(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self._tensors(self.x_val, self.y_val), len(self.x_val))
 
+    def test_dataloader(self) -> DataLoader:
+        return eval_loader(self._tensors(self.x_test, self.y_test), len(self.x_test))
 
 
 def column(values: np.ndarray) -> torch.Tensor:

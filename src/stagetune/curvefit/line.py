@@ -28,7 +28,7 @@ class Affine(nn.Module):
 class LineFit(StagedModule):
     """An affine function fitted to points by MSE, started from a deliberately wrong line.
 
-    Logs ``fit/a`` and ``fit/b`` every validation, and attaches :class:`LineFilm` so the run
+    Logs ``fit/a`` and ``fit/b`` every validation, ``test/loss`` on the test points, and attaches :class:`LineFilm` so the run
     directory receives ``sgd_line.gif`` and ``sgd_line.png``.
     """
 
@@ -38,6 +38,7 @@ class LineFit(StagedModule):
         self.line = Affine(init_a, init_b)
         self.frames = frames
         self.val_loss = torchmetrics.MeanMetric()  # summed over DDP ranks: every point counted once
+        self.test_loss = torchmetrics.MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.line(x)
@@ -59,6 +60,11 @@ class LineFit(StagedModule):
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=len(x))
         self.log("fit/a", self.line.a, batch_size=len(x))
         self.log("fit/b", self.line.b, batch_size=len(x))
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_loss.update(nn.functional.mse_loss(self(x), y), len(x))
+        self.log("test/loss", self.test_loss, batch_size=len(x))
 
 
 class LineFilm(pl.Callback):

@@ -50,7 +50,7 @@ class WidthLadder(StagedModule):
 
     The training loss is the sum of the nets' MSEs; they share no parameter, so each net's
     gradient is that of its own MSE, exactly as if it were trained alone at the same LR.
-    Logs ``train|val/mse/w{width}`` and attaches :class:`WidthFitPlot` (``universal_approx.png``).
+    Logs ``train|val|test/mse/w{width}`` and attaches :class:`WidthFitPlot` (``universal_approx.png``).
     """
 
     def __init__(
@@ -66,9 +66,11 @@ class WidthLadder(StagedModule):
             raise ConfigError("model.widths", widths, "a non-empty list of hidden widths >= 1")
         self.save_hyperparameters()
         self.nets = nn.ModuleList(ReluNet(w, x_min, x_max) for w in widths)
-        # Validation MSEs as sums and counts, reduced over DDP ranks: every point counted once.
+        # Validation and test MSEs as sums and counts, reduced over DDP ranks: every point counted once.
         self.val_mses = nn.ModuleList(torchmetrics.MeanMetric() for _ in widths)
         self.val_loss = torchmetrics.MeanMetric()
+        self.test_mses = nn.ModuleList(torchmetrics.MeanMetric() for _ in widths)
+        self.test_loss = torchmetrics.MeanMetric()
         self.plot_every_n_epochs = plot_every_n_epochs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,13 +95,20 @@ class WidthLadder(StagedModule):
         return mses.sum()
 
     def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.val_mses, self.val_loss)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", self.test_mses, self.test_loss)
+
+    def _evaluate(self, batch, part: str, mse_metrics: nn.ModuleList, loss_metric: torchmetrics.MeanMetric) -> None:
+        """Logs ``{part}/mse/w{width}`` and ``{part}/loss`` (their sum), the same for valid and test."""
         n = len(batch[0])
         mses = self._mses(batch)
-        for net, metric, mse in zip(self.nets, self.val_mses, mses):
+        for net, metric, mse in zip(self.nets, mse_metrics, mses):
             metric.update(mse, n)
-            self.log(f"val/mse/w{net.width}", metric, batch_size=n)
-        self.val_loss.update(mses.sum(), n)
-        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
+            self.log(f"{part}/mse/w{net.width}", metric, batch_size=n)
+        loss_metric.update(mses.sum(), n)
+        self.log(f"{part}/loss", loss_metric, prog_bar=part == "val", batch_size=n)
 
 
 class WidthFitPlot(pl.Callback):

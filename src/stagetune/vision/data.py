@@ -278,9 +278,11 @@ def image_transforms(size: int, augment: bool) -> tuple[T.Compose, T.Compose]:
 class ImageFolderData(ImageDataModule):
     """A ``root/{train,valid[,test]}/<class>/<image>`` tree, read with torchvision's ImageFolder.
 
-    The classes are the train split's folders; every split must use the same ones. An empty class
-    folder or split is an error naming it; unreadable images are an error listing them, or are
-    left out with a warning when ``skip_bad_files`` is true.
+    The classes are the train split's folders; every split must use the same ones. Without a
+    ``test/`` folder the test part is a seeded ``test_pct`` (at least one image) of ``train/``, as
+    Pets carves valid, and those images leave training: every run still reports test. An empty
+    class folder or split is an error naming it; unreadable images are an error listing them, or
+    are left out with a warning when ``skip_bad_files`` is true.
     """
 
     def __init__(
@@ -289,15 +291,20 @@ class ImageFolderData(ImageDataModule):
         size: int = 224,
         augment: bool = True,
         valid_name: str = "valid",
+        test_pct: float = 0.1,
         skip_bad_files: bool = False,
         batch_size: int = 64,
         num_workers: int | None = None,
+        seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_size(size)
+        if not 0 < test_pct < 1:
+            raise ConfigError("data.test_pct", test_pct, "must be in (0, 1) (used only when there is no test/ folder)")
         self.root, self.size, self.augment = Path(root).expanduser(), size, augment
         self.valid_name, self.skip_bad_files = valid_name, skip_bad_files
-        self.has_test = (self.root / "test").is_dir()
+        self.test_pct, self.seed = test_pct, seed
+        self.test_folder = (self.root / "test").is_dir()
 
     def _split(self, name: str, transform) -> ImageFolder:
         folder = self.root / name
@@ -321,13 +328,26 @@ class ImageFolderData(ImageDataModule):
         if self.splits:
             return
         train_tf, eval_tf = image_transforms(self.size, self.augment)
-        names = {"train": "train", "val": self.valid_name} | ({"test": "test"} if self.has_test else {})
+        names = {"train": "train", "val": self.valid_name} | ({"test": "test"} if self.test_folder else {})
         for split, name in names.items():
-            ds = self._split(name, train_tf if split == "train" else eval_tf)
+            # a train/ that test is carved from is read untransformed: each part brings its own transform
+            ds = self._split(name, {"train": train_tf if self.test_folder else None}.get(split, eval_tf))
             if self.splits and ds.classes != self.splits["train"].classes:
                 raise DataError(f"{self.root / name} has classes {ds.classes}, train has {self.splits['train'].classes}")
             self.splits[split] = ds
-        self.classes = list(self.splits["train"].classes)
+        train = self.splits["train"]
+        self.classes = list(train.classes)
+        if self.test_folder:
+            return
+        order = np.random.default_rng(self.seed).permutation(len(train))
+        n_test = max(1, int(round(self.test_pct * len(order))))
+        if n_test >= len(order):
+            raise DataError(
+                f"{self.root / 'train'} has {len(order)} image(s): too few to set data.test_pct={self.test_pct} "
+                "of them aside for test and train on the rest (add images or a test/ folder)"
+            )
+        self.splits["train"] = Transformed(train, np.sort(order[n_test:]).tolist(), train_tf)
+        self.splits["test"] = Transformed(train, np.sort(order[:n_test]).tolist(), eval_tf)
 
 
 def _is_image(path: str) -> bool:
