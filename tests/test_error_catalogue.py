@@ -751,6 +751,8 @@ END_TO_END = [
      "stagetune: error: RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {r}/train.log", "failed"),
     (["+callbacks.sigint._target_=tests.tiny.SignalInSetup"], 130,
      "stagetune: interrupted: SIGINT received during set-up, before training started; nothing was trained or saved", "interrupted"),
+    (["+callbacks.sigterm._target_=tests.tiny.SignalOnBuild"], 143,
+     "stagetune: interrupted: SIGTERM received during set-up, before training started; nothing was trained or saved", "interrupted"),
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], 2, "stagetune: config error: trainer.sync_batchnorm=True: SyncBatchNorm runs on GPUs only", "failed"),
 ]
 

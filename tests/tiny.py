@@ -178,3 +178,11 @@ class SignalInSetup(pl.Callback):
     def setup(self, trainer, pl_module, stage):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)  # the signal is delivered here
+
+
+class SignalOnBuild(pl.Callback):
+    """Sends this process ``signum`` as the run builds its callbacks: before any Trainer exists."""
+
+    def __init__(self, signum: str = "SIGTERM") -> None:
+        os.kill(os.getpid(), getattr(signal, signum))
+        time.sleep(1)  # the signal is delivered here

@@ -367,27 +367,37 @@ def record_failure(status: str, message: str) -> bool:
     return launch.global_rank() == 0 and RunDir(HydraConfig.get().runtime.output_dir).record_failure(status, message)
 
 
+SETUP_INTERRUPTED = "{} received during set-up, before training started; nothing was trained or saved: start the run again"
+
+
+def sigterm_in_setup(signum: int, frame) -> None:
+    """SIGTERM before the Trainer takes the signals over (building data, model, callbacks): stop as Ctrl-C does."""
+    raise Interrupted(SETUP_INTERRUPTED.format("SIGTERM"), signal.SIGTERM)
+
+
 def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str], swept: list[str] | None = None) -> float:
     """:func:`train`, with every failure a :class:`StagetuneError` saying what to do next.
 
-    In a sweep, a failure no check foresaw is logged and recorded, and the job returns NaN so the
-    other jobs still run.
+    Until the Trainer installs its own handlers (and :class:`~stagetune.engine.faults.Interruption`
+    takes them over when the loops start), SIGTERM and SIGINT during set-up end the run as
+    ``interrupted`` in one line. In a sweep, a failure no check foresaw is logged and recorded, and
+    the job returns NaN so the other jobs still run.
     """
+    previous = signal.signal(signal.SIGTERM, sigterm_in_setup)
     try:
         return train(cfg, run_dir, overrides, swept)
     except StagetuneError:
         raise
     except KeyboardInterrupt:
-        raise Interrupted(
-            "SIGINT received during set-up, before training started; nothing was trained or saved: start the run again",
-            signal.SIGINT,
-        ) from None
+        raise Interrupted(SETUP_INTERRUPTED.format("SIGINT"), signal.SIGINT) from None
     except Exception as err:
         if not in_multirun():
             raise unforeseen(err, Path(run_dir).resolve()) from err
         log.exception("job %s failed", HydraConfig.get().job.num)
         record_failure("failed", f"{type(err).__name__}: {err}")
         return math.nan
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
