@@ -72,7 +72,7 @@ CONFIG = [
     (["plan.lr=-0.1"], "plan.lr", "> 0"),
     (["plan.lr=inf"], "plan.lr", "> 0"),
     (["plan.lr=nan"], "plan.lr", "> 0"),
-    (["plan.lr=fast"], "plan.lr", "could not be converted"),
+    (["plan.lr=fast"], "plan.lr", "a number > 0"),
     (["plan.stages.frozen.epochs=0"], "plan.stages.frozen.epochs", ">= 1"),
     (["plan.stages.frozen.epochs=-3"], "plan.stages.frozen.epochs", ">= 1"),
     (["plan.stages.unfrozen.epochs=1.5"], "plan.stages.unfrozen.epochs", "could not be converted"),

@@ -125,6 +125,7 @@ def typed(cfg: DictConfig) -> DictConfig:
     with omegaconf_errors():
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         check_stage_names(merged.plan)
+        Plan.check_base_lr(merged.plan.lr)
         OmegaConf.resolve(merged)
     return merged
 

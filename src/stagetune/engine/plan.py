@@ -208,6 +208,15 @@ class Plan:
         for name, stage in self.stages.items():
             stage.name = str(name)
 
+    @staticmethod
+    def check_base_lr(value: Any, key: str = "plan.lr") -> None:
+        """``plan.lr`` as written, before the stages' ``${mul:${plan.lr},K}`` read it: a number or ``find``."""
+        if isinstance(value, str) and value != FIND:
+            try:
+                float(value)
+            except ValueError:
+                raise ConfigError(key, value, LR_ALLOWED) from None
+
     @property
     def ordered(self) -> tuple[Stage, ...]:
         return tuple(self.stages.values())
