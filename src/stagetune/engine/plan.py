@@ -211,11 +211,14 @@ class Plan:
     @staticmethod
     def check_base_lr(value: Any, key: str = "plan.lr") -> None:
         """``plan.lr`` as written, before the stages' ``${mul:${plan.lr},K}`` read it: a number or ``find``."""
-        if isinstance(value, str) and value != FIND:
-            try:
-                float(value)
-            except ValueError:
-                raise ConfigError(key, value, LR_ALLOWED) from None
+        if value == FIND:
+            return
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError(value)
+            float(value)
+        except ValueError:
+            raise ConfigError(key, value, "a number > 0, or find (a slice belongs to a stage: plan.stages.NAME.lr=[lo,hi])") from None
 
     @property
     def ordered(self) -> tuple[Stage, ...]:
