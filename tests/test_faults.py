@@ -107,8 +107,8 @@ def test_resume_from_a_foreign_checkpoint_is_one_line(tmp_path):
 
 CATALOGUE = [
     (["plan.stages.frozen.freeze_to=5"], 2, "stagetune: config error: plan.stages.frozen.freeze_to=5: the model has 3 layer groups: allowed -3..2 (-1 trains the last group only, 0 trains all)"),
-    (["plan.stages.unfrozen.lr=[1e-2,1e-4]"], 2, "stagetune: config error: plan.stages.unfrozen.lr=[0.01, 0.0001]: the low end is above the high end; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi"),
-    (["plan.stages.unfrozen.lr=[-1,1e-4]"], 2, "stagetune: config error: plan.stages.unfrozen.lr=[-1, 0.0001]: every end must be finite and > 0; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi"),
+    (["plan.stages.unfrozen.lr=[1e-2,1e-4]"], 2, "stagetune: config error: plan.stages.unfrozen.lr=[0.01, 0.0001]: the low end is above the high end; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find"),
+    (["plan.stages.unfrozen.lr=[-1,1e-4]"], 2, "stagetune: config error: plan.stages.unfrozen.lr=[-1, 0.0001]: every end must be finite and > 0; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find"),
     (["trainer=gpu"], 2, "stagetune: config error: trainer.devices=1: this machine has 0 GPU(s); ask for at most 0, or use trainer=cpu (one process) or trainer=ddp_cpu (DDP over CPU processes)"),
     (["data.batch_size=1000"], 2, "stagetune: config error: data.batch_size=1000: the training split has 64 examples; use at most 64"),
 ]

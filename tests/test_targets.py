@@ -146,9 +146,7 @@ def test_resuming_a_shared_run_with_a_hostile_callback_is_refused_and_leaves_it_
     )
     assert not pwned.exists()
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    log_before, log_after = before.pop("train.log"), after.pop("train.log")
-    assert after == before, "not marked failed, nothing rewritten"
-    assert log_after.startswith(log_before) and b"refusing to build callbacks.evil" in log_after[len(log_before):], "the log only gains the refusal"
+    assert after == before, "not marked failed, nothing rewritten (its train.log included)"
 
 
 def test_a_fresh_run_may_name_its_own_callbacks(tmp_path, monkeypatch):
