@@ -14,6 +14,8 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -271,13 +273,14 @@ def check_splits(cfg: DictConfig, datamodule, world_size: int) -> None:
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> float:
     """Build data, model, plan and Trainer; fit, evaluate the chosen checkpoint, and (on rank 0) record ``metrics.json``."""
     started = time.time()
-    trainer = run_trainer(cfg, run)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build(cfg.data)
-    model = build(cfg.model, **datamodule.model_kwargs())
-    check_splits(cfg, datamodule, trainer.world_size)
-    groups = model.layer_groups()
-    plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
+    with sigterm_as_interruption():
+        trainer = run_trainer(cfg, run)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = build(cfg.data)
+        model = build(cfg.model, **datamodule.model_kwargs())
+        check_splits(cfg, datamodule, trainer.world_size)
+        groups = model.layer_groups()
+        plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
@@ -375,15 +378,25 @@ def sigterm_in_setup(signum: int, frame) -> None:
     raise Interrupted(SETUP_INTERRUPTED.format("SIGTERM"), signal.SIGTERM)
 
 
+@contextmanager
+def sigterm_as_interruption() -> Iterator[None]:
+    """While a run builds its Trainer, data and model (a source model may train here), SIGTERM stops it
+    as Ctrl-C does, in one ``interrupted`` line; from ``fit`` on, the Trainer and
+    :class:`~stagetune.engine.faults.Interruption` own the signals."""
+    previous = signal.signal(signal.SIGTERM, sigterm_in_setup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str], swept: list[str] | None = None) -> float:
     """:func:`train`, with every failure a :class:`StagetuneError` saying what to do next.
 
-    Until the Trainer installs its own handlers (and :class:`~stagetune.engine.faults.Interruption`
-    takes them over when the loops start), SIGTERM and SIGINT during set-up end the run as
+    SIGINT (and, by :func:`sigterm_as_interruption`, SIGTERM) during set-up ends the run as
     ``interrupted`` in one line. In a sweep, a failure no check foresaw is logged and recorded, and
     the job returns NaN so the other jobs still run.
     """
-    previous = signal.signal(signal.SIGTERM, sigterm_in_setup)
     try:
         return train(cfg, run_dir, overrides, swept)
     except StagetuneError:
@@ -396,8 +409,6 @@ def run_job(cfg: DictConfig, run_dir: str | Path, overrides: list[str], swept: l
         log.exception("job %s failed", HydraConfig.get().job.num)
         record_failure("failed", f"{type(err).__name__}: {err}")
         return math.nan
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
