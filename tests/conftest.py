@@ -42,3 +42,14 @@ def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Pope
 
 def _cli_env(env: dict | None) -> dict:
     return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", **(env or {})}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: extra torch threads only contend for the shared cores (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,12 +29,7 @@ def recorded_curve(path) -> RangeTest:
     return RangeTest(data["stage"], data["groups"], data["lrs"], data["losses"], data["smoothed"], data["diverged"], Suggest(data["suggest"]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_plan_lr_find_tests_each_stage_as_it_starts_and_records_the_suggestion(tmp_path):
