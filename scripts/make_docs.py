@@ -55,6 +55,16 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def stagetune(*args: str) -> None:
+    """``stagetune ARGS`` as a user runs it, from this source tree, one torch thread, no progress bar."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "stagetune", *args, "trainer.enable_progress_bar=false"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        shown = " ".join(a for a in args if not a.startswith("hydra."))
+        raise DocsError(f"stagetune {shown} exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+
+
 @dataclass
 class Runner:
     """Runs the commands of the README into ``out`` and keeps what they wrote."""
@@ -66,15 +76,9 @@ class Runner:
     def train(self, name: str, *overrides: str) -> dict:
         """``stagetune OVERRIDES`` into ``out/name``; its metrics.json, with ``wall_s`` (the whole command) added."""
         run_dir = self.out / name
-        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "stagetune", *overrides, "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"],
-            cwd=ROOT, env=env, capture_output=True, text=True,
-        )  # fmt: skip
+        stagetune(*overrides, f"hydra.run.dir={run_dir}")
         wall = time.perf_counter() - started
-        if done.returncode != 0:
-            raise DocsError(f"stagetune {' '.join(overrides)} exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         print(f"  {name}: {wall:.0f} s", file=sys.stderr, flush=True)
         return {**metrics, "wall_s": wall, "run_dir": str(run_dir)}
@@ -82,13 +86,7 @@ class Runner:
     def sweep(self, name: str, *overrides: str) -> Path:
         """``stagetune -m OVERRIDES`` into ``out/name``; the sweep directory."""
         sweep_dir = self.out / name
-        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(
-            [sys.executable, "-m", "stagetune", "-m", *overrides, "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}"],
-            cwd=ROOT, env=env, capture_output=True, text=True,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise DocsError(f"stagetune -m {' '.join(overrides)} exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+        stagetune("-m", *overrides, f"hydra.sweep.dir={sweep_dir}")
         print(f"  {name}: sweep done", file=sys.stderr, flush=True)
         return sweep_dir
 
