@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from stagetune.runs.rundir import RunDir
@@ -97,6 +98,10 @@ def test_hparams_in_each_run_hold_its_swept_values_and_real_final_metrics(sweep)
         assert last == pytest.approx(record["metric"]["last"], rel=1e-5)
         assert best == pytest.approx(min(e.value for e in events.Scalars("val/rmse")), rel=1e-5)
         assert events.Scalars("hp/test")[-1].value == pytest.approx(record["test"]["test/rmse"], rel=1e-5), "test of the chosen checkpoint"
+        written = [v.tag for f in job.rglob("events.out.tfevents.*") for e in EventFileLoader(str(f)).Load() for v in e.summary.value]
+        assert written.count("hp/test") == 1 and written.count(hparams_metadata.SESSION_START_INFO_TAG) == 1, (
+            "one write, so the order TensorBoard reads a run's event files in cannot hide the real values"
+        )
 
 
 def free_port() -> int:

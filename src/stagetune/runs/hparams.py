@@ -5,8 +5,11 @@ files, together with metric scalars of that run. Lightning's default writes a pl
 ``hp_metric = -1`` at the start, which makes the tab useless for comparing; :class:`HParamsSummary`
 instead writes once, at the end of fitting, the values that differ between the runs compared with
 the run's real metrics: ``hp/best`` (best validation value of the configured metric, the one that
-chose the checkpoint), ``hp/test`` (the same metric on test, for the chosen checkpoint, written when
-the run is tested) and ``hp/last`` (its value at the last validation). In a sweep job those values
+chose the checkpoint), ``hp/test`` (the same metric on test, for the chosen checkpoint) and
+``hp/last`` (its value at the last validation). A run that is tested writes them once, after the
+test: Lightning opens a new event file for each of fit, validate and test, and TensorBoard reads a
+directory's files in name order, which is not creation order in a sweep (``...9`` sorts after
+``...10``), so a placeholder written at the end of fitting could be read last and hide the real value. In a sweep job those values
 are the swept keys alone (every other key is the same in every job); a single run records the usual
 knobs (per-stage learning-rate ends, weight decay and its kind, stage epochs, batch size, the
 model's numeric sizes and parameter count) and every key given on the command line. Integers are
@@ -128,6 +131,7 @@ class HParamsSummary(Callback):
         self.cfg = cfg
         self.overrides = list(overrides)
         self.swept = list(swept or [])
+        self.fitted: dict[str, float] = {}
 
     def final_metrics(self, trainer: pl.Trainer) -> dict[str, float]:
         """``hp/best`` and ``hp/last`` of the configured metric; absent when never validated."""
@@ -140,7 +144,11 @@ class HParamsSummary(Callback):
             metrics["hp/last"] = float(last)
         return metrics
 
-    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str) -> None:
+    def tested(self, trainer: pl.Trainer) -> bool:
+        """Whether the run goes on to test its chosen checkpoint (as ``train.evaluate_chosen`` decides)."""
+        return bool(self.cfg.get("test", False)) and bool(getattr(trainer.datamodule, "has_test", False))
+
+    def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str, metrics: dict[str, float]) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or not trainer.is_global_zero:
             return
@@ -148,26 +156,26 @@ class HParamsSummary(Callback):
         n_params = sum(p.numel() for p in pl_module.parameters())
         params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides, self.swept, stage_plan.found)
         params["status"] = status
-        metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **self.final_metrics(trainer)}
+        metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **metrics}
         for logger in loggers:
             logger.log_hyperparams(params, metrics, step=trainer.global_step)
             logger.experiment.flush()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.write(trainer, pl_module, "completed")
+        """Keeps ``hp/best`` and ``hp/last`` as fitting left them; writes now unless a test follows."""
+        self.fitted = self.final_metrics(trainer)
+        if not self.tested(trainer):
+            self.write(trainer, pl_module, "completed", self.fitted)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``hp/test``: the run's metric on test, for the checkpoint that valid chose (the last value is what HParams shows)."""
+        """The one write of a tested run: ``hp/test`` is the run's metric on test, for the checkpoint that valid chose."""
         value = trainer.callback_metrics.get("test/" + self.cfg.metric.split("/", 1)[-1])
-        if value is None or not trainer.is_global_zero:
-            return
-        for logger in (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)):
-            logger.log_metrics({"hp/test": float(value)}, step=trainer.global_step)
-            logger.experiment.flush()
+        tested = {"hp/test": float(value)} if value is not None else {}
+        self.write(trainer, pl_module, "completed", {**self.fitted, **tested})
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A failed, diverged or pruned run still appears in the table, with what it reached and its status."""
-        self.write(trainer, pl_module, getattr(exception, "status", "failed"))
+        self.write(trainer, pl_module, getattr(exception, "status", "failed"), {**self.final_metrics(trainer), **self.fitted})
 
 
 def scalar_layout(metric: str) -> dict[str, dict[str, list]]:
