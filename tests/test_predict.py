@@ -276,7 +276,7 @@ def test_predict_never_replaces_a_file_or_a_run_record_unless_forced(digits_run,
     assert run_main(predict, digits_run, folder, "--out", out, "--force") == 0
     assert len(read_csv(out)) == 6
     capsys.readouterr()
-    for record in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/new.csv"):
+    for record in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "checkpoints/new.csv", "history.csv", "eval-test.csv", "stage-all-confusion.png"):
         path = digits_run / record
         before = path.read_bytes() if path.exists() else None
         code, err = one_error_line(predict, capsys, digits_run, folder, "--out", path)

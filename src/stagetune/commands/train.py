@@ -39,7 +39,7 @@ from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
 from stagetune.errors import ConfigError, DataError, StagetuneError
 from stagetune.runs.hparams import HParamsSummary, ScalarLayout
-from stagetune.runs.rundir import RunDir, check_resume_overrides
+from stagetune.runs.rundir import HISTORY, RunDir, check_resume_overrides
 from stagetune.runs.swept import swept_keys
 from stagetune.runs.trained import without_start_weights
 
@@ -157,7 +157,7 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         checkpoint=run_checkpoint(cfg, run),
         logger=run_logger(cfg, run),
         root_dir=str(run.path),
-        history_csv=run.path / "history.csv",
+        history_csv=run.path / HISTORY,
         finder=run_finder(cfg, run),
     )
 

@@ -1,7 +1,7 @@
 """Files the commands write for the user (predictions, exported models), never over anything unasked.
 
-An existing file is refused, and so is any path among a run's records or checkpoints (one typo
-away from ``--out RUN/config.yaml``), unless the user adds ``--force``; a directory is refused with
+An existing file is refused, and so is any path among a run's records, checkpoints, history and
+evaluations (one typo away from ``--out RUN/config.yaml``), unless the user adds ``--force``; a directory is refused with
 what to give instead. The checks run before any work, and the file is written beside its name and
 moved into place at the end: a failed command leaves no half-written file, and a file that
 appeared in the meantime is still not replaced.
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stagetune.errors import ConfigError
-from stagetune.runs.rundir import CONFIG, METRICS, RECORDS, RUN_INFO
+from stagetune.runs.rundir import CONFIG, METRICS, RUN_INFO, is_record
 
 
 def run_record(path: Path) -> tuple[Path, str] | None:
@@ -25,7 +25,7 @@ def run_record(path: Path) -> tuple[Path, str] | None:
     for parent in path.parents:
         if (parent / CONFIG).is_file() and ((parent / RUN_INFO).is_file() or (parent / METRICS).is_file()):
             part = path.relative_to(parent).parts[0]
-            return (parent, part) if part in RECORDS else None
+            return (parent, part) if is_record(part) else None
     return None
 
 

@@ -41,8 +41,16 @@ RUN_INFO = "run.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 LOCK = ".lock"
+HISTORY = "history.csv"
 # What a run writes about itself (Hydra adds .hydra/ and train.log): no command writes its output there.
-RECORDS = (CONFIG, OVERRIDES, RUN_INFO, METRICS, CHECKPOINTS, TENSORBOARD, LOCK, ".hydra", "train.log")
+RECORDS = (CONFIG, OVERRIDES, RUN_INFO, METRICS, CHECKPOINTS, TENSORBOARD, LOCK, HISTORY, ".hydra", "train.log")
+# Records named by what made them: stagetune-eval's ``eval-<split>[-N].*``, a stage's ``stage-<name>-*.png``.
+RECORD_PREFIXES = ("eval-", "stage-")
+
+
+def is_record(name: str) -> bool:
+    """Whether ``name``, at the top of a run directory, is one of the run's own records."""
+    return name in RECORDS or name.startswith(RECORD_PREFIXES)
 CONFIG_DIGEST_ENV = "STAGETUNE_CONFIG_SHA256"
 PACKAGES = ("stagetune", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics", "tensorboard")
 
