@@ -4,12 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# The suite runs in one pytest worker per core (pytest-xdist), a test file to a worker (its
+# module fixtures built once), each worker's torch on one thread so the workers do not contend.
+TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help data train test test-slow sweep tensorboard bench bench-fastai docs clean clean-outputs
 
 help:
 	@echo "make train        set up .venv if needed, run the default experiment (ARGS='key=value ...')"
-	@echo "make test         set up .venv if needed, run the test suite"
+	@echo "make test         set up .venv if needed, run the test suite (one worker per core; TEST_WORKERS=1 for one)"
 	@echo "make data         put the real MovieLens-100k in the cache (once, online; set-up does it too)"
 	@echo "make test-slow    the long end-to-end tests too"
 	@echo "make sweep        the weight-decay lesson: L2 wd over four decades on ML-100k, train and valid RMSE against wd"
@@ -36,10 +40,10 @@ train: data
 	$(BIN)/stagetune $(ARGS)
 
 test: data
-	$(BIN)/python -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-slow: data
-	$(BIN)/python -m pytest -m slow $(ARGS)
+	$(PYTEST) -m slow $(ARGS)
 
 sweep: data
 	$(BIN)/stagetune -m experiment=movielens sweep=wd_l2 $(ARGS)
