@@ -38,10 +38,14 @@ class TrainingLoss(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        # Lightning hands over the loss divided by the accumulation factor
-        loss = loss.detach().float() * trainer.accumulate_grad_batches  # a bf16 sum would lose digits
+        loss = loss.detach().float()  # a bf16 sum would lose digits
+        if trainer.accumulate_grad_batches != 1:  # Lightning hands over the loss divided by the accumulation factor
+            loss = loss * trainer.accumulate_grad_batches
         n = extract_batch_size(batch)
-        self._sum = self._sum + loss * n
+        if isinstance(self._sum, torch.Tensor):
+            self._sum.add_(loss, alpha=n)  # in place: one operation a step (its first step made the tensor)
+        else:
+            self._sum = loss * n + self._sum
         self._count += n
         self.last = loss
         if trainer.loggers and self._step % trainer.log_every_n_steps == 0:
