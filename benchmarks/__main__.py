@@ -34,18 +34,30 @@ def overhead(repeats: int, warmup: int, steps: int) -> list[Figure]:
         ("dot_bias batch 1024", cases.RATINGS, cases.rating_loss, 0.85, 0.95, 10 * steps),
     ):
         cfg = cases.config(overrides + [f"trainer.limit_train_batches={warmup + timed}"])
-        stagetune, bare = against(
+        unlogged = cases.config(overrides + [f"trainer.limit_train_batches={warmup + timed}", "logger=none"])
+        stagetune, bare, quiet = against(
             lambda: cases.plain_steps(cfg, loss, warmup, timed),
-            [lambda: per_step(cases.stagetune_fit(cfg)[0].stamps, warmup), lambda: cases.bare_lightning_steps(cfg, loss, warmup, timed)],
+            [
+                lambda: per_step(cases.stagetune_fit(cfg)[0].stamps, warmup),
+                lambda: cases.bare_lightning_steps(cfg, loss, warmup, timed),
+                lambda: per_step(cases.stagetune_fit(unlogged)[0].stamps, warmup),
+            ],
             repeats,
         )
         note = "throughput of the stagetune Trainer (StagePlan, default callbacks, TensorBoard logging as the experiment configures it) relative to a plain loop"
         figures.append(Figure(f"pipeline overhead, {name}", "plain s/step", "stagetune s/step", stagetune, target, True, note))
         note = "reference: a bare Lightning Trainer (no callbacks, logger or checkpoints) relative to the same plain loop, the floor under any Lightning pipeline"
         figures.append(Figure(f"bare Lightning, {name}", "plain s/step", "bare Lightning s/step", bare, None, True, note))
-        note = "what stagetune's own callbacks cost: the stagetune Trainer's throughput relative to a bare Lightning Trainer, from the same repeats"
+        every = cfg.trainer.log_every_n_steps
+        note = (
+            "what stagetune costs over a bare Lightning Trainer, from the same repeats: its callbacks, checkpointing and the TensorBoard "
+            f"writes the bare Trainer does not make (training loss and per-group LRs {f'every {every} steps' if every > 1 else 'every step'})"
+        )
         own = [s / b for s, b in zip(stagetune, bare)]
         figures.append(Figure(f"stagetune / bare Lightning, {name}", "bare Lightning s/step", "stagetune s/step", own, bare_target, True, note))
+        note = "reference: the same with logger=none, so the callbacks alone: the difference from the row above is TensorBoard's writer (one event a scalar, written by a thread that contends for the GIL)"
+        alone = [q / b for q, b in zip(quiet, bare)]
+        figures.append(Figure(f"stagetune without TensorBoard / bare Lightning, {name}", "bare Lightning s/step", "stagetune logger=none s/step", alone, None, True, note))
     return figures
 
 

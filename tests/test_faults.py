@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from stagetune.errors import StagetuneError
-from stagetune.engine.faults import AtomicCheckpointIO, check_checkpoint
+from stagetune.engine.faults import AtomicCheckpointIO, check_checkpoint, finite
 from tests.conftest import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny"]
@@ -31,6 +31,15 @@ def test_divergence_stops_with_stage_epoch_step_lrs_and_keeps_the_last_good_chec
     state = torch.load(last, weights_only=True)
     assert state["global_step"] == 8
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+@pytest.mark.parametrize(
+    "loss, expected",
+    [(torch.tensor(2.5), True), (torch.tensor(float("nan")), False), (torch.tensor(float("-inf")), False),
+     (torch.tensor([1.0, 2.0]), True), (torch.tensor([1.0, float("inf")]), False), (torch.tensor([float("nan")], dtype=torch.bfloat16), False)],
+)
+def test_the_guard_reads_one_value_losses_and_whole_tensors_alike(loss, expected):
+    assert finite(loss.requires_grad_()) is expected
 
 
 def test_a_diverged_sweep_job_is_marked_and_the_others_complete(tmp_path):

@@ -4,9 +4,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.data import extract_batch_size
 
 from stagetune.engine.plan import StagePlan
-from stagetune.engine.training_loss import TrainingLoss
+from stagetune.engine.training_loss import TrainingLoss, batch_size
 from tests.test_plan import make_plan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
@@ -88,3 +89,12 @@ def test_accumulated_steps_report_the_loss_not_its_fraction(tmp_path):
     epoch = [v for _, k, v in logger.rows if k == "train/loss"][0]
     batches = losses.by_epoch[0]
     assert epoch == pytest.approx(sum(l for l, _ in batches) / len(batches), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "batch, n",
+    [((torch.zeros(5, 3), torch.zeros(5)), 5), ([torch.zeros(7)], 7), (torch.zeros(4, 2), 4),
+     ({"x": torch.zeros(6, 2), "y": torch.zeros(6)}, 6), ((torch.tensor(1.0), torch.zeros(3)), 1)],
+)
+def test_the_batch_size_is_lightnings_for_tensors_tuples_and_dicts(batch, n):
+    assert batch_size(batch) == n == extract_batch_size(batch)

@@ -1,7 +1,8 @@
 """The one way stagetune builds a ``pytorch_lightning.Trainer``: for runs, the LR finder and source models.
 
-Every Trainer gets the plan's callbacks (StagePlan, training loss, divergence guard, interruption),
-atomic checkpoint writes and stagetune's progress bar; ``trainer:`` in the config passes any other
+Every Trainer gets the plan's callbacks (StagePlan, training loss, divergence guard, interruption,
+and one that keeps Lightning from calling the callbacks' inherited no-op per-batch hooks), atomic
+checkpoint writes and stagetune's progress bar; ``trainer:`` in the config passes any other
 ``Trainer`` argument through, checked against the Trainer's own signature at start-up.
 ``max_epochs`` and ``max_steps`` belong to the plan.
 """
@@ -20,6 +21,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from stagetune.engine.dispatch import SkipInheritedHooks
 from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, LatestCheckpoint
 from stagetune.engine.history import History
 from stagetune.engine.optim import Optim
@@ -106,7 +108,7 @@ def build_trainer(
     extra = list(callbacks)
     if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in extra):
         extra.append(progress_for(sys.stdout, getattr(checkpoint, "monitor", None)))  # unless the config chose its own bar (callbacks=rich)
-    engine = [StagePlan(plan, optim, finder), TrainingLoss(), History(history_csv), DivergenceGuard(), Interruption()]
+    engine = [StagePlan(plan, optim, finder), TrainingLoss(), History(history_csv), DivergenceGuard(), Interruption(), SkipInheritedHooks()]
     try:
         return pl.Trainer(
             max_epochs=-1 if max_steps > 0 else plan.total_epochs,
