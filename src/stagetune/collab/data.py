@@ -8,6 +8,7 @@ biases are known, never an index error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
@@ -74,8 +75,9 @@ class RatingsDataModule(pl.LightningDataModule):
     Subclasses fill ``train_set``/``val_set``/``test_set`` (indices 1..n, 0 = unknown),
     ``n_users``, ``n_items``, ``user_ids``/``item_ids`` (the raw id of index k+1 at position k),
     ``item_titles`` (index -> title, or None) and ``unseen`` (per evaluated part, counts of ratings
-    whose user or item never appears in training) in :meth:`load`, and ``side`` (feature name ->
-    :class:`~stagetune.collab.side.RawSide`, by raw id) when the data has side features. Valid chooses the checkpoint;
+    whose user or item never appears in training) in :meth:`load`, and ``read_side`` (a function
+    giving feature name -> :class:`~stagetune.collab.side.RawSide`, by raw id) when the data has side
+    features. Valid chooses the checkpoint;
     test is read once, at the end of a run.
     """
 
@@ -92,7 +94,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.item_titles: list[str] | None = None
         self.user_ids = self.item_ids = np.zeros(0, dtype=np.int64)
         self.unseen = {part: {"users": 0, "items": 0, "ratings": 0} for part in ("valid", "test")}
-        self.side: dict[str, RawSide] = {}
+        self.read_side: Callable[[], dict[str, RawSide]] | None = None
 
     def load(self) -> None:
         raise NotImplementedError
@@ -136,7 +138,7 @@ class RatingsDataModule(pl.LightningDataModule):
             "n_items": self.n_items,
             "global_mean": self.global_mean,
             "rated": RatedItems.of(self.train_set, self.n_users),
-            "side_tables": tables(self.side, self.user_ids, self.item_ids) if self.side else None,
+            "side_tables": tables(self.read_side, self.user_ids, self.item_ids) if self.read_side else None,
         }
 
     def summary(self) -> dict:

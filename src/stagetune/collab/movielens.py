@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ class MovieLens(RatingsDataModule):
             every, folder, fmt, titles = bundled.read_ratings(), None, FORMATS[0], bundled.read_titles()
             check_range(every, y_range, str(bundled.folder() / bundled.RATINGS))
             self.source = f"bundled ML-100k ({bundled.folder()})"
-            self.side = bundled.read_side()
+            self.read_side = bundled.read_side
         table, parts = self._parts(every, folder, fmt, y_range)
         self._index(table, parts, titles)
 
@@ -264,7 +265,7 @@ class MovieLens(RatingsDataModule):
                     "papers' u1 numbers; data.split=u1 uses it", h.split, folder, ", ".join(present)
                 )
         every = read_ratings(folder / fmt.ratings, fmt.separator, fmt.header, y_range)
-        self.side = read_grouplens(folder) if fmt.ratings == "u.data" else {}
+        self.read_side = partial(read_grouplens, folder) if fmt.ratings == "u.data" else None
         return every, folder, fmt, read_titles(folder / fmt.titles, fmt)
 
     def _parts(self, every: Ratings, folder: Path | None, fmt: RatingsFormat, y_range) -> tuple[Ratings, Parts]:

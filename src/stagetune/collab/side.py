@@ -11,7 +11,7 @@ files do not list have no codes: their side vectors are zero.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +49,18 @@ class SideFeature:
 
 
 class SideTables:
-    """The side features a dataset has, by name (see ``FEATURES`` for whether each is a user's or an item's)."""
+    """The side features a dataset has, by name (see ``FEATURES`` for whether each is a user's or an
+    item's), read from the files only when a model asks for them: a run without side features never
+    opens (nor fails on) the side files."""
 
-    def __init__(self, features: dict[str, SideFeature]) -> None:
-        self.features = features
+    def __init__(self, load: Callable[[], dict[str, SideFeature]]) -> None:
+        self._load, self._features = load, None
+
+    @property
+    def features(self) -> dict[str, SideFeature]:
+        if self._features is None:
+            self._features = self._load()
+        return self._features
 
     def pick(self, names: Sequence[str], of: str) -> list[SideFeature]:
         """The user's or the item's features among ``names``, in ``names``' order."""
@@ -161,6 +169,11 @@ def read_grouplens(folder: Path) -> dict[str, RawSide]:
     return out
 
 
-def tables(raw: dict[str, RawSide], user_ids: np.ndarray, item_ids: np.ndarray) -> SideTables:
-    """Each feature encoded over the training vocabulary (``user_ids``/``item_ids``: raw id of index k+1 at k)."""
-    return SideTables({name: r.encoded(name, user_ids if FEATURES[name] == "user" else item_ids) for name, r in raw.items()})
+def tables(read: Callable[[], dict[str, RawSide]], user_ids: np.ndarray, item_ids: np.ndarray) -> SideTables:
+    """The features ``read`` returns, encoded over the training vocabulary (``user_ids``/``item_ids``:
+    the raw id of index k+1 at position k), once a model asks for them."""
+
+    def encode() -> dict[str, SideFeature]:
+        return {name: r.encoded(name, user_ids if FEATURES[name] == "user" else item_ids) for name, r in read().items()}
+
+    return SideTables(encode)
