@@ -17,6 +17,12 @@ is penalised as often as it is used, so rare ids are held less than popular ones
 proportion to the evidence. Only the rows a batch uses get a gradient, so ``model.sparse=true``
 stays sparse and computes the same number. It is separate from ``optim.wd`` (which decays every
 row alike); set that to 0 for the classic recipe.
+
+``side`` (``model.side``, default ``[]``) names side features (:mod:`.side`: item genres and year,
+user age, gender and occupation) whose embeddings are added to the user and item vectors (any
+model) and, for the models with biases, a scalar per value added to ``b_u``/``b_i``. The side
+factors are the ``side`` layer group (before ``biases``, or ``mlp``); the side biases train with
+``biases``. ``freq_wd`` does not hold them (``optim.wd`` or a stage's ``wd: {side: ...}`` does).
 """
 
 from __future__ import annotations
