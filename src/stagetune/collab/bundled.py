@@ -2,7 +2,7 @@
 
 ``recbole`` (MIT) ships all of ML-100k under ``recbole/dataset_example/ml-100k/``:
 ``ml-100k.inter`` holds the 100,000 ratings with their timestamps in ``u.data``'s line order (so
-GroupLens's u1-u5/ua/ub folds can be rebuilt exactly), ``ml-100k.item`` the titles and years.
+GroupLens's u1-u5/ua/ub folds can be rebuilt exactly), ``ml-100k.item`` the titles, years and genres, ``ml-100k.user`` the users' age, gender and occupation.
 Set-up (``make data``, also run by the Makefile's install step) downloads the pinned wheel with
 pip, without its dependencies, and unpacks only those files into the user cache; recbole itself is
 never installed nor imported. Loading checks the pinned SHA-256 of each file first, then reads
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stagetune.collab.side import RawSide, read_recbole
 from stagetune.collab.splits import Ratings
 from stagetune.errors import DataError
 
@@ -32,10 +33,11 @@ RECBOLE = "recbole==1.2.1"
 WHEEL_FOLDER = "recbole/dataset_example/ml-100k/"
 RATINGS = "ml-100k.inter"
 ITEMS = "ml-100k.item"
+USERS = "ml-100k.user"
 SHA256 = {
     RATINGS: "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     ITEMS: "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
-    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    USERS: "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
 REFETCH = "make data (python -m stagetune.collab.bundled)"
 
@@ -82,6 +84,11 @@ def read_titles() -> dict[int, str]:
         item, title, year = line.split("\t")[:3]
         titles[int(item)] = f"{title} ({year})" if year.isdigit() else title
     return titles
+
+
+def read_side() -> dict[str, RawSide]:
+    """The items' genres and years and the users' age, gender and occupation (:mod:`.side`)."""
+    return read_recbole(checked(ITEMS), checked(USERS))
 
 
 def unpack(wheel: Path, dest: Path) -> None:

@@ -8,12 +8,14 @@ biases are known, never an index error.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stagetune.collab.side import RawSide, tables
 from stagetune.collab.splits import check_fraction, split_random
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.engine.loaders import epoch_loader, eval_loader
@@ -73,7 +75,9 @@ class RatingsDataModule(pl.LightningDataModule):
     Subclasses fill ``train_set``/``val_set``/``test_set`` (indices 1..n, 0 = unknown),
     ``n_users``, ``n_items``, ``user_ids``/``item_ids`` (the raw id of index k+1 at position k),
     ``item_titles`` (index -> title, or None) and ``unseen`` (per evaluated part, counts of ratings
-    whose user or item never appears in training) in :meth:`load`. Valid chooses the checkpoint;
+    whose user or item never appears in training) in :meth:`load`, and ``read_side`` (a function
+    giving feature name -> :class:`~stagetune.collab.side.RawSide`, by raw id) when the data has side
+    features. Valid chooses the checkpoint;
     test is read once, at the end of a run.
     """
 
@@ -90,6 +94,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.item_titles: list[str] | None = None
         self.user_ids = self.item_ids = np.zeros(0, dtype=np.int64)
         self.unseen = {part: {"users": 0, "items": 0, "ratings": 0} for part in ("valid", "test")}
+        self.read_side: Callable[[], dict[str, RawSide]] | None = None
 
     def load(self) -> None:
         raise NotImplementedError
@@ -133,6 +138,7 @@ class RatingsDataModule(pl.LightningDataModule):
             "n_items": self.n_items,
             "global_mean": self.global_mean,
             "rated": RatedItems.of(self.train_set, self.n_users),
+            "side_tables": tables(self.read_side, self.user_ids, self.item_ids) if self.read_side else None,
         }
 
     def summary(self) -> dict:

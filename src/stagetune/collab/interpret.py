@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -138,9 +139,10 @@ class Interpretation(pl.Callback):
         data = trainer.datamodule
         if not trainer.is_global_zero or data is None or not hasattr(data, "item_names"):
             return
-        factors = pl_module.item_factors.weight.detach().cpu().numpy()[1:]
-        bias_layer = getattr(pl_module, "item_bias", None)
-        bias = bias_layer.weight.detach().cpu().numpy()[1:, 0] if bias_layer is not None else None
+        with torch.no_grad():  # the vectors and biases the model predicts with: side features included
+            factors = pl_module.all_item_vectors().cpu().numpy()[1:]
+            biases = pl_module.all_item_biases()
+        bias = biases.cpu().numpy()[1:] if biases is not None else None
         names = data.item_names()[1:]
         counts = data.item_counts()[1:]
         result, coords, top_names = interpret(factors, bias, names, counts, self.top_items, self.n_show)

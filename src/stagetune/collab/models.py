@@ -17,6 +17,12 @@ is penalised as often as it is used, so rare ids are held less than popular ones
 proportion to the evidence. Only the rows a batch uses get a gradient, so ``model.sparse=true``
 stays sparse and computes the same number. It is separate from ``optim.wd`` (which decays every
 row alike); set that to 0 for the classic recipe.
+
+``side`` (``model.side``, default ``[]``) names side features (:mod:`.side`: item genres and year,
+user age, gender and occupation) whose embeddings are added to the user and item vectors (any
+model) and, for the models with biases, a scalar per value added to ``b_u``/``b_i``. The side
+factors are the ``side`` layer group (before ``biases``, or ``mlp``); the side biases train with
+``biases``. ``freq_wd`` does not hold them (``optim.wd`` or a stage's ``wd: {side: ...}`` does).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 
 from stagetune.collab.data import UNKNOWN, RatedItems
 from stagetune.collab.interpret import Interpretation
+from stagetune.collab.side import SideFeature, SideTables, check_side
 from stagetune.errors import ConfigError
 from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import StagedModule
@@ -74,6 +81,43 @@ def embedding_width(n: int) -> int:
     return min(600, round(1.6 * n**0.56))
 
 
+class SideEmbedding(nn.Module):
+    """The sum over side features of an index's value embeddings, each feature's values weighted
+    as its codes say (a multi-hot feature averages). The codes are buffers: a checkpoint carries them."""
+
+    def __init__(self, features: list[SideFeature], dim: int, sparse: bool = False) -> None:
+        super().__init__()
+        self.tables = nn.ModuleDict({f.name: trunc_normal_embedding(f.n_values, dim, sparse=sparse) for f in features})
+        for f in features:
+            self.register_buffer(f"codes_{f.name}", f.codes.clone())
+            self.register_buffer(f"weights_{f.name}", f.weights.clone())
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for name, table in self.tables.items():
+            codes, weights = getattr(self, f"codes_{name}")[index], getattr(self, f"weights_{name}")[index]
+            total = total + (table(codes) * weights.unsqueeze(-1)).sum(-2)
+        return total
+
+
+def side_embeddings(side, side_tables: SideTables | None, of: str, dim: int, sparse: bool) -> SideEmbedding | None:
+    """The user's or the item's (``of``) side embeddings of width ``dim`` that ``model.side`` names;
+    None when it names none of them. A feature the data lacks is a ConfigError naming ``model.side``."""
+    names = check_side(side)
+    if names and side_tables is None:
+        raise ConfigError("model.side", list(names), "this data has no side features (MovieLens-100k's item and user files carry them): use model.side=[]")
+    missing = [n for n in names if n not in side_tables.features] if names else []
+    if missing:
+        raise ConfigError("model.side", list(names), f"this data lacks {', '.join(missing)}; it has {', '.join(side_tables.features) or 'none'}")
+    features = side_tables.pick(names, of) if names else []
+    return SideEmbedding(features, dim, sparse) if features else None
+
+
+def plus_side(vectors: torch.Tensor, side: SideEmbedding | None, index: torch.Tensor) -> torch.Tensor:
+    """``vectors`` plus the side embeddings of ``index`` (as is without side features)."""
+    return vectors if side is None else vectors + side(index)
+
+
 class RatingModule(StagedModule):
     """Shared logic for rating models: the range and offset, MSE loss, RMSE and MAE metrics."""
 
@@ -99,6 +143,46 @@ class RatingModule(StagedModule):
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def add_side(self, side, side_tables: SideTables | None, user_dim: int, item_dim: int, sparse: bool, biases: bool) -> None:
+        """Side embeddings for ``model.side`` added to the user and item vectors (``user_side``,
+        ``item_side``) and, with ``biases``, to the biases (``user_side_bias``, ``item_side_bias``)."""
+        self.user_side = side_embeddings(side, side_tables, "user", user_dim, sparse)
+        self.item_side = side_embeddings(side, side_tables, "item", item_dim, sparse)
+        self.user_side_bias = side_embeddings(side, side_tables, "user", 1, sparse) if biases else None
+        self.item_side_bias = side_embeddings(side, side_tables, "item", 1, sparse) if biases else None
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        return plus_side(self.user_factors(users), self.user_side, users)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return plus_side(self.item_factors(items), self.item_side, items)
+
+    def all_item_vectors(self) -> torch.Tensor:
+        """Every item index's vector as the model uses it (its factors plus its side embeddings)."""
+        return self.item_vectors(torch.arange(self.item_factors.num_embeddings, device=self.offset.device))
+
+    def all_item_biases(self) -> torch.Tensor | None:
+        """Every item index's bias as the model uses it, or None for a model without biases."""
+        if getattr(self, "item_bias", None) is None:
+            return None
+        items = torch.arange(self.item_bias.num_embeddings, device=self.offset.device)
+        return plus_side(self.item_bias(items), self.item_side_bias, items).squeeze(1)
+
+    def side_group(self) -> list[LayerGroup]:
+        """The ``side`` layer group (the side factors), when the model has side features."""
+        modules = tuple(m for m in (self.user_side, self.item_side) if m is not None)
+        return [LayerGroup("side", modules)] if modules else []
+
+    def side_biases(self) -> tuple[nn.Module, ...]:
+        """The side biases, trained and decayed with the ``biases`` group."""
+        return tuple(m for m in (self.user_side_bias, self.item_side_bias) if m is not None)
+
+    def biases(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``b_u + b_i`` plus the side biases."""
+        user = plus_side(self.user_bias(users), self.user_side_bias, users)
+        item = plus_side(self.item_bias(items), self.item_side_bias, items)
+        return (user + item).squeeze(1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return sigmoid_range(self.score(users, items) + self.offset, self.y_lo, self.y_hi)
@@ -155,20 +239,22 @@ class DotBias(RatingModule):
 
     def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5),
                  global_mean: float | None = None, sparse: bool = False, freq_wd: float = 0.0,
-                 rated: RatedItems | None = None) -> None:
-        """``rated`` (the training part's items per user, from ``model_kwargs()``) is read by SVD++ only."""
+                 rated: RatedItems | None = None, side=(), side_tables: SideTables | None = None) -> None:
+        """``rated`` (the training part's items per user, from ``model_kwargs()``) is read by SVD++ only;
+        ``side`` (``model.side``) names the side features taken from ``side_tables`` (also from ``model_kwargs()``)."""
         super().__init__(y_range, global_mean, freq_wd)
         if n_factors < 1:
             raise ConfigError("model.n_factors", n_factors, "must be >= 1 (the width of the user and item factors)")
-        self.save_hyperparameters(ignore=["rated"])
+        self.save_hyperparameters(ignore=["rated", "side_tables"])
         self.user_factors = trunc_normal_embedding(n_users, n_factors, sparse=sparse)
         self.item_factors = trunc_normal_embedding(n_items, n_factors, sparse=sparse)
         self.user_bias = trunc_normal_embedding(n_users, 1, sparse=sparse)
         self.item_bias = trunc_normal_embedding(n_items, 1, sparse=sparse)
+        self.add_side(side, side_tables, n_factors, n_factors, sparse, biases=True)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        dot = (self.user_factors(users) * self.item_factors(items)).sum(1)
-        return dot + self.user_bias(users).squeeze(1) + self.item_bias(items).squeeze(1)
+        dot = (self.user_vectors(users) * self.item_vectors(items)).sum(1)
+        return dot + self.biases(users, items)
 
     def penalised(self) -> tuple[tuple[nn.Embedding, ...], tuple[nn.Embedding, ...]]:
         return (self.user_factors, self.user_bias), (self.item_factors, self.item_bias)
@@ -176,7 +262,8 @@ class DotBias(RatingModule):
     def layer_groups(self) -> list[LayerGroup]:
         return [
             LayerGroup("embeddings", (self.user_factors, self.item_factors)),
-            LayerGroup("biases", (self.user_bias, self.item_bias)),
+            *self.side_group(),
+            LayerGroup("biases", (self.user_bias, self.item_bias, *self.side_biases())),
         ]
 
 
@@ -193,8 +280,8 @@ class SVDpp(DotBias):
 
     def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5),
                  global_mean: float | None = None, sparse: bool = False, freq_wd: float = 0.0,
-                 rated: RatedItems | None = None) -> None:
-        super().__init__(n_users, n_items, n_factors, y_range, global_mean, sparse, freq_wd)
+                 rated: RatedItems | None = None, side=(), side_tables: SideTables | None = None) -> None:
+        super().__init__(n_users, n_items, n_factors, y_range, global_mean, sparse, freq_wd, side=side, side_tables=side_tables)
         if rated is None:
             raise ConfigError("model", "svdpp", "needs the training part's items per user: build it with the datamodule's model_kwargs()")
         self.register_buffer("rated_indptr", rated.indptr.clone())
@@ -212,15 +299,16 @@ class SVDpp(DotBias):
         return self.implicit(self.rated_items[flat], offsets, per_sample_weights=weights)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        user = self.user_factors(users) + self.implicit_sum(users)
-        dot = (user * self.item_factors(items)).sum(1)
-        return dot + self.user_bias(users).squeeze(1) + self.item_bias(items).squeeze(1)
+        user = self.user_vectors(users) + self.implicit_sum(users)
+        dot = (user * self.item_vectors(items)).sum(1)
+        return dot + self.biases(users, items)
 
     def layer_groups(self) -> list[LayerGroup]:
         return [
             LayerGroup("embeddings", (self.user_factors, self.item_factors)),
             LayerGroup("implicit", (self.implicit,)),
-            LayerGroup("biases", (self.user_bias, self.item_bias)),
+            *self.side_group(),
+            LayerGroup("biases", (self.user_bias, self.item_bias, *self.side_biases())),
         ]
 
 
@@ -243,10 +331,13 @@ class CollabNN(RatingModule):
         sparse: bool = False,
         freq_wd: float = 0.0,
         rated: RatedItems | None = None,
+        side=(),
+        side_tables: SideTables | None = None,
     ) -> None:
-        """``rated`` (the training part's items per user, from ``model_kwargs()``) is read by SVD++ only."""
+        """``rated`` (the training part's items per user, from ``model_kwargs()``) is read by SVD++ only;
+        ``side`` (``model.side``) names the side features taken from ``side_tables`` (also from ``model_kwargs()``)."""
         super().__init__(y_range, global_mean, freq_wd)
-        self.save_hyperparameters(ignore=["rated"])
+        self.save_hyperparameters(ignore=["rated", "side_tables"])
         sizes = [int(s) for s in layers]
         if not sizes or any(s < 1 for s in sizes):
             raise ConfigError("model.layers", list(layers), "one or more hidden sizes, each >= 1")
@@ -255,6 +346,7 @@ class CollabNN(RatingModule):
                 raise ConfigError(key, width, "must be >= 1, or null for fastai's rule")
         self.user_factors = trunc_normal_embedding(n_users, user_width or embedding_width(n_users + 1), sparse=sparse)
         self.item_factors = trunc_normal_embedding(n_items, item_width or embedding_width(n_items + 1), sparse=sparse)
+        self.add_side(side, side_tables, self.user_factors.embedding_dim, self.item_factors.embedding_dim, sparse, biases=False)
         blocks: list[nn.Module] = []
         width = self.user_factors.embedding_dim + self.item_factors.embedding_dim
         for size in sizes:
@@ -264,10 +356,11 @@ class CollabNN(RatingModule):
         self.mlp = nn.Sequential(*blocks)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([self.user_factors(users), self.item_factors(items)], 1)).squeeze(1)
+        return self.mlp(torch.cat([self.user_vectors(users), self.item_vectors(items)], 1)).squeeze(1)
 
     def layer_groups(self) -> list[LayerGroup]:
         return [
             LayerGroup("embeddings", (self.user_factors, self.item_factors)),
+            *self.side_group(),
             LayerGroup("mlp", (self.mlp,)),
         ]

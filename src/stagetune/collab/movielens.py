@@ -4,7 +4,7 @@ With ``data.path`` unset, the real ML-100k that set-up put in the cache (:mod:`.
 read from ``data.path`` (or its one ``ml-*`` subfolder, where the archive unpacks):
 
 * ml-100k ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``; titles from ``u.item``
-  (``id|title|...``, latin-1); its own folds ``u1``..``u5``, ``ua``, ``ub`` (``.base``/``.test``).
+  (``id|title|...``, latin-1), side features (:mod:`.side`) from ``u.item`` and ``u.user``; its own folds ``u1``..``u5``, ``ua``, ``ub`` (``.base``/``.test``).
 * ml-1m ``ratings.dat``: ``user::item::rating::timestamp``; titles from ``movies.dat`` (latin-1).
 * ml-latest-small / ml-25m ``ratings.csv``: header ``userId,movieId,rating,timestamp``; titles
   from ``movies.csv`` (UTF-8, quoted CSV).
@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ import numpy as np
 from stagetune.collab import bundled
 from stagetune.collab.data import UNKNOWN, RatingsDataModule, ratings_tensor, unseen_counts
 from stagetune.collab.models import check_y_range
+from stagetune.collab.side import read_grouplens
 from stagetune.collab.splits import (
     FOLDS,
     SPLITS,
@@ -238,6 +240,7 @@ class MovieLens(RatingsDataModule):
             every, folder, fmt, titles = bundled.read_ratings(), None, FORMATS[0], bundled.read_titles()
             check_range(every, y_range, str(bundled.folder() / bundled.RATINGS))
             self.source = f"bundled ML-100k ({bundled.folder()})"
+            self.read_side = bundled.read_side
         table, parts = self._parts(every, folder, fmt, y_range)
         self._index(table, parts, titles)
 
@@ -262,6 +265,7 @@ class MovieLens(RatingsDataModule):
                     "papers' u1 numbers; data.split=u1 uses it", h.split, folder, ", ".join(present)
                 )
         every = read_ratings(folder / fmt.ratings, fmt.separator, fmt.header, y_range)
+        self.read_side = partial(read_grouplens, folder) if fmt.ratings == "u.data" else None
         return every, folder, fmt, read_titles(folder / fmt.titles, fmt)
 
     def _parts(self, every: Ratings, folder: Path | None, fmt: RatingsFormat, y_range) -> tuple[Ratings, Parts]:

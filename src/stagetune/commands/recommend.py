@@ -4,7 +4,7 @@ Users and items are named by the ids the data used (MovieLens's ``userId``/``mov
 for synthetic ratings). Recommendations are the items with the highest predicted rating among
 those the user has not rated (neither in the training nor the validation split) and that training
 saw at least once: an item nobody rated has only its initial factors. ``--similar`` ranks items by
-the cosine similarity of their learned factors.
+the cosine similarity of their learned vectors (the factors plus any side embeddings).
 """
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
 
 @torch.no_grad()
 def similar(trained: Trained, item: int, k: int = 10) -> list[Ranked]:
-    """The ``k`` items whose learned factors point the most the same way as ``item``'s."""
+    """The ``k`` items whose learned vectors (factors plus side embeddings) point the most the same way as ``item``'s."""
     data = ratings_data(trained)
     i = data.trained_index("item", item)
-    factors = trained.model.item_factors.weight.detach().cpu()
+    factors = trained.model.all_item_vectors().cpu()
     cosine = F.cosine_similarity(factors, factors[i].unsqueeze(0), dim=1)
     seen = torch.as_tensor(data.item_counts() > 0)
     seen[i] = False
