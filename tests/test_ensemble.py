@@ -2,7 +2,7 @@
 
 Three tiny ratings_synthetic runs (1,000 ratings) are trained once for the file: two seeds of the
 same data, and one of other data that an ensemble must refuse. Two digits runs (16 px) check the
-averaged class probabilities.
+averaged class probabilities, in ``stagetune-eval`` and in ``stagetune-predict --ensemble``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from stagetune.commands import evaluate
+from PIL import Image
+
+from stagetune.commands import evaluate, predict
 from stagetune.runs.trained import load_trained
-from tests.test_predict import make_run, run_main
+from stagetune.vision.data import DigitsFile
+from tests.test_predict import digit_files, make_run, read_csv, run_main  # noqa: F401 - digit_files is a fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -93,18 +96,45 @@ def test_a_checkpoint_file_is_refused_for_an_ensemble(ratings_runs, capsys):
     assert "an ensemble reads each run's best or last checkpoint" in capsys.readouterr().err
 
 
-def test_image_runs_average_their_class_probabilities(tmp_path):
-    runs = [make_run(tmp_path / f"seed{seed}", *DIGITS, f"seed={seed}") for seed in (1, 2)]
-    assert run_main(evaluate, *runs) == 0
-    record = json.loads((runs[0] / "eval-valid-ensemble.json").read_text())
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory) -> list[Path]:
+    return [make_run(tmp_path_factory.mktemp(f"digits{seed}"), *DIGITS, f"seed={seed}") for seed in (1, 2)]
+
+
+def test_image_runs_average_their_class_probabilities(digits_runs):
+    assert run_main(evaluate, *digits_runs) == 0
+    record = json.loads((digits_runs[0] / "eval-valid-ensemble.json").read_text())
     probs = []
     with torch.no_grad():
-        for run in runs:
+        for run in digits_runs:
             trained = load_trained(run)
             trained.datamodule.setup("validate")
             batches = list(trained.datamodule.val_dataloader())
             probs.append(torch.cat([trained.model(x).softmax(1) for x, _ in batches]))
             targets = torch.cat([y for _, y in batches])
     mean = torch.stack(probs).mean(0)
+    assert not torch.allclose(probs[0], probs[1], atol=1e-3)
     assert record["metrics"]["val/acc"] == pytest.approx(float((mean.argmax(1) == targets).float().mean()), abs=1e-6)
     assert record["metrics"]["val/loss"] == pytest.approx(float(F.nll_loss(mean.log(), targets)), abs=1e-5)
+
+
+def test_predict_averages_the_probabilities_of_the_ensembles_runs(digits_runs, digit_files, tmp_path):
+    folder, _ = digit_files
+    out = tmp_path / "pred.csv"
+    assert run_main(predict, digits_runs[0], folder, "--ensemble", digits_runs[1], "--top-k", 5, "--out", out) == 0
+    x = torch.stack([DigitsFile(16)(Image.open(folder / f"{n}.png")) for n in range(6)])
+    with torch.no_grad():
+        mean = torch.stack([load_trained(run).model(x).softmax(1) for run in digits_runs]).mean(0)
+    rows = read_csv(out)
+    names = load_trained(digits_runs[0]).model.class_names
+    for row, p in zip(rows, mean):
+        written = dict(pair.split(":") for pair in row["top_k"].split())
+        assert {names[i]: float(v) for i, v in enumerate(p)} == pytest.approx({k: float(v) for k, v in written.items()}, abs=1e-4)
+
+
+def test_predict_refuses_an_ensemble_of_other_data(digits_runs, ratings_runs, digit_files, tmp_path, capsys):
+    folder, _ = digit_files
+    assert run_main(predict, digits_runs[0], folder, "--ensemble", ratings_runs[0], "--out", tmp_path / "p.csv") != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "same data and splits" in err
+    assert not (tmp_path / "p.csv").exists()
