@@ -53,6 +53,7 @@ LABELS = {
     "surprise_svdpp": "Surprise `SVDpp` (defaults)",
     "fastai": "fastai `collab_learner`, bs 64, `fit_one_cycle(5, 5e-3, wd=0.1)`",
 }
+SEEDS_AVERAGED = "_seeds"  # the key of a recipe's seed runs averaged: movielens_seeds
 SPLIT_NAMES = {"u1": "u1", "random": "random 80/20 (data.seed 42)"}
 
 
@@ -71,6 +72,12 @@ def ensemble_row(runs: list[tuple[Path, dict]]) -> dict:
     return {"fit_s": round(sum(row["fit_s"] for _, row in runs), 2), "valid_rmse": valid["val/rmse"], "test_rmse": test["test/rmse"]}
 
 
+def label(name: str) -> str:
+    if name.endswith(SEEDS_AVERAGED):
+        return f"stagetune ensemble: `experiment={name.removesuffix(SEEDS_AVERAGED)}`, its seeds averaged"
+    return LABELS[name]
+
+
 def spread(values: list[float]) -> str:
     """``mean ± sample sd`` over seeds, or the one value."""
     if len(values) == 1:
@@ -87,7 +94,7 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
         for name, runs in rows.items():
             valid, test = [r["valid_rmse"] for r in runs], [r["test_rmse"] for r in runs]
             seeds = ", ".join(str(r["seed"]) for r in runs)
-            lines.append(f"| {SPLIT_NAMES.get(split, split)} | {LABELS.get(name, name)} | {seeds} | {spread(valid)} | {spread(test)} | {np.median([r['fit_s'] for r in runs]):.1f} |")
+            lines.append(f"| {SPLIT_NAMES.get(split, split)} | {label(name)} | {seeds} | {spread(valid)} | {spread(test)} | {np.median([r['fit_s'] for r in runs]):.1f} |")
     return "\n".join(lines)
 
 
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             parts = Path(tmp) / split
             parts.mkdir()
             write_parts(config(["experiment=movielens", f"data.split={split}"]), parts)
-            seed_sets = {f"{name}_seeds": name for name in RECIPES}
+            seed_sets = {name + SEEDS_AVERAGED: name for name in RECIPES}
             rows = results[split] = {name: [] for name in (*RECIPES, "pair", *seed_sets, *PEERS)}
             trained: dict[str, list[tuple[Path, dict]]] = {name: [] for name in RECIPES}
             for k, seed in enumerate(args.seeds):
@@ -126,10 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{split} seed {seed} {name}: {row}", file=sys.stderr, flush=True)
                     (out / "results.json").write_text(json.dumps(results, indent=1))
                 rows["pair"].append({"seed": seed, **ensemble_row([trained[name][-1] for name in PAIR])})
-            for label, name in seed_sets.items():
-                LABELS[label] = f"stagetune ensemble: `experiment={name}`, its {len(args.seeds)} seeds averaged"
-                rows[label] = [{"seed": "+".join(map(str, args.seeds)), **ensemble_row(trained[name])}]
-                print(f"{split} {label}: {rows[label][0]}", file=sys.stderr, flush=True)
+            for key, name in seed_sets.items():
+                rows[key] = [{"seed": "+".join(map(str, args.seeds)), **ensemble_row(trained[name])}]
+                print(f"{split} {key}: {rows[key][0]}", file=sys.stderr, flush=True)
     text = table(results)
     print(text)
     (out / "results.md").write_text(text + "\n")
