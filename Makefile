@@ -9,7 +9,7 @@ ARGS   ?=
 TEST_WORKERS ?= auto
 PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: help data train test test-slow sweep tensorboard bench bench-fastai docs clean clean-outputs
+.PHONY: help data train test test-slow sweep tensorboard bench bench-fastai bench-peers docs clean clean-outputs
 
 help:
 	@echo "make train        set up .venv if needed, run the default experiment (ARGS='key=value ...')"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench        the performance benchmarks (table under outputs/bench/)"
 	@echo "make docs         rerun the README's runs: its generated numbers, pictures and screenshots (ARGS='--only NAME --quick')"
 	@echo "make bench-fastai the movielens recipes against fastai's own, timed alternately (fastai in its own venv)"
+	@echo "make bench-peers  the ratings recipes and ensembles against Surprise SVD/SVD++ and fastai, 3 seeds, u1 and random 80/20 (peers in their own venvs)"
 	@echo "make clean        remove caches and build files (keeps outputs/ and .venv)"
 	@echo "make clean-outputs  delete every run under outputs/ (asks first)"
 
@@ -66,6 +67,16 @@ $(FASTAI_ENV)/.installed:
 
 bench-fastai: data $(FASTAI_ENV)/.installed
 	$(BIN)/python -m benchmarks.fastai_collab $(ARGS)
+
+# Surprise (scikit-surprise) likewise in its own environment: it needs numpy < 2 and builds with a C compiler.
+SURPRISE_ENV := outputs/bench/surprise-env
+$(SURPRISE_ENV)/.installed:
+	$(PYTHON) -m venv $(SURPRISE_ENV)
+	$(SURPRISE_ENV)/bin/python -m pip install --quiet 'numpy<2' scikit-surprise
+	touch $@
+
+bench-peers: data $(FASTAI_ENV)/.installed $(SURPRISE_ENV)/.installed
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.collab_peers $(ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .hypothesis src/*.egg-info lightning_logs

@@ -47,15 +47,16 @@ def write_parts(cfg: DictConfig, out: Path) -> None:
         np.savetxt(out / f"{name}.tsv", np.column_stack([users, items, part.ratings.numpy()]), fmt=["%d", "%d", "%g"], delimiter="\t")
 
 
-def fastai_run(parts: Path) -> dict:
-    done = subprocess.run([str(FASTAI_PYTHON), str(FASTAI_RECIPE), str(parts)], capture_output=True, text=True, env=ENV, check=False)
+def fastai_run(parts: Path, seed: int | None = None) -> dict:
+    cmd = [str(FASTAI_PYTHON), str(FASTAI_RECIPE), str(parts), *([] if seed is None else [str(seed)])]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, check=False)
     if done.returncode != 0:
         raise SystemExit(f"fastai's run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def stagetune_run(experiment: str, split: str, run_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", "stagetune", f"experiment={experiment}", f"data.split={split}", f"hydra.run.dir={run_dir}"]
+def stagetune_run(experiment: str, split: str, run_dir: Path, *overrides: str) -> dict:
+    cmd = [sys.executable, "-m", "stagetune", f"experiment={experiment}", f"data.split={split}", f"hydra.run.dir={run_dir}", *overrides]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "PYTHONPATH": f"{PACKAGE_DIR.parent}:{ENV.get('PYTHONPATH', '')}"}, check=False)
     if done.returncode != 0:
         raise SystemExit(f"stagetune {experiment} failed:\n{done.stderr[-3000:]}")

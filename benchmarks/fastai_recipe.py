@@ -1,10 +1,11 @@
 """fastai's collaborative-filtering recipe on given parts, timed: run by the fastai environment only.
 
-``python fastai_recipe.py PARTS_DIR``: reads ``train.tsv``, ``valid.tsv``, ``test.tsv`` (user, item,
+``python fastai_recipe.py PARTS_DIR [SEED]``: reads ``train.tsv``, ``valid.tsv``, ``test.tsv`` (user, item,
 rating; raw ids, ``-1`` for an id the training part never saw), trains fastai's own recipe
 (``collab_learner(n_factors=50, y_range=(0, 5.5))``, batch 64, ``fit_one_cycle(5, 5e-3, wd=0.1)``)
 on train with valid as its validation set, and prints one JSON line: fit seconds, valid and test
-RMSE. It imports fastai, never stagetune (fastai is not a stagetune dependency).
+RMSE. With ``SEED``, fastai's ``set_seed`` fixes the initial weights and the batches' order first.
+It imports fastai, never stagetune (fastai is not a stagetune dependency).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from fastai.collab import TabularCollab, collab_learner
-from fastai.tabular.all import Categorify, IndexSplitter, TransformBlock, range_of
+from fastai.tabular.all import Categorify, IndexSplitter, TransformBlock, range_of, set_seed
 
 
 def read(path: Path) -> pd.DataFrame:
@@ -25,7 +26,9 @@ def read(path: Path) -> pd.DataFrame:
     return df.astype({"user": str, "item": str, "rating": "float32"})
 
 
-def main(parts: Path) -> None:
+def main(parts: Path, seed: int | None = None) -> None:
+    if seed is not None:
+        set_seed(seed)
     train, valid, test = (read(parts / f"{name}.tsv") for name in ("train", "valid", "test"))
     df = pd.concat([train, valid], ignore_index=True)
     splits = IndexSplitter(list(range(len(train), len(df))))(range_of(df))
@@ -46,4 +49,4 @@ def main(parts: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -97,3 +97,13 @@ def test_fastai_benchmark_writes_the_same_three_parts_with_raw_ids(tmp_path):
     for part in parts.values():
         known = part[(part[:, 0] > 0) & (part[:, 1] > 0)].astype(int)
         assert {tuple(row) for row in known} <= raw
+
+
+def test_the_peer_table_gives_each_models_mean_and_sample_sd_over_seeds():
+    from benchmarks.collab_peers import table
+
+    runs = [{"seed": s, "valid_rmse": v, "test_rmse": t, "fit_s": f} for s, v, t, f in ((0, 0.90, 0.92, 10.0), (1, 0.91, 0.94, 30.0), (2, 0.92, 0.93, 20.0))]
+    averaged = [{"seed": "0+1+2", "valid_rmse": 0.895, "test_rmse": 0.915, "fit_s": 60.0}]
+    lines = table({"u1": {"movielens": runs, "movielens_seeds": averaged}}).splitlines()
+    assert lines[2] == "| u1 | stagetune `experiment=movielens` (dot_bias) | 0, 1, 2 | 0.9100 ± 0.0100 | 0.9300 ± 0.0100 | 20.0 |"
+    assert lines[3] == "| u1 | stagetune ensemble: `experiment=movielens`, its seeds averaged | 0+1+2 | 0.8950 | 0.9150 | 60.0 |"

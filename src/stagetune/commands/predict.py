@@ -3,8 +3,10 @@
 Files are prepared by the run's own datamodule (``eval_transform``: the size, normalisation and,
 for digits, the grey 8x8 path), predicted in batches, and written to a CSV: path, predicted class,
 its probability, and the top-k classes. ``--tta`` averages the probabilities of each image and its
-horizontal mirror (fastai's ``tta``, without its random crops). A file that cannot be read is
-listed and skipped; the others are still predicted.
+horizontal mirror (fastai's ``tta``, without its random crops). ``--ensemble RUN`` (repeatable)
+averages the probabilities of the run's model with those of other runs of the same data
+(``runs/ensemble.py`` checks it), each file prepared once by the first run's transform. A file
+that cannot be read is listed and skipped; the others are still predicted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from stagetune.errors import DataError, StagetuneError
 from stagetune.commands.cli import one_line_errors
+from stagetune.runs.ensemble import check_same_data
 from stagetune.runs.outputs import check_output, output_file
 from stagetune.runs.trained import Trained, load_trained
 
@@ -67,12 +70,10 @@ def read_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> 
 
 
 @torch.no_grad()
-def probabilities(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Softmax of the model's logits; with ``tta``, averaged with those of the mirrored images."""
-    probs = model(x).softmax(1)
-    if tta:
-        probs = (probs + model(x.flip(-1)).softmax(1)) / 2
-    return probs
+def probabilities(models: Sequence[torch.nn.Module], x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Softmax of each model's logits, averaged over the models; with ``tta``, also over the mirrored images."""
+    views = [x, x.flip(-1)] if tta else [x]
+    return torch.stack([model(view).softmax(1) for model in models for view in views]).mean(0)
 
 
 def predict(
@@ -82,13 +83,16 @@ def predict(
     batch_size: int = 64,
     tta: bool = False,
     top_k: int = 3,
+    ensemble: Sequence[Trained] = (),
 ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Predictions for the readable files, and ``(path, reason)`` for each file that was skipped."""
+    """Predictions for the readable files, and ``(path, reason)`` for each file that was skipped;
+    with ``ensemble``, the probabilities of ``trained`` and those runs' models averaged."""
     if batch_size < 1:
         raise StagetuneError(f"--batch-size {batch_size}: must be >= 1")
     if top_k < 1:
         raise StagetuneError(f"--top-k {top_k}: must be >= 1")
     names = trained.model.class_names
+    models = [trained.model, *(member.model for member in ensemble)]
     k = min(top_k, len(names))
     predictions: list[Prediction] = []
     skipped: list[tuple[str, str]] = []
@@ -102,7 +106,7 @@ def predict(
                 skipped.append((str(path), str(err).splitlines()[0] if str(err) else type(err).__name__))
         if not batch:
             continue
-        probs = probabilities(trained.model, torch.stack(batch).to(trained.device), tta).cpu()
+        probs = probabilities(models, torch.stack(batch).to(trained.device), tta).cpu()
         values, indices = probs.topk(k, dim=1)
         for path, vals, idx in zip(paths, values.tolist(), indices.tolist()):
             top = [(names[i], v) for i, v in zip(idx, vals)]
@@ -136,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     ap.add_argument("--ckpt", default="best", choices=["best", "last"], help="which checkpoint (default: best)")
     ap.add_argument("--tta", action="store_true", help="average over each image and its horizontal mirror")
+    ap.add_argument(
+        "--ensemble", action="append", default=[], metavar="RUN",
+        help="another run of the same data whose probabilities are averaged in (repeatable)",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--top-k", type=int, default=3, help="classes listed per image in the CSV (default: 3)")
@@ -150,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     out = check_output(Path(args.out), args.force, "predictions.csv")
     trained = load_trained(args.run_dir, args.ckpt, args.device)
     transform = image_transform(trained)
+    ensemble = [load_trained(run, args.ckpt, args.device) for run in args.ensemble]
+    if ensemble:
+        check_same_data([trained, *ensemble])
     files = image_files(args.images)
-    predictions, skipped = predict(trained, files, transform, args.batch_size, args.tta, args.top_k)
+    predictions, skipped = predict(trained, files, transform, args.batch_size, args.tta, args.top_k, ensemble)
     for path, reason in skipped:
         print(f"stagetune-predict: skipped unreadable image {path} ({reason})", file=sys.stderr)
     if not predictions:
