@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "scripts" / "screenshot_tensorboard.sh"
@@ -188,6 +189,12 @@ def sweep_jobs(sweep_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+def job_values(sweep_dir: Path, job: dict[str, str]) -> dict[str, str]:
+    """A job's row with every key its command line set (the report lists only keys whose value varies)."""
+    items = yaml.safe_load((sweep_dir / job["job"] / "overrides.yaml").read_text()) or []
+    return {**dict(item.split("=", 1) for item in items if "=" in item), **job}
+
+
 def sweep_wall(sweep_dir: Path) -> float:
     return float((sweep_dir / "wall_s.txt").read_text())
 
@@ -297,7 +304,7 @@ def movielens_svdpp(runner: Runner) -> str:
 
 def recipe_table(sweep: Path, keys: dict[str, str]) -> str:
     """A recipe sweep's jobs: the swept values, valid (the chosen in bold), train in eval mode, test."""
-    jobs = sweep_jobs(sweep)
+    jobs = [job_values(sweep, j) for j in sweep_jobs(sweep)]
     best = min(jobs, key=lambda j: float(j["val/rmse best"]))
     head = " | ".join(f"`{k}`" if k == label else label for k, label in keys.items())
     lines = [f"| {head} | valid RMSE (chooses) | train RMSE (eval) | test RMSE |", "| --- " * (len(keys) + 3) + "|"]
