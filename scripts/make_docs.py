@@ -137,9 +137,10 @@ def universal_approx(runner: Runner) -> str:
     valid = run["valid"]  # the chosen checkpoint's
     widths = sorted(int(key.rsplit("w", 1)[1]) for key in valid if key.startswith("val/mse/w"))
     image = runner.picture(Path(run["run_dir"]) / "universal_approx.png", "universal_approx.png")
-    rows = "\n".join(f"| {w} | {valid[f'val/mse/w{w}']:.1e} |" for w in widths)
+    test = run["test"]  # read once, for the checkpoint valid chose
+    rows = "\n".join(f"| {w} | {valid[f'val/mse/w{w}']:.1e} | {test[f'test/mse/w{w}']:.1e} |" for w in widths)
     return (
-        f"| hidden width | validation MSE |\n| --- | --- |\n{rows}\n\n"
+        f"| hidden width | validation MSE | test MSE |\n| --- | --- | --- |\n{rows}\n\n"
         f"`experiment=universal_approx`: {run['time_s']:.0f} s of fitting, {run['wall_s']:.0f} s for the whole command.\n\n"
         f"![ReLU networks of growing width fitting sin]({image})"
     )

@@ -40,10 +40,10 @@ def test_quick_universal_approx_writes_the_runs_numbers_into_a_copy(tmp_path):
     code = make_docs.main(["--only", "universal_approx", "--quick", "--readme", str(readme), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
     assert code == 0
     (metrics,) = (tmp_path / "out").glob("*/universal_approx/metrics.json")
-    valid = json.loads(metrics.read_text())["valid"]
+    run = json.loads(metrics.read_text())
     text = readme.read_text()
     for width in (2, 8, 32, 128):
-        assert f"| {width} | {valid[f'val/mse/w{width}']:.1e} |" in text
+        assert f"| {width} | {run['valid'][f'val/mse/w{width}']:.1e} | {run['test'][f'test/mse/w{width}']:.1e} |" in text
     assert "old numbers typed by hand" not in text and f"on a {make_docs.machine()}" in text and "quick check" in text
     assert (tmp_path / "img" / "universal_approx.png").read_bytes()[:4] == b"\x89PNG"
 
