@@ -14,6 +14,7 @@ fails loudly when TensorBoard does not come up. Nothing here types a number.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "scripts" / "screenshot_tensorboard.sh"
@@ -84,11 +86,23 @@ class Runner:
         return {**metrics, "wall_s": wall, "run_dir": str(run_dir)}
 
     def sweep(self, name: str, *overrides: str) -> Path:
-        """``stagetune -m OVERRIDES`` into ``out/name``; the sweep directory."""
+        """``stagetune -m OVERRIDES`` into ``out/name``; the sweep directory, its whole wall time in ``wall_s.txt``."""
         sweep_dir = self.out / name
+        started = time.perf_counter()
         stagetune("-m", *overrides, f"hydra.sweep.dir={sweep_dir}")
-        print(f"  {name}: sweep done", file=sys.stderr, flush=True)
+        wall = time.perf_counter() - started
+        (sweep_dir / "wall_s.txt").write_text(f"{wall:.1f}\n")
+        print(f"  {name}: sweep done, {wall:.0f} s", file=sys.stderr, flush=True)
         return sweep_dir
+
+    def benchmarks(self, *args: str) -> dict:
+        """``python -m benchmarks ARGS`` into ``out/bench``; its ``results.json``."""
+        env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+        done = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out", str(self.out / "bench")], cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DocsError(f"python -m benchmarks {' '.join(args)} exited {done.returncode}: {done.stderr.strip().splitlines()[-1:]}")
+        (results,) = (self.out / "bench").glob("*/results.json")
+        return json.loads(results.read_text())
 
     def picture(self, source: Path, name: str) -> str:
         """Copy a picture a run drew into the docs' images; its README path."""
@@ -123,9 +137,10 @@ def universal_approx(runner: Runner) -> str:
     valid = run["valid"]  # the chosen checkpoint's
     widths = sorted(int(key.rsplit("w", 1)[1]) for key in valid if key.startswith("val/mse/w"))
     image = runner.picture(Path(run["run_dir"]) / "universal_approx.png", "universal_approx.png")
-    rows = "\n".join(f"| {w} | {valid[f'val/mse/w{w}']:.1e} |" for w in widths)
+    test = run["test"]  # read once, for the checkpoint valid chose
+    rows = "\n".join(f"| {w} | {valid[f'val/mse/w{w}']:.1e} | {test[f'test/mse/w{w}']:.1e} |" for w in widths)
     return (
-        f"| hidden width | validation MSE |\n| --- | --- |\n{rows}\n\n"
+        f"| hidden width | validation MSE | test MSE |\n| --- | --- | --- |\n{rows}\n\n"
         f"`experiment=universal_approx`: {run['time_s']:.0f} s of fitting, {run['wall_s']:.0f} s for the whole command.\n\n"
         f"![ReLU networks of growing width fitting sin]({image})"
     )
@@ -166,7 +181,228 @@ def tensorboard(runner: Runner) -> str:
     )
 
 
-SECTIONS = {s.name: s for s in (Section("universal_approx", universal_approx), Section("digits_transfer", digits_transfer), Section("tensorboard", tensorboard))}
+def sweep_jobs(sweep_dir: Path) -> list[dict[str, str]]:
+    """The completed jobs of a sweep as its report's ``summary.csv`` gives them; a failed job is an error."""
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    failed = [f"job {r['job']}: {r['status']} {r['error']}" for r in rows if r["status"] != "completed"]
+    if failed or not rows:
+        raise DocsError(f"the sweep {sweep_dir} did not complete: {'; '.join(failed) or 'no jobs'}")
+    return rows
+
+
+def job_values(sweep_dir: Path, job: dict[str, str]) -> dict[str, str]:
+    """A job's row with every key its command line set (the report lists only keys whose value varies)."""
+    items = yaml.safe_load((sweep_dir / job["job"] / "overrides.yaml").read_text()) or []
+    return {**dict(item.split("=", 1) for item in items if "=" in item), **job}
+
+
+def sweep_wall(sweep_dir: Path) -> float:
+    return float((sweep_dir / "wall_s.txt").read_text())
+
+
+def job_metrics(sweep_dir: Path, job: str) -> dict:
+    return json.loads((sweep_dir / job / "metrics.json").read_text())
+
+
+def short(value: float) -> str:
+    """A swept value as the README writes it: ``1e-4``, ``5e-3``, ``0.1``, ``50``."""
+    if value == 0 or abs(value) >= 0.1:
+        return f"{value:g}"
+    return f"{value:.0e}".replace("e-0", "e-")
+
+
+def bold_if(text: str, chosen: bool) -> str:
+    return f"**{text}**" if chosen else text
+
+
+def sgd_line(runner: Runner) -> str:
+    """The line fit's end, next to the least-squares and true lines; its two pictures."""
+    run = runner.train("sgd_line", "experiment=sgd_line", *(["plan.stages.all.epochs=2"] if runner.quick else []))
+    valid, data = run["valid"], run["data"]
+    png = runner.picture(Path(run["run_dir"]) / "sgd_line.png", "sgd_line.png")
+    gif = runner.picture(Path(run["run_dir"]) / "sgd_line.gif", "sgd_line.gif")
+    return (
+        "| line | a | b |\n| --- | --- | --- |\n"
+        f"| SGD's (the checkpoint valid chose) | {valid['fit/a']:.2f} | {valid['fit/b']:.2f} |\n"
+        f"| least squares on the 100 points | {data['least_squares_a']:.2f} | {data['least_squares_b']:.2f} |\n"
+        f"| true | {data['true_a']:g} | {data['true_b']:g} |\n\n"
+        f"MSE to the true line: valid {valid['val/loss']:.5f}, test {run['test']['test/loss']:.5f}. "
+        f"`experiment=sgd_line`: {run['time_s']:.0f} s of fitting and drawing, {run['wall_s']:.0f} s for the whole command.\n\n"
+        f"![ScratchSGD fitting a line]({png})\n\n![the line moving toward the points]({gif})"
+    )
+
+
+def wd_lr_sweep(runner: Runner) -> str:
+    """The sweep report's heatmap of ``sweep=wd_lr`` and its grid of best valid RMSEs, with the data's noise floor."""
+    budget = ["optim.wd=0,0.1", "plan.lr=5e-3,2e-2", "data.n_ratings=4000", "plan.stages.all.epochs=1"] if runner.quick else []
+    sweep = runner.sweep("wd_lr", "experiment=ratings_synthetic", "sweep=wd_lr", *budget)
+    jobs = sweep_jobs(sweep)
+    image = runner.picture(sweep / "summary.png", "sweep_heatmap.png")
+    wds = sorted({j["optim.wd"] for j in jobs}, key=float)
+    lrs = sorted({j["plan.lr"] for j in jobs}, key=float)
+    cell = {(j["optim.wd"], j["plan.lr"]): float(j["val/rmse best"]) for j in jobs}
+    best = min(cell, key=cell.get)
+    rows = "\n".join(f"| {wd} | " + " | ".join(bold_if(f"{cell[wd, lr]:.4f}", (wd, lr) == best) for lr in lrs) + " |" for wd in wds)
+    floor = job_metrics(sweep, jobs[0]["job"])["data"]["noise_floor"]
+    by_wd = max(max(cell[wd, lr] for wd in wds) - min(cell[wd, lr] for wd in wds) for lr in lrs)
+    by_lr = max(max(cell[wd, lr] for lr in lrs) - min(cell[wd, lr] for lr in lrs) for wd in wds)
+    return (
+        f"![stagetune -m experiment=ratings_synthetic sweep=wd_lr: best val/rmse over wd x lr]({image})\n\n"
+        f"| best val/rmse: `optim.wd` \\ `plan.lr` | {' | '.join(lrs)} |\n| --- |{' --- |' * len(lrs)}\n{rows}\n\n"
+        f"At a fixed LR, weight decay moves the best val/rmse by at most {by_wd:.4f}; at a fixed wd, the LR by up to {by_lr:.4f}. "
+        f"The noise floor of these ratings (the true model's RMSE on valid) is {floor:.3f}; "
+        f"{len(jobs)} jobs, {sweep_wall(sweep):.0f} s for the whole sweep."
+    )
+
+
+def wd_l2_sweep(runner: Runner) -> str:
+    """``make sweep``: train, valid and test RMSE against L2 weight decay, the report's plot, the sweep's time."""
+    budget = ["optim.wd=1e-6,1e-2", "plan.stages.all.epochs=1", "checkpoint.every_n_epochs=1", "trainer.limit_train_batches=4"] if runner.quick else []
+    sweep = runner.sweep("wd_l2", "experiment=movielens", "sweep=wd_l2", *budget)
+    jobs = sorted(sweep_jobs(sweep), key=lambda j: float(j["optim.wd"]))
+    image = runner.picture(sweep / "summary.png", "wd_l2_sweep.png")
+    best = min(jobs, key=lambda j: float(j["val/rmse best"]))
+    wds = [short(float(j["optim.wd"])) for j in jobs]
+
+    def row(label: str, key: str, mark: bool = False) -> str:
+        return f"| {label} | " + " | ".join(bold_if(f"{float(j[key]):.3f}", mark and j is best) for j in jobs) + " |"
+
+    train = [float(j["train_eval/rmse"]) for j in jobs]
+    valid = [float(j["val/rmse best"]) for j in jobs]
+    return (
+        f"![make sweep: train and valid RMSE against L2 weight decay on ML-100k]({image})\n\n"
+        f"| `optim.wd` (L2) | {' | '.join(wds)} |\n| --- |{' --- |' * len(jobs)}\n"
+        + "\n".join([row("train RMSE (eval mode)", "train_eval/rmse"), row("valid RMSE (chooses)", "val/rmse best", True), row("test RMSE (u1.test)", "test/rmse")])
+        + f"\n\nFrom the smallest to the largest wd, train RMSE goes {train[0]:.3f} -> {train[-1]:.3f} and valid {valid[0]:.3f} -> {valid[-1]:.3f}; "
+        f"valid is lowest at wd {wds[jobs.index(best)]} ({valid[jobs.index(best)]:.3f}). "
+        f"`make sweep`: {len(jobs)} jobs, {sweep_wall(sweep):.0f} s for the whole sweep, "
+        f"{min(float(j['time_s']) for j in jobs):.0f}-{max(float(j['time_s']) for j in jobs):.0f} s of fitting per job."
+    )
+
+
+# The SVD++ rows of the README: the reference and the variants tried, all on experiment=movielens's recipe.
+SVDPP_RECIPES = {
+    "`dot_bias` (`experiment=movielens`), reference": ["experiment=movielens"],
+    "`svdpp`, wd 1e-4 on `y` too": ["experiment=movielens_svdpp", "plan.stages.all.wd.implicit=1e-4"],
+    "`svdpp`, L2 wd 1e-3 on `y` (`experiment=movielens_svdpp`)": ["experiment=movielens_svdpp"],
+    "`svdpp`, L2 wd 1e-2 on `y`": ["experiment=movielens_svdpp", "plan.stages.all.wd.implicit=1e-2"],
+    "`svdpp`, `optim.wd=0 model.freq_wd=0.02`": ["experiment=movielens_svdpp", "optim.wd=0", "plan.stages.all.wd=null", "model.freq_wd=0.02"],
+    "`svdpp`, `optim.wd=0 model.freq_wd=0.05`": ["experiment=movielens_svdpp", "optim.wd=0", "plan.stages.all.wd=null", "model.freq_wd=0.05"],
+}
+QUICK_MOVIELENS = ["plan.stages.all.epochs=1", "trainer.limit_train_batches=4"]
+
+
+def movielens_svdpp(runner: Runner) -> str:
+    """SVD++ variants against the dot product on ML-100k u1; test shown for the reference and the row valid chose."""
+    budget = QUICK_MOVIELENS if runner.quick else []
+    runs = {label: runner.train(f"svdpp_{k}", *overrides, *budget) for k, (label, overrides) in enumerate(SVDPP_RECIPES.items())}
+    chosen = min(list(runs)[1:], key=lambda label: runs[label]["valid"]["val/rmse"])
+    reference = next(iter(runs))
+    lines = ["| model, change to the recipe | val RMSE | test RMSE | fit |", "| --- | --- | --- | --- |"]
+    for label, run in runs.items():
+        test = f"{run['test']['test/rmse']:.4f}" if label in (reference, chosen) else ""
+        valid = bold_if(f"{run['valid']['val/rmse']:.4f}", label == chosen)
+        lines.append(f"| {label} | {valid} | {test} | {run['time_s']:.0f} s |")
+    return "\n".join(lines) + "\n\nOne seed; test is read for the reference and for the SVD++ row valid chose only."
+
+
+def recipe_table(sweep: Path, keys: dict[str, str]) -> str:
+    """A recipe sweep's jobs: the swept values, valid (the chosen in bold), train in eval mode, test."""
+    jobs = [job_values(sweep, j) for j in sweep_jobs(sweep)]
+    best = min(jobs, key=lambda j: float(j["val/rmse best"]))
+    head = " | ".join(f"`{k}`" if k == label else label for k, label in keys.items())
+    lines = [f"| {head} | valid RMSE (chooses) | train RMSE (eval) | test RMSE |", "| --- " * (len(keys) + 3) + "|"]
+    for job in sorted(jobs, key=lambda j: tuple(float(j[k]) for k in keys)):
+        valid = f"{float(job['val/rmse best']):.4f}"
+        valid = f"**{valid}** (chosen)" if job is best else valid
+        values = " | ".join(short(float(job[k])) for k in keys)
+        lines.append(f"| {values} | {valid} | {float(job['train_eval/rmse']):.3f} | {float(job['test/rmse']):.4f} |")
+    return "\n".join(lines) + f"\n\n{len(jobs)} jobs, {sweep_wall(sweep):.0f} s for the whole sweep."
+
+
+def recipe_movielens(runner: Runner) -> str:
+    """``sweep=recipe_movielens``: how experiment=movielens's recipe was chosen."""
+    budget = ["optim.wd=1e-4", "plan.lr=5e-3,1e-2", "model.n_factors=50", *QUICK_MOVIELENS] if runner.quick else []
+    sweep = runner.sweep("recipe_movielens", "experiment=movielens", "sweep=recipe_movielens", *budget)
+    return recipe_table(sweep, {"optim.wd": "`optim.wd` (L2)", "plan.lr": "plan.lr", "model.n_factors": "factors"})
+
+
+def recipe_movielens_nn(runner: Runner) -> str:
+    """``sweep=recipe_movielens_nn``: how experiment=movielens_nn's recipe was chosen."""
+    budget = ["optim.wd=1.0", "plan.lr=1e-2,3e-2", *QUICK_MOVIELENS] if runner.quick else []
+    sweep = runner.sweep("recipe_movielens_nn", "experiment=movielens_nn", "sweep=recipe_movielens_nn", *budget)
+    return recipe_table(sweep, {"optim.wd": "optim.wd", "plan.lr": "plan.lr"})
+
+
+def movielens_folds(runner: Runner) -> str:
+    """``experiment=movielens`` on ML-100k's five folds: test RMSE per fold, mean and spread."""
+    folds = ["u1", "u2"] if runner.quick else ["u1", "u2", "u3", "u4", "u5"]
+    sweep = runner.sweep("movielens_folds", "experiment=movielens", f"data.split={','.join(folds)}", *(QUICK_MOVIELENS if runner.quick else []))
+    jobs = sorted(sweep_jobs(sweep), key=lambda j: j["data.split"])
+    test = [float(j["test/rmse"]) for j in jobs]
+    valid = [float(j["val/rmse best"]) for j in jobs]
+    return (
+        f"`experiment=movielens` on ML-100k's folds (`-m data.split={','.join(folds)}`): test RMSE "
+        + ", ".join(f"{t:.4f}" for t in test)
+        + f", **mean {statistics.mean(test):.4f}, sample std {statistics.stdev(test):.4f}** (valid {mean_std(valid)}); "
+        f"{sweep_wall(sweep):.0f} s for the {len(folds)} runs."
+    )
+
+
+# The synthetic-ratings rows of the README: fastai's recipe, the experiment's default and the L2 variants.
+SYNTHETIC_RECIPES = {
+    "fastai's (batch 64, `fit_one_cycle(5, 5e-3)`, decoupled wd 0.1: `data.batch_size=64 plan.lr=5e-3 optim.wd=0.1`)": ["data.batch_size=64", "plan.lr=5e-3", "optim.wd=0.1"],
+    "batch 1024, lr 1e-2, decoupled wd 1.0 (the experiment's default)": [],
+    "batch 1024, lr 3e-2, L2 wd 3e-4 (`optim.wd_kind=l2 optim.wd=3e-4 plan.lr=3e-2`)": ["optim.wd_kind=l2", "optim.wd=3e-4", "plan.lr=3e-2"],
+    "batch 1024, lr 3e-2, L2 wd 3e-4 on the embeddings, none on the biases (`plan.stages.all.wd={biases: 0.0}`)": ["optim.wd_kind=l2", "optim.wd=3e-4", "plan.lr=3e-2", "plan.stages.all.wd={biases:0.0}"],
+    "batch 1024, lr 3e-2, L2 wd 1e-3": ["optim.wd_kind=l2", "optim.wd=1e-3", "plan.lr=3e-2"],
+    "batch 1024, lr 3e-2, decoupled wd 3.0": ["optim.wd=3.0", "plan.lr=3e-2"],
+}
+
+
+def ratings_synthetic(runner: Runner) -> str:
+    """Recipes on the synthetic ratings against their noise floor (validation RMSE, 5 epochs)."""
+    budget = ["data.n_ratings=4000", "plan.stages.all.epochs=1"] if runner.quick else []
+    runs = {label: runner.train(f"synthetic_{k}", "experiment=ratings_synthetic", *overrides, *budget) for k, (label, overrides) in enumerate(SYNTHETIC_RECIPES.items())}
+    floor = next(iter(runs.values()))["data"]["noise_floor"]
+    lines = [f"| recipe | val RMSE | / noise floor {floor:.3f} | fit |", "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {run['valid']['val/rmse']:.4f} | {run['valid']['val/rmse'] / floor:.3f} | {run['time_s']:.0f} s |" for label, run in runs.items()]
+    default = runs[list(SYNTHETIC_RECIPES)[1]]
+    return "\n".join(lines) + f"\n\nOne seed each; `experiment=ratings_synthetic` (the default row) took {default['wall_s']:.0f} s with start-up."
+
+
+def bench(runner: Runner) -> str:
+    """``make bench``: every figure's median ratio over the repeats, its spread and whether the target is met."""
+    results = runner.benchmarks(*(["--quick", "--repeats", "1", "--only", "frozen"] if runner.quick else []))
+    met = {True: "yes", False: "**no**", None: "-"}
+    lines = ["| figure | median | spread | target | met |", "| --- | --- | --- | --- | --- |"]
+    for f in results["figures"]:
+        target = "-" if f["target"] is None else f["target_text"]
+        lines.append(f"| {f['name']} | {f['median']:.3g} | {f['min']:.3g}-{f['max']:.3g} | {target} | {met[f['met']]} |")
+    context = results["context"]
+    return "\n".join(lines) + (
+        f"\n\n`make bench`: {context['repeats']} repeats, {context['timed steps (after warm-up)']} timed steps, "
+        f"{context['wall time s'] / 60:.0f} min in all; load average at the end {context['load average at end']}."
+    )
+
+
+SECTIONS = {
+    s.name: s
+    for s in (
+        Section("digits_transfer", digits_transfer),
+        Section("movielens_svdpp", movielens_svdpp),
+        Section("recipe_movielens", recipe_movielens),
+        Section("recipe_movielens_nn", recipe_movielens_nn),
+        Section("movielens_folds", movielens_folds),
+        Section("ratings_synthetic", ratings_synthetic),
+        Section("sgd_line", sgd_line),
+        Section("universal_approx", universal_approx),
+        Section("wd_lr_sweep", wd_lr_sweep),
+        Section("wd_l2_sweep", wd_l2_sweep),
+        Section("tensorboard", tensorboard),
+        Section("bench", bench),
+    )
+}
 
 
 def block_pattern(name: str) -> re.Pattern:

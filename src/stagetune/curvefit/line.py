@@ -147,7 +147,7 @@ class Film:
     def show(self, k: int, trail: bool = False):
         step, a, b, _ = self.history[k]
         self.line.set_data(self.grid, a * self.grid + b)
-        self.line.set_label(f"fit: y = {a:.2f}x {b:+.2f}")
+        self.line.set_label(f"fit: y = {a:.2f}x {'-' if b < 0 else '+'} {abs(b):.2f}")
         self.legend_axes.legend(loc="upper left", fontsize=8)
         earlier = frame_indices(k, len(self.trail))[:-1] if trail else []
         for artist, k_old in zip(self.trail, earlier + [None] * len(self.trail)):
