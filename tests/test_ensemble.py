@@ -93,6 +93,14 @@ def test_runs_of_other_data_are_refused_in_one_line(ratings_runs, other_data_run
     assert sorted(ratings_runs[0].glob("eval-*")) == records
 
 
+def test_runs_that_differ_in_batch_size_and_y_range_only_are_averaged(ratings_runs, tmp_path):
+    same_split = [o for o in RATINGS if not o.startswith("data.batch_size")]
+    other = make_run(tmp_path / "other", *same_split, "data.n_ratings=1000", "data.batch_size=32", "model.y_range=[0.5,6.0]")
+    assert run_main(evaluate, ratings_runs[0], other) == 0
+    record = json.loads(sorted(ratings_runs[0].glob("eval-valid-ensemble*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
+    assert Path(record["members"][1]["run"]).samefile(other)
+
+
 def test_a_checkpoint_file_is_refused_for_an_ensemble(ratings_runs, capsys):
     ckpt = next((ratings_runs[0] / "checkpoints").glob("*.ckpt"))
     assert run_main(evaluate, *ratings_runs, "--ckpt", ckpt) != 0
