@@ -8,7 +8,10 @@ averaged class probabilities, in ``stagetune-eval`` and in ``stagetune-predict -
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ from torch.nn import functional as F
 
 from PIL import Image
 
-from stagetune.commands import evaluate, predict
+from stagetune.commands import evaluate, predict, report
 from stagetune.runs.trained import load_trained
 from stagetune.vision.data import DigitsFile
 from tests.test_predict import digit_files, make_run, read_csv, run_main  # noqa: F401 - digit_files is a fixture
@@ -90,6 +93,14 @@ def test_runs_of_other_data_are_refused_in_one_line(ratings_runs, other_data_run
     assert sorted(ratings_runs[0].glob("eval-*")) == records
 
 
+def test_runs_that_differ_in_batch_size_and_y_range_only_are_averaged(ratings_runs, tmp_path):
+    same_split = [o for o in RATINGS if not o.startswith("data.batch_size")]
+    other = make_run(tmp_path / "other", *same_split, "data.n_ratings=1000", "data.batch_size=32", "model.y_range=[0.5,6.0]")
+    assert run_main(evaluate, ratings_runs[0], other) == 0
+    record = json.loads(sorted(ratings_runs[0].glob("eval-valid-ensemble*.json"), key=lambda p: p.stat().st_mtime)[-1].read_text())
+    assert Path(record["members"][1]["run"]).samefile(other)
+
+
 def test_a_checkpoint_file_is_refused_for_an_ensemble(ratings_runs, capsys):
     ckpt = next((ratings_runs[0] / "checkpoints").glob("*.ckpt"))
     assert run_main(evaluate, *ratings_runs, "--ckpt", ckpt) != 0
@@ -138,3 +149,29 @@ def test_predict_refuses_an_ensemble_of_other_data(digits_runs, ratings_runs, di
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "same data and splits" in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_report_averages_each_recipes_seeds_on_valid(ratings_runs, tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    for job, (run, seed) in enumerate(zip(ratings_runs, (1, 2))):
+        shutil.copytree(run, sweep / str(job))
+        (sweep / str(job) / "overrides.yaml").write_text(f"- seed={seed}\n")
+    assert run_main(report, sweep, "--ensemble") == 0
+    (pred_1, ratings), (pred_2, _) = (valid_predictions(run) for run in ratings_runs)
+    alone = [float((p - ratings).pow(2).mean().sqrt()) for p in (pred_1, pred_2)]
+    ensemble = float(((pred_1 + pred_2) / 2 - ratings).pow(2).mean().sqrt())
+    lines = (sweep / "ensembles.md").read_text().splitlines()
+    header, row = lines[-3], lines[-1].strip("| ").split(" | ")
+    assert header == "| seeds | val/rmse ensemble | val/rmse alone |"
+    assert row[0] == "2" and float(row[1]) == pytest.approx(ensemble, rel=1e-3)
+    mean, sd = (float(x) for x in row[2].split(" ± "))
+    assert mean == pytest.approx(np.mean(alone), rel=1e-3) and sd == pytest.approx(np.std(alone, ddof=1), rel=0.05)
+    assert "val/rmse ensemble" in capsys.readouterr().out
+
+
+def test_report_ensemble_needs_a_recipe_with_two_seeds(ratings_runs, tmp_path, capsys):
+    sweep = tmp_path / "multirun"
+    shutil.copytree(ratings_runs[0], sweep / "0")
+    (sweep / "0" / "overrides.yaml").write_text("- seed=1\n")
+    assert run_main(report, sweep, "--ensemble") != 0
+    assert "has two completed seeds" in capsys.readouterr().err

@@ -3,7 +3,8 @@
 A ratings ensemble predicts the mean of its members' ratings; an image ensemble the mean of their
 class probabilities (its loss is the cross-entropy of that mean). Averaging only means something
 over the same examples, so the members must be runs of the same data: their data configs (how a
-split is batched aside) and the evaluated split's examples are compared, and the first difference
+split is batched and the ``y_range`` its ratings are checked against aside) and the evaluated
+split's examples are compared, and the first difference
 is one line. Each member is scored alone on the same examples with the same formulas, so a record
 shows what averaging gained.
 """
@@ -22,7 +23,9 @@ from stagetune.errors import StagetuneError
 from stagetune.runs.evaluation import SPLITS, evaluate
 from stagetune.runs.trained import Trained
 
-LOADER_KEYS = frozenset({"batch_size", "valid_batch_size", "num_workers"})  # how a split is read, not what it holds
+# How a split is batched, or checked (ratings within the model's y_range), not which examples it holds;
+# the examples themselves are compared too.
+NOT_SPLIT_KEYS = frozenset({"batch_size", "valid_batch_size", "num_workers", "y_range"})
 RATING_BATCH = 65_536
 
 
@@ -41,9 +44,9 @@ class EnsembleEvaluation:
 
 
 def data_config(trained: Trained) -> dict:
-    """The run's resolved ``data:`` config without the keys that only change batching."""
+    """The run's resolved ``data:`` config without the keys that leave the splits' examples as they are."""
     data = OmegaConf.to_container(trained.cfg.data, resolve=True)
-    return {key: value for key, value in data.items() if key not in LOADER_KEYS}
+    return {key: value for key, value in data.items() if key not in NOT_SPLIT_KEYS}
 
 
 def check_same_data(members: Sequence[Trained]) -> None:
