@@ -41,12 +41,13 @@ from stagetune.runs.trained import load_trained
 
 SURPRISE_PYTHON = ROOT / "outputs" / "bench" / "surprise-env" / "bin" / "python"
 SURPRISE_RECIPE = Path(__file__).with_name("surprise_recipe.py")
-RECIPES = ("movielens", "movielens_svdpp", "movielens_nn")
+RECIPES = ("movielens", "movielens_svdpp", "movielens_svdpp_side", "movielens_nn")
 PAIR = ("movielens", "movielens_svdpp")  # averaged seed by seed
 PEERS = ("surprise_svd", "surprise_svdpp", "fastai")
 LABELS = {
     "movielens": "stagetune `experiment=movielens` (dot_bias)",
     "movielens_svdpp": "stagetune `experiment=movielens_svdpp`",
+    "movielens_svdpp_side": "stagetune `experiment=movielens_svdpp_side` (SVD++ with genres, 100 factors)",
     "movielens_nn": "stagetune `experiment=movielens_nn` (collab_nn)",
     "pair": "stagetune ensemble: movielens + movielens_svdpp, same seed",
     "surprise_svd": "Surprise `SVD` (defaults)",

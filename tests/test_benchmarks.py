@@ -107,3 +107,13 @@ def test_the_peer_table_gives_each_models_mean_and_sample_sd_over_seeds():
     lines = table({"u1": {"movielens": runs, "movielens_seeds": averaged}}).splitlines()
     assert lines[2] == "| u1 | stagetune `experiment=movielens` (dot_bias) | 0, 1, 2 | 0.9100 ± 0.0100 | 0.9300 ± 0.0100 | 20.0 |"
     assert lines[3] == "| u1 | stagetune ensemble: `experiment=movielens`, its seeds averaged | 0+1+2 | 0.8950 | 0.9150 | 60.0 |"
+
+
+def test_every_peer_recipe_is_a_shipped_experiment_with_a_table_label():
+    from pathlib import Path
+
+    from benchmarks.collab_peers import LABELS, RECIPES
+
+    experiments = Path(__file__).resolve().parent.parent / "conf" / "experiment"
+    assert "movielens_svdpp_side" in RECIPES
+    assert [name for name in RECIPES if not (experiments / f"{name}.yaml").exists() or name not in LABELS] == []
