@@ -7,7 +7,7 @@ block: a table, the machine and the date. Pictures the runs draw are copied into
 TensorBoard screenshots go through ``scripts/screenshot_tensorboard.sh`` (headless Chromium), which
 fails loudly when TensorBoard does not come up. Nothing here types a number.
 
-    python scripts/make_docs.py                 # every section (tens of minutes on 2 CPU cores)
+    python scripts/make_docs.py                 # every section (one to two hours on 2 busy CPU cores)
     python scripts/make_docs.py --only universal_approx --quick   # a check of the machinery
 """
 
