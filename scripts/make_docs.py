@@ -380,10 +380,16 @@ def bench(runner: Runner) -> str:
         target = "-" if f["target"] is None else f["target_text"]
         lines.append(f"| {f['name']} | {f['median']:.3g} | {f['min']:.3g}-{f['max']:.3g} | {target} | {met[f['met']]} |")
     context = results["context"]
-    return "\n".join(lines) + (
+    text = "\n".join(lines) + (
         f"\n\n`make bench`: {context['repeats']} repeats, {context['timed steps (after warm-up)']} timed steps, "
         f"{context['wall time s'] / 60:.0f} min in all; load average at the end {context['load average at end']}."
     )
+    if max(float(v) for v in context["load average at end"].split()) > context["cpu cores"]:
+        text += (
+            f" **The machine was shared**: more runnable jobs than its {context['cpu cores']} cores, so other work is inside"
+            " these timings (hence the wide spreads); rerun on an idle machine for the pipeline's own figures."
+        )
+    return text
 
 
 SECTIONS = {
