@@ -381,7 +381,7 @@ def bench(runner: Runner) -> str:
         lines.append(f"| {f['name']} | {f['median']:.3g} | {f['min']:.3g}-{f['max']:.3g} | {target} | {met[f['met']]} |")
     context = results["context"]
     text = "\n".join(lines) + (
-        f"\n\n`make bench`: {context['repeats']} repeats, {context['timed steps (after warm-up)']} timed steps, "
+        f"\n\n`make bench`: {context['repeats']} repeat{'s' if context['repeats'] != 1 else ''}, {context['timed steps (after warm-up)']} timed steps, "
         f"{context['wall time s'] / 60:.0f} min in all; load average at the end {context['load average at end']}."
     )
     if max(float(v) for v in context["load average at end"].split()) > context["cpu cores"]:
