@@ -7,7 +7,7 @@ block: a table, the machine and the date. Pictures the runs draw are copied into
 TensorBoard screenshots go through ``scripts/screenshot_tensorboard.sh`` (headless Chromium), which
 fails loudly when TensorBoard does not come up. Nothing here types a number.
 
-    python scripts/make_docs.py                 # every section (tens of minutes on 2 CPU cores)
+    python scripts/make_docs.py                 # every section (one to two hours on 2 busy CPU cores)
     python scripts/make_docs.py --only universal_approx --quick   # a check of the machinery
 """
 
@@ -380,10 +380,16 @@ def bench(runner: Runner) -> str:
         target = "-" if f["target"] is None else f["target_text"]
         lines.append(f"| {f['name']} | {f['median']:.3g} | {f['min']:.3g}-{f['max']:.3g} | {target} | {met[f['met']]} |")
     context = results["context"]
-    return "\n".join(lines) + (
-        f"\n\n`make bench`: {context['repeats']} repeats, {context['timed steps (after warm-up)']} timed steps, "
+    text = "\n".join(lines) + (
+        f"\n\n`make bench`: {context['repeats']} repeat{'s' if context['repeats'] != 1 else ''}, {context['timed steps (after warm-up)']} timed steps, "
         f"{context['wall time s'] / 60:.0f} min in all; load average at the end {context['load average at end']}."
     )
+    if max(float(v) for v in context["load average at end"].split()) > context["cpu cores"]:
+        text += (
+            f" **The machine was shared**: more runnable jobs than its {context['cpu cores']} cores, so other work is inside"
+            " these timings (hence the wide spreads); rerun on an idle machine for the pipeline's own figures."
+        )
+    return text
 
 
 SECTIONS = {

@@ -134,15 +134,18 @@ def test_bench_writes_every_figure_and_marks_a_missed_target(tmp_path, monkeypat
         {"name": "bare Lightning, dot_bias batch 1024", "median": 0.669, "min": 0.642, "max": 0.914, "target": None, "target_text": "reference", "met": None},
         {"name": "ratings epoch at 100,000", "median": 0.319, "min": 0.27, "max": 0.38, "target": 1.0, "target_text": "<= 1", "met": True},
     ]
-    context = {"repeats": 3, "timed steps (after warm-up)": "8 (after 3)", "wall time s": 524.0, "load average at end": "1.2 1.0 0.9"}
+    context = {"cpu cores": 2, "repeats": 3, "timed steps (after warm-up)": "8 (after 3)", "wall time s": 524.0, "load average at end": "1.2 1.0 0.9"}
     monkeypatch.setattr(make_docs.Runner, "benchmarks", lambda self, *args: {"context": context, "figures": figures})
     lines = make_docs.bench(make_docs.Runner(tmp_path, tmp_path, quick=False)).splitlines()
+    assert "shared" not in lines[-1]
     assert lines[2:5] == [
         "| pipeline overhead, dot_bias batch 1024 | 0.558 | 0.452-0.677 | >= 0.85 | **no** |",
         "| bare Lightning, dot_bias batch 1024 | 0.669 | 0.642-0.914 | - | - |",
         "| ratings epoch at 100,000 | 0.319 | 0.27-0.38 | <= 1 | yes |",
     ]
     assert "3 repeats, 8 (after 3) timed steps, 9 min in all; load average at the end 1.2 1.0 0.9" in lines[-1]
+    context["load average at end"] = "5.0 4.1 1.9"  # other jobs on the cores: the table says so
+    assert "**The machine was shared**: more runnable jobs than its 2 cores" in make_docs.bench(make_docs.Runner(tmp_path, tmp_path, quick=False))
 
 
 def test_quick_sgd_line_writes_the_fitted_and_least_squares_lines_and_both_pictures(tmp_path):

@@ -138,8 +138,10 @@ class WidthFitPlot(pl.Callback):
         with torch.no_grad():
             preds = pl_module(column(x).to(pl_module.device)).squeeze(-1).cpu().numpy()
         n = len(pl_module.nets)
-        fig = new_figure(3.2 * n + 3.2, 3.2)
-        axes = fig.subplots(1, n + 1, width_ratios=[1] * n + [1.1])
+        cols = math.ceil(n / 2)  # two rows of widths and the MSE panel beside them: readable at a page's width
+        fig = new_figure(3.2 * cols + 3.6, 6.0)
+        grid = fig.add_gridspec(2, cols + 1, width_ratios=[1] * cols + [1.2])
+        axes = [fig.add_subplot(grid[k // cols, k % cols]) for k in range(n)] + [fig.add_subplot(grid[:, cols])]
         mses = []
         for ax, net, pred in zip(axes, pl_module.nets, preds):
             mse = float(np.mean((pred - truth) ** 2))
