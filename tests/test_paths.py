@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from stagetune.app import conf_dir, project_root, user_cache
+from stagetune.app import _writable, conf_dir, project_root, user_cache
 from stagetune.config import validate
 from stagetune.vision.source import source_key, source_weights
 
@@ -71,3 +72,23 @@ def test_a_source_model_in_the_user_cache_is_reused_without_training(tmp_path, m
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"made by an earlier run")
     assert source_weights(**settings) == str(cached)
+
+
+def test_workers_starting_at_once_into_one_sweep_directory_all_find_it_writable(tmp_path):
+    """The workers of one Optuna study start together into one sweep directory; none may fail its write check."""
+    target = tmp_path / "sweep"
+    failures = []
+
+    def check() -> None:
+        for _ in range(300):
+            try:
+                _writable(str(target))
+            except SystemExit as stop:
+                failures.append(stop)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and list(target.iterdir()) == [], "every check passes and leaves no probe behind"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -83,13 +84,17 @@ class UnwritableOutput(SystemExit):
 
 
 def _writable(path: str) -> str:
-    """``path``, created if need be; if it cannot be, stop with one line saying why."""
+    """``path``, created if need be; if it cannot be, stop with one line saying why.
+
+    The probe file has a name of its own: the workers of one study start at once into one sweep
+    directory, and a shared name let one worker delete the probe another was about to remove.
+    """
     target = Path(path).resolve()
     try:
         target.mkdir(parents=True, exist_ok=True)
-        probe = target / ".stagetune-write-test"
-        probe.touch()
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".stagetune-write-test-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         print(
             f"stagetune: error: cannot write the run directory {target}: {err.strerror or err}; "
