@@ -286,16 +286,8 @@ class ImageFolderData(ImageDataModule):
     """
 
     def __init__(
-        self,
-        root: str,
-        size: int = 224,
-        augment: bool = True,
-        valid_name: str = "valid",
-        test_pct: float = 0.1,
-        skip_bad_files: bool = False,
-        batch_size: int = 64,
-        num_workers: int | None = None,
-        seed: int = 42,
+        self, root: str, size: int = 224, augment: bool = True, valid_name: str = "valid", test_pct: float = 0.1,
+        skip_bad_files: bool = False, batch_size: int = 64, num_workers: int | None = None, seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_size(size)
@@ -376,16 +368,8 @@ class PetsData(ImageDataModule):
     """
 
     def __init__(
-        self,
-        root: str = "data",
-        size: int = 224,
-        augment: bool = True,
-        valid_pct: float = 0.2,
-        download: bool = False,
-        skip_bad_files: bool = False,
-        batch_size: int = 64,
-        num_workers: int | None = None,
-        seed: int = 42,
+        self, root: str = "data", size: int = 224, augment: bool = True, valid_pct: float = 0.2, download: bool = False,
+        skip_bad_files: bool = False, batch_size: int = 64, num_workers: int | None = None, seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_size(size)
