@@ -176,8 +176,8 @@ class SignalInSetup(pl.Callback):
     """Sends this process SIGINT while the Trainer sets up, before training starts (Ctrl-C during set-up)."""
 
     def setup(self, trainer, pl_module, stage):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)  # the signal is delivered here
+        signal.raise_signal(signal.SIGINT)  # to this (the main) thread, as a terminal's Ctrl-C reaches the run
+        time.sleep(1)
 
 
 class SignalOnBuild(pl.Callback):
