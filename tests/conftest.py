@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,22 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # The tiny model, data and callbacks are rebuilt from run directories (resume, predict): trust them
 # the way a user trusts their own code (README, "Security"); every other foreign target stays refused.
 os.environ.setdefault(TRUST_ENV, "tests.tiny")
-
-
-SIGINT_AT_START = signal.getsignal(signal.SIGINT)
-
-
-@pytest.fixture(autouse=True)
-def ctrl_c_as_at_start():
-    """Each test ends with SIGINT handled as when the session began.
-
-    Lightning ignores SIGINT once it has caught a Ctrl-C in ``fit`` and never restores it, and an
-    ignored signal stays ignored in every process started afterwards: a later test of the command
-    line's Ctrl-C would run a stagetune that cannot hear it.
-    """
-    yield
-    if signal.getsignal(signal.SIGINT) is not SIGINT_AT_START:
-        signal.signal(signal.SIGINT, SIGINT_AT_START)
 
 
 @pytest.fixture
