@@ -173,11 +173,11 @@ class RaiseAt(pl.Callback):
 
 
 class SignalInSetup(pl.Callback):
-    """Sends this process SIGINT while the Trainer sets up, before training starts (Ctrl-C during set-up)."""
+    """Ctrl-C while the Trainer sets up, before training starts: the KeyboardInterrupt that Python's
+    SIGINT handler raises in the main thread (raised here, so it does not hang on signal delivery)."""
 
     def setup(self, trainer, pl_module, stage):
-        signal.raise_signal(signal.SIGINT)  # to this (the main) thread, as a terminal's Ctrl-C reaches the run
-        time.sleep(1)
+        raise KeyboardInterrupt
 
 
 class SignalOnBuild(pl.Callback):
