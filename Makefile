@@ -9,7 +9,7 @@ ARGS   ?=
 TEST_WORKERS ?= auto
 PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: help data train test test-slow sweep tensorboard bench bench-fastai bench-peers docs clean clean-outputs
+.PHONY: help data train test test-slow sweep tensorboard bench bench-fastai bench-peers docs site clean clean-outputs
 
 help:
 	@echo "make train        set up .venv if needed, run the default experiment (ARGS='key=value ...')"
@@ -19,7 +19,8 @@ help:
 	@echo "make sweep        the weight-decay lesson: L2 wd over four decades on ML-100k, train and valid RMSE against wd"
 	@echo "make tensorboard  TensorBoard on outputs/ (http://127.0.0.1:6006)"
 	@echo "make bench        the performance benchmarks (table under outputs/bench/)"
-	@echo "make docs         rerun the README's runs: its generated numbers, pictures and screenshots (ARGS='--only NAME --quick')"
+	@echo "make docs         rerun the results pages' runs: their generated numbers, pictures and screenshots (ARGS='--only NAME --quick')"
+	@echo "make site         build the documentation site into site/, offline, strict (reference pages generated from the code)"
 	@echo "make bench-fastai the movielens recipes against fastai's own, timed alternately (fastai in its own venv)"
 	@echo "make bench-peers  the ratings recipes and ensembles against Surprise SVD/SVD++ and fastai, 3 seeds, u1 and random 80/20 (peers in their own venvs)"
 	@echo "make clean        remove caches and build files (keeps outputs/ and .venv)"
@@ -57,6 +58,11 @@ bench: $(STAMP)
 
 docs: data
 	$(BIN)/python scripts/make_docs.py $(ARGS)
+
+# MkDocs with Material, offline; scripts/site_reference.py (a hook) writes the reference pages from the code.
+site: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=src $(BIN)/mkdocs build --strict --site-dir site $(ARGS)
+
 # fastai in a virtual environment of its own (no system site-packages), never in .venv: it is a
 # yardstick, not a dependency. The torch wheels are the ones .venv pins.
 FASTAI_ENV := outputs/bench/fastai-env
@@ -79,7 +85,7 @@ bench-peers: data $(FASTAI_ENV)/.installed $(SURPRISE_ENV)/.installed
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.collab_peers $(ARGS)
 
 clean:
-	rm -rf build dist .pytest_cache .hypothesis src/*.egg-info lightning_logs
+	rm -rf build dist site .pytest_cache .hypothesis src/*.egg-info lightning_logs
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 clean-outputs:
