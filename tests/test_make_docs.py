@@ -28,10 +28,11 @@ def test_a_page_without_the_block_is_an_error_naming_it():
         rewrite(PAGE, "tensorboard", "x", "y")
 
 
-def test_every_block_of_the_docs_is_a_section_on_its_page():
+def test_every_block_of_the_docs_is_a_section_on_its_page_and_the_readme_has_none():
     docs = Path(make_docs.ROOT) / "docs"
     found = {(name, page.relative_to(docs).as_posix()) for page in docs.rglob("*.md") for name in make_docs.re.findall(r"<!-- make docs: (\w+) -->", page.read_text())}
     assert found == {(s.name, s.page) for s in make_docs.SECTIONS.values()}
+    assert "<!-- make docs:" not in (Path(make_docs.ROOT) / "README.md").read_text()
 
 
 def write_page(tmp_path: Path, page: str, text: str) -> Path:
