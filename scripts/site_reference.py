@@ -48,6 +48,12 @@ def cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def prose(text: Any) -> str:
+    """A comment or docstring for a table cell: one line, Markdown's ``_`` and ``*`` kept literal outside code spans."""
+    parts = cell(str(text).replace("``", "`")).split("`")
+    return "`".join(part if k % 2 else re.sub(r"([_*])", r"\\\1", part) for k, part in enumerate(parts))
+
+
 def code(value: Any) -> str:
     """A value as inline code, in the form a command line or YAML writes it."""
     if isinstance(value, enum.Enum):
@@ -206,7 +212,7 @@ def all_schema_keys() -> list[str]:
 
 def key_table(keys: list[Key]) -> str:
     lines = ["| key | type | default | allowed | what it is |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| `{k.key}` | {cell(k.type)} | {k.default} | {cell(k.allowed)} | {cell(k.doc)} |" for k in keys]
+    lines += [f"| `{k.key}` | {cell(k.type)} | {k.default} | {prose(k.allowed)} | {prose(k.doc)} |" for k in keys]
     return "\n".join(lines)
 
 
@@ -271,7 +277,7 @@ def option_section(group: str, path: Path) -> str:
     values = yaml.safe_load(text) or {}
     name = path.stem
     title = f"### `{group}={name}`" if group else f"### `{name}`"
-    lines = [title, "", cell(head) or "", ""]
+    lines = [title, "", prose(head), ""]
     values = {k: v for k, v in values.items() if k != "defaults"} if isinstance(values, dict) else {}
     defaults = yaml.safe_load(text).get("defaults") if isinstance(yaml.safe_load(text), dict) else None
     if defaults:
@@ -280,19 +286,19 @@ def option_section(group: str, path: Path) -> str:
     package_global = "# @package _global_" in text
     flat = flatten(values)
     if target:
-        lines += [f"Builds `{target}`: {cell(docstring(importlib.import_module(target.rpartition('.')[0]).__dict__[target.rpartition('.')[2]]).split(chr(10) + chr(10))[0])}", ""]
+        lines += [f"Builds `{target}`: {prose(docstring(importlib.import_module(target.rpartition('.')[0]).__dict__[target.rpartition('.')[2]]).split(chr(10) + chr(10))[0])}", ""]
     rows = []
     for key, value in flat.items():
         if key == "_target_" or not key:
             continue
         shown = key if package_global or not group else f"{group.split('/')[-1]}.{key}"
-        rows.append(f"| `{shown}` | {code(value)} | {cell(comments.get(key, ''))} |")
+        rows.append(f"| `{shown}` | {code(value)} | {prose(comments.get(key, ''))} |")
     if target:
         for pname, param in constructor_keys(target).items():
             if pname in values or pname == "self":
                 continue
             default = "required" if param.default is inspect.Parameter.empty else code(param.default)
-            rows.append(f"| `{group}.{pname}` | {default} | constructor default; {cell(annotation_text(param))} |")
+            rows.append(f"| `{group}.{pname}` | {default} | constructor default; {prose(annotation_text(param))} |")
     if rows:
         lines += ["| key | value | what it is |", "| --- | --- | --- |", *rows, ""]
     return "\n".join(lines)
@@ -430,7 +436,7 @@ def errors_reference() -> str:
         "",
     ]
     for name, doc, columns, rows in cases:
-        parts += [f"## {name.lower().replace('_', ' ')} ({len(rows)})", "", cell(doc), "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        parts += [f"## {name.lower().replace('_', ' ')} ({len(rows)})", "", prose(doc), "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
         parts += ["| " + " | ".join(f"`{cell(v)}`" for v in row) + " |" for row in rows]
         parts.append("")
     return "\n".join(parts)
