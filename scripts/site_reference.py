@@ -239,10 +239,19 @@ def yaml_comments(text: str) -> tuple[str, dict[str, str]]:
         body_started = True
         indent, key, rest = len(match.group(1)), match.group(2), match.group(3)
         stack = [(i, k) for i, k in stack if i < indent] + [(indent, key)]
-        comment = re.search(r"""\s#\s*(.*)$""", re.sub(r"""(["']).*?\1""", "", rest))
+        comment = trailing_comment(rest)
         if comment:
-            comments[".".join(k for _, k in stack)] = comment.group(1)
+            comments[".".join(k for _, k in stack)] = comment
     return " ".join(head), comments
+
+
+def trailing_comment(rest: str) -> str:
+    """The ``# comment`` after a YAML value: the first `` #`` outside the value's quotes."""
+    for match in re.finditer(r"\s#", rest):
+        before = rest[: match.start()]
+        if before.count('"') % 2 == 0 and (before.strip()[:1] != "'" or before.count("'") % 2 == 0):
+            return rest[match.end() :].strip()
+    return ""
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -298,7 +307,7 @@ def option_section(group: str, path: Path) -> str:
             if pname in values or pname == "self":
                 continue
             default = "required" if param.default is inspect.Parameter.empty else code(param.default)
-            rows.append(f"| `{group}.{pname}` | {default} | constructor default; {prose(annotation_text(param))} |")
+            rows.append(f"| `{group}.{pname}` | {default} | constructor argument ({prose(annotation_text(param))}); sizes and statistics the data module hands the model are set for you |")
     if rows:
         lines += ["| key | value | what it is |", "| --- | --- | --- |", *rows, ""]
     return "\n".join(lines)
@@ -408,6 +417,15 @@ def commands_reference() -> str:
 # -- the error catalogue ------------------------------------------------------------------------------
 
 
+def case_text(source: str, node: ast.AST) -> str:
+    """One field of a case as a reader types it: a string bare, a list of strings joined by spaces, else its source."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.List) and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return " ".join(e.value for e in node.elts)
+    return ast.get_source_segment(source, node) or ast.unparse(node)
+
+
 def catalogue_cases() -> list[tuple[str, str, list[str], list[list[str]]]]:
     """Each parametrized category of the catalogue: (list name, test's docstring or name, columns, rows as source text)."""
     source = CATALOGUE.read_text()
@@ -420,7 +438,7 @@ def catalogue_cases() -> list[tuple[str, str, list[str], list[list[str]]]]:
         for deco in node.decorator_list:
             if isinstance(deco, ast.Call) and ast.unparse(deco.func).endswith("parametrize") and isinstance(deco.args[1], ast.Name) and deco.args[1].id in lists:
                 columns = [c.strip() for c in deco.args[0].value.split(",")]
-                rows = [[ast.get_source_segment(source, e) or ast.unparse(e) for e in item.elts] if isinstance(item, ast.Tuple) else [ast.unparse(item)] for item in lists[deco.args[1].id].elts]
+                rows = [[case_text(source, e) for e in item.elts] if isinstance(item, ast.Tuple) else [case_text(source, item)] for item in lists[deco.args[1].id].elts]
                 out.append((deco.args[1].id, ast.get_docstring(node) or node.name.removeprefix("test_").replace("_", " "), columns, rows))
     return out
 
@@ -437,7 +455,7 @@ def errors_reference() -> str:
     ]
     for name, doc, columns, rows in cases:
         parts += [f"## {name.lower().replace('_', ' ')} ({len(rows)})", "", prose(doc), "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        parts += ["| " + " | ".join(f"`{cell(v)}`" for v in row) + " |" for row in rows]
+        parts += ["| " + " | ".join(f"`{cell(v)}`" if v.strip() else "" for v in row) + " |" for row in rows]
         parts.append("")
     return "\n".join(parts)
 

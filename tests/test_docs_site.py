@@ -55,6 +55,20 @@ def test_the_site_builds_in_strict_mode_with_every_page_in_the_nav(site):
     assert written | set(site_reference.PAGES) == built
 
 
+def test_the_sites_strict_mode_refuses_a_missing_page_and_a_missing_anchor(tmp_path):
+    """The site's own validation settings, on two pages: a link to no page and one to no heading fail the build."""
+    settings = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# Home\n\n[a page](other.md#nowhere), [no page](missing.md)\n")
+    (tmp_path / "docs" / "other.md").write_text("# Other\n")
+    mini = {"site_name": "check", "strict": True, **{k: settings[k] for k in ("validation", "markdown_extensions", "theme")}}
+    (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(mini))
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--site-dir", str(tmp_path / "site")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "missing.md" in done.stderr and "'#nowhere'" in done.stderr, done.stderr[-2000:]
+
+
 def test_every_schema_key_is_in_the_config_reference(site):
     text = page_text(site, "reference/config.html")
     keys = site_reference.all_schema_keys()
@@ -161,3 +175,10 @@ def test_a_page_renders_in_chromium_with_its_images_and_code(site, page, needs):
     pixels = Image.open(shot).convert("L").resize((128, 160))
     dark = sum(pixels.histogram()[:200]) / (128 * 160)
     assert 0.02 < dark < 0.9, f"{shot}: looks blank ({dark:.1%} of the page is not background)"
+
+
+def test_the_readme_is_short_and_its_links_lead_to_files_of_the_repository():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    assert links and not [link for link in links if "://" not in link and not (ROOT / link).exists()]
