@@ -28,6 +28,7 @@ import sys
 import textwrap
 import tokenize
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,11 @@ def type_text(tp: Any) -> str:
         return "one of " + ", ".join(f"`{m.value}`" for m in tp)
     if dataclasses.is_dataclass(tp):
         return f"group ({tp.__name__})"
-    origin = typing.get_origin(tp)
-    if origin is not None and typing.get_args(tp):
-        args = ", ".join(type_text(a) for a in typing.get_args(tp))
-        name = "or" if origin in (typing.Union, getattr(__import__("types"), "UnionType")) else getattr(origin, "__name__", str(origin))
-        return " or ".join(type_text(a) for a in typing.get_args(tp)) if name == "or" else f"{name}[{args}]"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_text(a) for a in args)
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(type_text(a) for a in args)}]"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -283,19 +284,21 @@ def option_section(group: str, path: Path) -> str:
     """One option of a config group: what it is, the keys it sets and the constructor it builds."""
     text = path.read_text()
     head, comments = yaml_comments(text)
-    values = yaml.safe_load(text) or {}
-    name = path.stem
-    title = f"### `{group}={name}`" if group else f"### `{name}`"
+    loaded = yaml.safe_load(text)
+    loaded = loaded if isinstance(loaded, dict) else {}
+    defaults = loaded.get("defaults")
+    values = {k: v for k, v in loaded.items() if k != "defaults"}
+    title = f"### `{group}={path.stem}`" if group else f"### `{path.stem}`"
     lines = [title, "", prose(head), ""]
-    values = {k: v for k, v in values.items() if k != "defaults"} if isinstance(values, dict) else {}
-    defaults = yaml.safe_load(text).get("defaults") if isinstance(yaml.safe_load(text), dict) else None
     if defaults:
         lines += [f"Starts from: {', '.join(code(d) for d in defaults)}.", ""]
     target = values.get("_target_")
     package_global = "# @package _global_" in text
     flat = flatten(values)
     if target:
-        lines += [f"Builds `{target}`: {prose(docstring(importlib.import_module(target.rpartition('.')[0]).__dict__[target.rpartition('.')[2]]).split(chr(10) + chr(10))[0])}", ""]
+        module, _, name = target.rpartition(".")
+        summary = docstring(getattr(importlib.import_module(module), name)).split("\n\n")[0]
+        lines += [f"Builds `{target}`: {prose(summary)}", ""]
     rows = []
     for key, value in flat.items():
         if key == "_target_" or not key:
