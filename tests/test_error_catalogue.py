@@ -544,6 +544,24 @@ def test_a_run_stopped_before_the_plans_end_says_what_stopped_it(tmp_path, capsy
     assert record["status"] == "completed" and record["epochs"] == record["stopped"]["epoch"] < record["stopped"]["of"] == 5
 
 
+def test_validation_off_with_a_validation_metric_warns_and_the_training_loss_chooses(tmp_path, caplog):
+    no_val = ["trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "plan.stages.unfrozen.epochs=1"]
+    with caplog.at_level("WARNING", logger="stagetune"):
+        unmeasured = train(composed("experiment=tiny", *no_val), tmp_path / "a", [])
+    assert math.isnan(unmeasured.value) and unmeasured.record["best"]["checkpoint"] is None
+    assert [r.getMessage() for r in caplog.records if r.name == "stagetune" and r.levelname == "WARNING"] == [
+        "trainer.limit_val_batches=0: validation is off, so metric=val/loss is never measured: no best checkpoint is chosen "
+        "(the last one is evaluated) and metric.best is NaN; to choose by the training loss set metric=train/loss, or turn validation on"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stagetune"):
+        measured = train(composed("experiment=tiny", *no_val, "metric=train/loss"), tmp_path / "b", [])
+    assert math.isfinite(measured.value) and measured.record["best"]["checkpoint"].startswith("checkpoints/best-")
+    assert not [r for r in caplog.records if r.name == "stagetune" and r.levelname == "WARNING"]
+    RunDir(tmp_path / "a").release()
+    RunDir(tmp_path / "b").release()
+
+
 # -- run directories that move ---------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from stagetune.engine import launch
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
-from stagetune.runs.checks import check_splits, check_training_checkpoint
+from stagetune.runs.checks import check_splits, check_training_checkpoint, unmeasured_metric
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
 
@@ -123,6 +123,8 @@ def fit_and_record(cfg: DictConfig, run: RunDir, ckpt_path: str | None, phases: 
     check_splits(cfg, datamodule, trainer.world_size)
     groups = model.layer_groups()
     plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
+    if (warning := unmeasured_metric(cfg)) and trainer.is_global_zero:
+        log.warning(warning)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
