@@ -131,6 +131,8 @@ CONFIG = [
     (["ckpt_path=/nowhere/last.ckpt"], "ckpt_path", "no such file or directory"),
     (["optim.bn_wd=sometimes"], "optim.bn_wd", "sometimes"),
     (["print_config=loud"], "print_config", "loud"),
+    (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val", "a finite number >= 0"),
+    (["trainer.gradient_clip_val=inf"], "trainer.gradient_clip_val", "a finite number >= 0"),
 ]
 
 
@@ -153,6 +155,9 @@ STARTUP = [
     (["trainer.devices=-2"], "trainer.devices", "a number of devices >= 1"),
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], "trainer.sync_batchnorm", "GPUs only"),
     (["trainer.sync_batchnorm=true"], "trainer.sync_batchnorm", "GPUs only"),
+    (["trainer.precision=7"], "trainer.precision", "Allowed precision values: ('transformer-engine'"),
+    (["trainer.accelerator=tpux"], "trainer.accelerator", "invalid accelerator name"),
+    (["trainer.gradient_clip_algorithm=max"], "trainer.gradient_clip_algorithm", "Allowed algorithms: ['value', 'norm']"),
     (["trainer=ddp", "trainer.accelerator=cpu", "trainer.strategy=ddp_spawn", "trainer.devices=2"], "trainer.strategy", "use ddp"),
     (["metric=val/los"], "metric", "did you mean val/loss? the model logs: val/loss"),
     (["metric=val/accuracy"], "metric", "the model logs: val/loss"),
