@@ -291,6 +291,11 @@ class MovieLens(RatingsDataModule):
         return table, Parts(base_idx[train], base_idx[valid], test_idx)
 
     def _index(self, table: Ratings, parts: Parts, titles: dict[int, str]) -> None:
+        if len(parts.train) == 0:
+            raise DataError(
+                f"{self.source}: the training split is empty ({len(table)} rating(s): {len(parts.valid)} valid, {len(parts.test)} test); "
+                "give more ratings, or lower data.valid_pct and data.test_pct"
+            )
         train = table.take(parts.train)
         users, items = Vocabulary(train.users), Vocabulary(train.items)
         self.n_users, self.n_items = len(users), len(items)
