@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.strategies import DDPStrategy
+from torch.utils.data import DataLoader, TensorDataset
 
 from stagetune.app import conf_dir
 from stagetune.config import plan_of, validate
+from stagetune.engine.cache import set_training_source, training_source
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import ConfigError
 from tests.conftest import run_cli
@@ -105,3 +108,24 @@ def test_the_private_lightning_hooks_stagetune_relies_on_still_exist(tmp_path):
     trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
     loop = trainer.fit_loop
     assert hasattr(loop, "_data_source") and hasattr(loop, "_combined_loader") and callable(loop.setup_data)
+
+
+def test_the_training_loader_swaps_mid_fit_and_comes_back(tmp_path):
+    """engine/cache.py's two private-Lightning functions (pytorch-lightning 2.6): a loader set mid-fit feeds that epoch, the original the next."""
+    zeros = DataLoader(TensorDataset(torch.zeros(16, 6), torch.zeros(16, dtype=torch.long)), batch_size=4)
+    seen = []
+
+    class Swap(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.original = training_source(trainer)
+                set_training_source(trainer, zeros, reload=True)
+            elif trainer.current_epoch == 2:
+                set_training_source(trainer, self.original, reload=True)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, bool(batch[0].abs().sum() == 0)))
+
+    trainer = quiet_trainer(max_epochs=3, callbacks=[StagePlan(make_plan(train_bn=True)), Swap()], default_root_dir=tmp_path)
+    trainer.fit(TinyNet(), datamodule=TinyData())
+    assert seen == [(0, False)] * 8 + [(1, True)] * 4 + [(2, False)] * 8

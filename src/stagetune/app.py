@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from stagetune.engine.learning_rate import mul
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -129,17 +131,9 @@ def _debug_prefix(debug: str | None) -> str:
     return "debug/" if debug else ""
 
 
-def _mul(a, b) -> float | str:
-    """``${mul:a,b}``; with ``plan.lr=find``, ``${mul:${plan.lr},K}`` is ``find*K``: K times the rate the range test finds."""
-    if isinstance(a, str) and a.split("*")[0] == "find":
-        factor = float(a.split("*", 1)[1]) if "*" in a else 1.0
-        return f"find*{factor * float(b)!r}"
-    return float(a) * float(b)
-
-
 def register_resolvers() -> None:
     resolvers = {
-        "mul": _mul,
+        "mul": mul,
         "stagetune.run_dir": _run_dir,
         "stagetune.config_subdir": _config_subdir,
         "stagetune.writable": _writable,

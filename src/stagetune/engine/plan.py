@@ -29,7 +29,8 @@ from pytorch_lightning.callbacks import Callback
 from stagetune.engine.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.engine.ddp import average_norm_buffers, rewrap_ddp
 from stagetune.engine.freezing import Freezing
-from stagetune.engine.groups import LayerGroup, LearningRate, check_partition, param_groups, slice_lrs
+from stagetune.engine.groups import LayerGroup, check_partition, param_groups
+from stagetune.engine.learning_rate import LearningRate, base_lr, check_lr, check_plan_lr, finds, find_shape, group_rates, resolved
 from stagetune.engine.lr_logging import log_group_lrs
 from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import (
@@ -48,39 +49,6 @@ from stagetune.errors import ConfigError, StagetuneError
 # lr=find inside a run: (the live model, its datamodule, the stage with its lr shape, the config key) -> the top rate
 LRFinder = Callable[[pl.LightningModule, pl.LightningDataModule, "Stage", str], float]
 
-LR_ALLOWED = "a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find"
-FIND = "find"  # lr=find: the LR range test sets the rate when the stage starts (find*K: K times that rate)
-
-
-def find_factor(value: Any) -> float | None:
-    """``find`` -> 1, ``find*K`` -> K (what ``${mul:${plan.lr},K}`` makes of ``plan.lr=find``); else None."""
-    if value == FIND:
-        return 1.0
-    if isinstance(value, str) and value.startswith(FIND + "*"):
-        try:
-            return float(value[len(FIND) + 1 :])
-        except ValueError:
-            return None
-    return None
-
-
-def find_shape(lr: Any) -> LearningRate | None:
-    """The multipliers of a stage's ``lr`` made of ``find`` terms (``[find*0.01, find]`` -> ``(0.01, 1.0)``); None when it has none."""
-    values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
-    factors = [find_factor(v) for v in values]
-    if all(f is None for f in factors):
-        return None
-    if any(f is None for f in factors):
-        return tuple(factors)  # mixed: check_lr refuses it
-    return tuple(factors) if isinstance(lr, Sequence) and not isinstance(lr, str) else factors[0]
-
-
-def scaled(shape: LearningRate, top: float) -> LearningRate:
-    """``shape`` scaled so that its highest end is ``top``."""
-    if isinstance(shape, (int, float)):
-        return float(top)
-    return tuple(float(v) * top / max(shape) for v in shape)
-
 
 class CacheMode(StrEnum):
     """``plan.cache``: train frozen prefixes from cached outputs when exact (auto), always (on), never (off)."""
@@ -95,23 +63,6 @@ def check_wd_number(key: str, value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(float(value)):
         raise ConfigError(key, value, "a weight decay is a finite number >= 0")
     check_non_negative(key, value)
-
-
-def check_lr(key: str, lr: Any) -> None:
-    """A learning rate is a number > 0, ``[hi]`` or ``[lo, hi]`` with ``0 < lo <= hi``, or made of ``find`` terms."""
-    shape = find_shape(lr)
-    if shape is not None:
-        if any(v is None for v in (shape if isinstance(shape, tuple) else [shape])):
-            raise ConfigError(key, lr, "find cannot be mixed with numbers; " + LR_ALLOWED)
-        lr = shape
-    values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, str) else [lr]
-    lr = values if isinstance(lr, Sequence) and not isinstance(lr, str) else lr  # shown as the config wrote it
-    if not 1 <= len(values) <= 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ConfigError(key, lr, LR_ALLOWED)
-    if not all(math.isfinite(float(v)) and float(v) > 0 for v in values):
-        raise ConfigError(key, lr, "every end must be finite and > 0; " + LR_ALLOWED)
-    if len(values) == 2 and float(values[0]) > float(values[1]):
-        raise ConfigError(key, lr, "the low end is above the high end; " + LR_ALLOWED)
 
 
 @dataclass
@@ -176,15 +127,42 @@ class Stage:
         start = self.freeze_to % n_groups if self.freeze_to < 0 else self.freeze_to
         return list(range(start, n_groups))
 
-    def group_lrs(self, n_groups: int) -> list[float]:
-        """Peak LR of each trainable layer group (a ``find`` stage: its shape, highest group 1)."""
-        shape = find_shape(self.lr)
-        return slice_lrs(self.lr if shape is None else shape, len(self.trainable_groups(n_groups)))
+    def group_lrs(self, n_groups: int, found: float | None = None) -> list[float]:
+        """Peak LR of each trainable layer group; an ``lr=find`` stage needs the rate its range test ``found``."""
+        return group_rates(self.lr, len(self.trainable_groups(n_groups)), found)
 
     @property
     def finds_lr(self) -> bool:
         """Whether the LR range test sets this stage's rate when it starts (``lr=find``)."""
-        return find_shape(self.lr) is not None
+        return finds(self.lr)
+
+
+@dataclass(frozen=True)
+class StageView:
+    """One stage of the running plan as every reader outside :class:`StagePlan` sees it (read-only).
+
+    ``groups`` are the layer groups that train in it, in model order, ``first_group`` the index of the
+    first of them among the model's groups; ``lrs`` each of those groups' peak rate (None for an
+    ``lr=find`` stage whose range test has not run yet); ``first_epoch`` and ``last_epoch`` are
+    0-based and inclusive; ``wd`` is the stage's weight decay as records show it (one number, or
+    each group's where the stage sets them by name).
+    """
+
+    name: str
+    index: int
+    first_epoch: int
+    last_epoch: int
+    groups: tuple[str, ...]
+    first_group: int
+    lrs: Mapping[str, float] | None
+    wd: float | Mapping[str, float]
+    schedule: Schedule
+    train_bn: bool
+    finds_lr: bool
+
+    @property
+    def epochs(self) -> int:
+        return self.last_epoch - self.first_epoch + 1
 
 
 @dataclass
@@ -198,37 +176,18 @@ class Plan:
 
     def __post_init__(self) -> None:
         self.cache = CacheMode(self.cache)
-        if self.lr != FIND and not isinstance(self.lr, bool):
-            try:
-                self.lr = float(self.lr)  # a number as the float it was typed as before find was allowed
-            except (TypeError, ValueError):
-                pass  # check() names the key
+        self.lr = base_lr(self.lr)
         if isinstance(self.find, Mapping):
             self.find = RangeTestSettings(**self.find)
         for name, stage in self.stages.items():
             stage.name = str(name)
-
-    @staticmethod
-    def check_base_lr(value: Any, key: str = "plan.lr") -> None:
-        """``plan.lr`` as written, before the stages' ``${mul:${plan.lr},K}`` read it: a number or ``find``."""
-        if value == FIND:
-            return
-        try:
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(value)
-            float(value)
-        except ValueError:
-            raise ConfigError(key, value, "a number > 0, or find (a slice belongs to a stage: plan.stages.NAME.lr=[lo,hi])") from None
 
     @property
     def ordered(self) -> tuple[Stage, ...]:
         return tuple(self.stages.values())
 
     def check(self, key: str = "plan") -> None:
-        if self.lr != FIND:
-            if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool):
-                raise ConfigError(f"{key}.lr", self.lr, "a number > 0, or find")
-            check_positive(f"{key}.lr", self.lr)
+        check_plan_lr(self.lr, f"{key}.lr")
         self.find.check(f"{key}.find")
         if not self.stages:
             raise ConfigError(f"{key}.stages", {}, "a plan needs at least one stage")
@@ -268,9 +227,35 @@ class Plan:
     def trainable_groups(self, index: int, n_groups: int) -> list[int]:
         return self.ordered[index].trainable_groups(n_groups)
 
-    def group_lrs(self, index: int, n_groups: int) -> list[float]:
-        """Peak LR of each trainable layer group in stage ``index``."""
-        return self.ordered[index].group_lrs(n_groups)
+    def view(self, index: int, names: Sequence[str], default_wd: float, found: Mapping[str, float] | None = None) -> StageView:
+        """Stage ``index`` read-only, for a model whose layer groups are ``names`` (``found``: the rates of ``lr=find`` stages that ran)."""
+        stage = self.ordered[index]
+        n = len(names)
+        trainable = stage.trainable_groups(n) if n else []
+        rate = (found or {}).get(stage.name)
+        known = bool(trainable) and (not stage.finds_lr or rate is not None)
+        first = self.first_epoch(index)
+        return StageView(
+            name=stage.name,
+            index=index,
+            first_epoch=first,
+            last_epoch=first + stage.epochs - 1,
+            groups=tuple(names[k] for k in trainable),
+            first_group=trainable[0] if trainable else 0,
+            lrs=dict(zip((names[k] for k in trainable), stage.group_lrs(n, rate))) if known else None,
+            wd=stage.recorded_wd(list(names) if n else None, default_wd),
+            schedule=stage.schedule,
+            train_bn=stage.train_bn,
+            finds_lr=stage.finds_lr,
+        )
+
+    def views(self, names: Sequence[str], default_wd: float, found: Mapping[str, float] | None = None) -> tuple[StageView, ...]:
+        """Every stage read-only, in order (see :meth:`view`)."""
+        return tuple(self.view(k, names, default_wd, found) for k in range(len(self.stages)))
+
+    def group_lrs(self, index: int, n_groups: int, found: float | None = None) -> list[float]:
+        """Peak LR of each trainable layer group in stage ``index`` (an ``lr=find`` stage: given the rate ``found``)."""
+        return self.ordered[index].group_lrs(n_groups, found)
 
 
 class StagedModule(pl.LightningModule):
@@ -311,6 +296,25 @@ class StagePlan(Callback):
     def stage(self) -> Stage:
         """The stage that is training now (before fit: the first; after: the last one run)."""
         return self.plan.ordered[self.index]
+
+    @property
+    def active(self) -> StageView:
+        """The stage that is training now, read-only (before fit: the first; after: the last one run)."""
+        return self.view(self.index)
+
+    @property
+    def stages(self) -> tuple[StageView, ...]:
+        """Every stage of the plan, read-only, in order."""
+        return self.plan.views([g.name for g in self.groups], self.optim.wd, self.found)
+
+    @property
+    def layer_groups(self) -> tuple[LayerGroup, ...]:
+        """The model's layer groups, in order (known from ``setup`` on)."""
+        return tuple(self.groups)
+
+    def view(self, index: int) -> StageView:
+        """Stage ``index`` as readers see it (the group names need the model: known from ``setup`` on)."""
+        return self.plan.view(index, [g.name for g in self.groups], self.optim.wd, self.found)
 
     def stage_wd(self, stage: Stage) -> dict[str, float]:
         """The stage's ``wd`` of each layer group, in stagetune's ``wd`` convention."""
@@ -368,9 +372,7 @@ class StagePlan(Callback):
     def stage_lr(self, index: int) -> LearningRate:
         """Stage ``index``'s ``lr``; for ``lr=find`` its shape scaled to the rate the range test chose."""
         stage = self.plan.ordered[index]
-        if not stage.finds_lr:
-            return stage.lr
-        return scaled(find_shape(stage.lr), self.found[stage.name])
+        return resolved(stage.lr, self.found.get(stage.name))
 
     def find_lr(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: Stage) -> float:
         """Rank 0 runs the range test for ``stage`` (its shape kept); every rank gets the rate, or the error."""
@@ -404,20 +406,19 @@ class StagePlan(Callback):
     def describe(self, index: int, epoch: int) -> dict:
         """A row of ``metrics.json``: the stage, its epochs, trainable groups, per-group LR and its wd
         (one number, or each group's where the stage sets them by name)."""
+        view = self.view(index)
         stage = self.plan.ordered[index]
-        n = len(self.groups)
-        trainable = stage.trainable_groups(n)
         return {
-            "stage": stage.name,
+            "stage": view.name,
             "index": index,
             "first_epoch": epoch,
             "epochs": stage.epochs,
-            "trainable_groups": [self.groups[k].name for k in trainable],
-            "lr": {self.groups[k].name: lr for k, lr in zip(trainable, slice_lrs(self.stage_lr(index), len(trainable)))},
+            "trainable_groups": list(view.groups),
+            "lr": dict(view.lrs),
             **({"lr_found": self.found[stage.name], "lr_suggest": self.plan.find.suggest.value} if stage.finds_lr else {}),
-            "wd": stage.recorded_wd([g.name for g in self.groups], self.optim.wd),
+            "wd": view.wd,
             "wd_kind": self.optim.wd_kind.value,
-            "schedule": stage.schedule.value,
+            "schedule": view.schedule.value,
         }
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

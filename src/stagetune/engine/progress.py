@@ -32,7 +32,7 @@ class EpochRows:
         row = history.rows[-1]
         out = []
         if self.table is None or set(columns([row])) - set(self.table.keys):
-            self.table = Table(columns([row]), [s.name for s in StagePlan.of(trainer).plan.ordered])
+            self.table = Table(columns([row]), [s.name for s in StagePlan.of(trainer).stages])
             out.append(self.table.header())
         out.append(self.table.line(row))
         return out
@@ -49,8 +49,9 @@ class StageProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         plan = StagePlan.of(trainer)
+        active = plan.active
         self.train_progress_bar.set_description(
-            f"stage {plan.stage.name} ({plan.index + 1}/{len(plan.plan.stages)}) "
+            f"stage {active.name} ({active.index + 1}/{len(plan.stages)}) "
             f"· epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         )
 
