@@ -1,6 +1,8 @@
 """The engine's one-owner rules: any Trainer argument, plans that compose exactly, one stage accessor."""
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,36 @@ def test_the_training_loader_swaps_mid_fit_and_comes_back(tmp_path):
     trainer = quiet_trainer(max_epochs=3, callbacks=[StagePlan(make_plan(train_bn=True)), Swap()], default_root_dir=tmp_path)
     trainer.fit(TinyNet(), datamodule=TinyData())
     assert seen == [(0, False)] * 8 + [(1, True)] * 4 + [(2, False)] * 8
+
+
+class ViewProbe(pl.Callback):
+    def __init__(self):
+        self.seen = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.seen[trainer.current_epoch] = StagePlan.of(trainer).active
+
+
+def test_the_active_stage_reads_as_a_read_only_view(tmp_path):
+    probe = ViewProbe()
+    trainer = quiet_trainer(max_epochs=4, callbacks=[StagePlan(make_plan(train_bn=True)), probe], default_root_dir=tmp_path)
+    trainer.fit(TinyNet(), datamodule=TinyData())
+    frozen, unfrozen = probe.seen[1], probe.seen[2]
+    assert (frozen.name, frozen.index, frozen.first_epoch, frozen.last_epoch, frozen.groups) == ("frozen", 0, 0, 1, ("head",))
+    assert frozen.lrs == {"head": pytest.approx(1e-2)} and frozen.first_group == 2 and probe.seen[0] == frozen
+    assert (unfrozen.name, unfrozen.index, unfrozen.first_epoch, unfrozen.last_epoch) == ("unfrozen", 1, 2, 3)
+    assert unfrozen.groups == ("body_early", "body_late", "head") and unfrozen.first_group == 0
+    assert unfrozen.lrs == pytest.approx({"body_early": 1e-4, "body_late": 1e-3, "head": 1e-2})
+    assert [s.name for s in StagePlan.of(trainer).stages] == ["frozen", "unfrozen"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        unfrozen.index = 0
+
+
+def test_readers_outside_the_stage_plan_use_its_views():
+    """Only engine/plan.py reads the StagePlan's own state (plan, index, groups, found)."""
+    internal = re.compile(r"StagePlan\.of\([^)]*\)\.(plan|index|groups|found|stage)\b|\b(stage_plan|plan)\.(plan|index|groups|found)\b")
+    src = Path(__file__).resolve().parents[1] / "src" / "stagetune"
+    readers = [p for p in src.rglob("*.py") if p.name != "plan.py" and "StagePlan" in p.read_text()]
+    assert readers, "the scan found the readers"
+    offending = [f"{p.relative_to(src)}: {m.group(0)}" for p in readers for m in internal.finditer(p.read_text())]
+    assert offending == []
