@@ -65,6 +65,46 @@ def check_wd_number(key: str, value: Any) -> None:
     check_non_negative(key, value)
 
 
+class Mode(StrEnum):
+    """Whether a monitored metric is better lower (``min``) or higher (``max``)."""
+
+    min = "min"
+    max = "max"
+
+
+@dataclass
+class Until:
+    """``until:`` ends a stage on a criterion: early stopping inside one stage.
+
+    After each validation the stage's ``monitor`` counts as improved when it beats the stage's best
+    by more than ``min_delta`` (lower for ``mode: min``); after ``patience`` validations without
+    improvement the stage ends and the next one starts at the next epoch. ``max_epochs`` caps the
+    stage (null: the stage's ``epochs``).
+    """
+
+    monitor: str = MISSING
+    patience: int = 2
+    mode: Mode = Mode.min
+    min_delta: float = 0.0
+    max_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = Mode(self.mode)
+
+    def check(self, key: str) -> None:
+        if self.patience < 1:
+            raise ConfigError(f"{key}.patience", self.patience, "must be >= 1")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"{key}.max_epochs", self.max_epochs, "must be >= 1, or null for the stage's epochs")
+        check_non_negative(f"{key}.min_delta", self.min_delta)
+
+    def improved(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (None: nothing yet) by more than ``min_delta``."""
+        if best is None:
+            return math.isfinite(value)
+        return value < best - self.min_delta if self.mode is Mode.min else value > best + self.min_delta
+
+
 @dataclass
 class Stage:
     """One stage of a plan: how long, which groups train, at what rates.
@@ -73,7 +113,9 @@ class Stage:
     chosen plan does not have (``plan.stages.typo.epochs=3``) fails instead of adding a stage.
     ``wd`` null takes ``optim.wd``; a number applies to every group; a mapping from layer-group
     name to number (``{biases: 0.1, factors: 0.01}``) sets groups one by one, groups it leaves out
-    taking ``optim.wd``. ``name`` is the stage's key in ``plan.stages``.
+    taking ``optim.wd``. ``name`` is the stage's key in ``plan.stages``. ``until`` (null: none)
+    may end the stage before its epochs on a monitored metric (:class:`Until`); ``restore_best``
+    then puts back the weights of the stage's best validation before the next stage starts.
     """
 
     name: str = ""
@@ -86,9 +128,13 @@ class Stage:
     div: float = 25.0
     div_final: float = 1e5
     train_bn: bool = True
+    until: Until | None = None
+    restore_best: bool = False
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
+        if isinstance(self.until, Mapping):
+            self.until = Until(**self.until)
         if isinstance(self.lr, Sequence) and not isinstance(self.lr, str):
             self.lr = tuple(self.lr)
 
@@ -106,6 +152,15 @@ class Stage:
             raise ConfigError(f"{key}.pct_start", self.pct_start, "must be in (0, 1)")
         check_positive(f"{key}.div", self.div)
         check_positive(f"{key}.div_final", self.div_final)
+        if self.until is not None:
+            self.until.check(f"{key}.until")
+        elif self.restore_best:
+            raise ConfigError(f"{key}.restore_best", True, "needs until.monitor: the metric that says which epoch was best")
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs the stage runs (``until.max_epochs`` when given, else ``epochs``)."""
+        return self.until.max_epochs if self.until is not None and self.until.max_epochs is not None else self.epochs
 
     def group_wds(self, names: Sequence[str], default: float) -> dict[str, float]:
         """The ``wd`` of each layer group named in ``names`` (``default`` where the stage sets none)."""
@@ -137,6 +192,23 @@ class Stage:
         return finds(self.lr)
 
 
+@dataclass
+class Gradual(Stage):
+    """``plan.gradual``: one stage per layer group, each training one more group than the last (ULMFiT's gradual unfreezing).
+
+    Stage ``lastK`` (K = 1..n for a model of n groups) trains the last K groups; every stage takes
+    this template's epochs, ``lr`` (spread over its trainable groups by the slice rule), wd,
+    schedule and ``until``. ``freeze_to`` is not read.
+    """
+
+    freeze_to: int = 0
+
+    def stages(self, n_groups: int) -> dict[str, Stage]:
+        """The generated stages for a model of ``n_groups`` layer groups, in order."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Stage) if f.name not in ("name", "freeze_to")}
+        return {f"last{k}": Stage(name=f"last{k}", freeze_to=-k if k < n_groups else 0, **fields) for k in range(1, n_groups + 1)}
+
+
 @dataclass(frozen=True)
 class StageView:
     """One stage of the running plan as every reader outside :class:`StagePlan` sees it (read-only).
@@ -144,7 +216,7 @@ class StageView:
     ``groups`` are the layer groups that train in it, in model order, ``first_group`` the index of the
     first of them among the model's groups; ``lrs`` each of those groups' peak rate (None for an
     ``lr=find`` stage whose range test has not run yet); ``first_epoch`` and ``last_epoch`` are
-    0-based and inclusive; ``wd`` is the stage's weight decay as records show it (one number, or
+    0-based and inclusive (a stage with ``until``: the last it may run, or the one it ended on); ``wd`` is the stage's weight decay as records show it (one number, or
     each group's where the stage sets them by name).
     """
 
@@ -171,6 +243,7 @@ class Plan:
 
     lr: Any = 2e-3  # a number, or find: every stage whose lr comes from plan.lr runs the range test when it starts
     stages: dict[str, Stage] = field(default_factory=dict)
+    gradual: Gradual | None = None  # set: the stages are generated from the model's layer groups (plan=gradual)
     cache: CacheMode = CacheMode.auto
     find: RangeTestSettings = field(default_factory=RangeTestSettings)  # the range test of lr=find
 
@@ -179,8 +252,19 @@ class Plan:
         self.lr = base_lr(self.lr)
         if isinstance(self.find, Mapping):
             self.find = RangeTestSettings(**self.find)
+        if isinstance(self.gradual, Mapping):
+            self.gradual = Gradual(**self.gradual)
+        for stage in (*self.stages.values(), *([self.gradual] if self.gradual else [])):
+            if stage.lr == "${plan.lr}":  # Stage's default, built in Python rather than composed by Hydra
+                stage.lr = self.lr
         for name, stage in self.stages.items():
             stage.name = str(name)
+
+    def for_groups(self, n_groups: int) -> "Plan":
+        """The plan a model of ``n_groups`` layer groups runs: this one, or ``plan.gradual``'s stages generated for it."""
+        if self.gradual is None:
+            return self
+        return dataclasses.replace(self, stages=self.gradual.stages(n_groups), gradual=None)
 
     @property
     def ordered(self) -> tuple[Stage, ...]:
@@ -189,7 +273,11 @@ class Plan:
     def check(self, key: str = "plan") -> None:
         check_plan_lr(self.lr, f"{key}.lr")
         self.find.check(f"{key}.find")
-        if not self.stages:
+        if self.gradual is not None:
+            if self.stages:
+                raise ConfigError(f"{key}.stages", list(self.stages), "plan.gradual generates the stages: give plan.stages or plan.gradual, not both")
+            self.gradual.check(f"{key}.gradual")
+        elif not self.stages:
             raise ConfigError(f"{key}.stages", {}, "a plan needs at least one stage")
         for name, stage in self.stages.items():
             stage.check(f"{key}.stages.{name}")
@@ -210,36 +298,49 @@ class Plan:
 
     @property
     def total_epochs(self) -> int:
-        return sum(s.epochs for s in self.ordered)
+        """The most epochs the plan runs (every stage to its ``epochs``, or its ``until.max_epochs``)."""
+        return sum(s.max_epochs for s in self.ordered)
 
-    def stage_at(self, epoch: int) -> int:
+    def length(self, index: int, ran: Mapping[str, int] | None = None) -> int:
+        """Epochs of stage ``index``: as many as it ran when it ended early (``ran``: stage name -> epochs), else its most."""
+        stage = self.ordered[index]
+        return (ran or {}).get(stage.name, stage.max_epochs)
+
+    def end_epoch(self, ran: Mapping[str, int] | None = None) -> int:
+        """The number of epochs the whole plan runs, given the stages that ended early."""
+        return sum(self.length(k, ran) for k in range(len(self.stages)))
+
+    def stage_at(self, epoch: int, ran: Mapping[str, int] | None = None) -> int:
         """Index of the stage that runs in ``epoch`` (the last stage past the end)."""
         end = 0
-        for k, stage in enumerate(self.ordered):
-            end += stage.epochs
+        for k in range(len(self.stages)):
+            end += self.length(k, ran)
             if epoch < end:
                 return k
         return len(self.stages) - 1
 
-    def first_epoch(self, index: int) -> int:
-        return sum(s.epochs for s in self.ordered[:index])
+    def first_epoch(self, index: int, ran: Mapping[str, int] | None = None) -> int:
+        return sum(self.length(k, ran) for k in range(index))
 
     def trainable_groups(self, index: int, n_groups: int) -> list[int]:
         return self.ordered[index].trainable_groups(n_groups)
 
-    def view(self, index: int, names: Sequence[str], default_wd: float, found: Mapping[str, float] | None = None) -> StageView:
-        """Stage ``index`` read-only, for a model whose layer groups are ``names`` (``found``: the rates of ``lr=find`` stages that ran)."""
+    def view(
+        self, index: int, names: Sequence[str], default_wd: float, found: Mapping[str, float] | None = None, ran: Mapping[str, int] | None = None
+    ) -> StageView:
+        """Stage ``index`` read-only, for a model whose layer groups are ``names`` (``found``: the rates of
+        ``lr=find`` stages that ran; ``ran``: the epochs of stages that ended early)."""
         stage = self.ordered[index]
         n = len(names)
         trainable = stage.trainable_groups(n) if n else []
         rate = (found or {}).get(stage.name)
         known = bool(trainable) and (not stage.finds_lr or rate is not None)
-        first = self.first_epoch(index)
+        first = self.first_epoch(index, ran)
         return StageView(
             name=stage.name,
             index=index,
             first_epoch=first,
-            last_epoch=first + stage.epochs - 1,
+            last_epoch=first + self.length(index, ran) - 1,
             groups=tuple(names[k] for k in trainable),
             first_group=trainable[0] if trainable else 0,
             lrs=dict(zip((names[k] for k in trainable), stage.group_lrs(n, rate))) if known else None,
@@ -249,32 +350,58 @@ class Plan:
             finds_lr=stage.finds_lr,
         )
 
-    def views(self, names: Sequence[str], default_wd: float, found: Mapping[str, float] | None = None) -> tuple[StageView, ...]:
+    def views(
+        self, names: Sequence[str], default_wd: float, found: Mapping[str, float] | None = None, ran: Mapping[str, int] | None = None
+    ) -> tuple[StageView, ...]:
         """Every stage read-only, in order (see :meth:`view`)."""
-        return tuple(self.view(k, names, default_wd, found) for k in range(len(self.stages)))
+        return tuple(self.view(k, names, default_wd, found, ran) for k in range(len(self.stages)))
 
     def group_lrs(self, index: int, n_groups: int, found: float | None = None) -> list[float]:
         """Peak LR of each trainable layer group in stage ``index`` (an ``lr=find`` stage: given the rate ``found``)."""
         return self.ordered[index].group_lrs(n_groups, found)
 
 
-class StagedModule(pl.LightningModule):
-    """A LightningModule whose optimizer comes from the run's plan.
+def staged_optimizers(module: pl.LightningModule) -> dict:
+    """What a LightningModule's ``configure_optimizers`` returns to train by its Trainer's :class:`StagePlan`.
 
-    Subclasses implement :meth:`layer_groups`; the :class:`StagePlan` callback does the rest.
+    The optimizer and schedule of the active stage: one param group per trainable layer group at
+    its rate and weight decay, a fresh schedule sized to the stage. Lightning calls it again at
+    every stage change.
+    """
+    return StagePlan.of(module.trainer).configure_optimizers(module.trainer, module)
+
+
+class StagedModule(pl.LightningModule):
+    """A LightningModule whose optimizer comes from the Trainer's plan.
+
+    Subclasses implement :meth:`layer_groups`; the :class:`StagePlan` callback does the rest. Any
+    other LightningModule works the same when it defines ``layer_groups()`` and returns
+    :func:`staged_optimizers` from ``configure_optimizers``.
     """
 
     def layer_groups(self) -> list[LayerGroup]:
+        """The model's layer groups, in order; together they hold every parameter exactly once."""
         raise NotImplementedError(f"{type(self).__name__} must define layer_groups()")
 
     def configure_optimizers(self):
-        return StagePlan.of(self.trainer).configure_optimizers(self.trainer, self)
+        return staged_optimizers(self)
 
 
 class StagePlan(Callback):
-    """Applies a :class:`Plan` to a :class:`StagedModule` during ``Trainer.fit``."""
+    """The Lightning callback that trains a model by a :class:`Plan`: ``pl.Trainer(callbacks=[StagePlan(plan)])``.
+
+    The model (a LightningModule) defines ``layer_groups()`` and returns :func:`staged_optimizers`
+    from ``configure_optimizers`` (or subclasses :class:`StagedModule`). At each stage start the
+    callback freezes and unfreezes groups, has Lightning build a fresh optimizer and schedule, and
+    re-wraps the model for DDP; it ends the fit after the last stage and saves its state (the active
+    stage, the rates found, a stage criterion's progress) in checkpoints, so a resumed fit goes on
+    exactly. ``optim`` (default: fastai's AdamW settings) is the optimizer every stage builds;
+    ``finder`` runs the LR range test of ``lr=find`` stages (stagetune's runs give one).
+    Readers get the stages through :attr:`active` and :attr:`stages` (:class:`StageView`).
+    """
 
     def __init__(self, plan: Plan, optim: Optim | None = None, finder: LRFinder | None = None) -> None:
+        plan.check()
         self.plan = plan
         self.optim = optim or Optim()
         self.finder = finder
@@ -283,6 +410,9 @@ class StagePlan(Callback):
         self.freezing = Freezing()
         self.history: list[dict] = []
         self.found: dict[str, float] = {}  # stage name -> the top rate its range test chose (lr=find)
+        self.ran: dict[str, int] = {}  # stage name -> the epochs it ran, for stages that ended early (until)
+        self.watch: dict[str, Any] = {}  # the active stage's criterion: best value, its epoch, validations without improvement
+        self.best_state: dict[str, Any] | None = None  # the active stage's best weights (restore_best)
 
     @classmethod
     def of(cls, trainer: pl.Trainer) -> "StagePlan":
@@ -305,7 +435,7 @@ class StagePlan(Callback):
     @property
     def stages(self) -> tuple[StageView, ...]:
         """Every stage of the plan, read-only, in order."""
-        return self.plan.views([g.name for g in self.groups], self.optim.wd, self.found)
+        return self.plan.views([g.name for g in self.groups], self.optim.wd, self.found, self.ran)
 
     @property
     def layer_groups(self) -> tuple[LayerGroup, ...]:
@@ -314,7 +444,7 @@ class StagePlan(Callback):
 
     def view(self, index: int) -> StageView:
         """Stage ``index`` as readers see it (the group names need the model: known from ``setup`` on)."""
-        return self.plan.view(index, [g.name for g in self.groups], self.optim.wd, self.found)
+        return self.plan.view(index, [g.name for g in self.groups], self.optim.wd, self.found, self.ran)
 
     def stage_wd(self, stage: Stage) -> dict[str, float]:
         """The stage's ``wd`` of each layer group, in stagetune's ``wd`` convention."""
@@ -325,7 +455,10 @@ class StagePlan(Callback):
         return "StagePlan"
 
     def state_dict(self) -> dict:
-        return {"active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history, "found": self.found}
+        return {
+            "active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history, "found": self.found,
+            "ran": self.ran, "watch": self.watch, "best_state": self.best_state,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         names = [s.name for s in self.plan.ordered]
@@ -334,16 +467,38 @@ class StagePlan(Callback):
         self.index = int(state_dict["active"])
         self.history = list(state_dict.get("history", []))
         self.found = dict(state_dict.get("found", {}))
+        self.ran = dict(state_dict.get("ran", {}))
+        self.watch = dict(state_dict.get("watch", {}))
+        self.best_state = state_dict.get("best_state")
         if self.groups:
             self._freeze()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "layer_groups", None)):
+            raise StagetuneError(f"{type(pl_module).__name__} has no layer_groups(): a model trained by a StagePlan lists its layer groups")
         self.groups = list(pl_module.layer_groups())
         check_partition(pl_module, self.groups)
+        generated = self.plan.gradual is not None
+        self.plan = self.plan.for_groups(len(self.groups))
         self.plan.check_groups(len(self.groups), names=[g.name for g in self.groups])
+        if generated and trainer.max_steps == -1:
+            trainer.fit_loop.max_epochs = self.plan.total_epochs
         check_sparse_training(pl_module, trainer.world_size, trainer.gradient_clip_val)
         skip_unavailable_nvml_probe()  # every step of the optimizers built here asks for the accelerator
         self._freeze()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if any("layer_group" not in g for opt in trainer.optimizers for g in opt.param_groups):
+            raise StagetuneError(
+                f"{type(pl_module).__name__}.configure_optimizers() did not build the plan's optimizer: "
+                "return stagetune.staged_optimizers(self) from it (or subclass stagetune.StagedModule)"
+            )
+        self.fit_epochs(trainer)
+
+    def fit_epochs(self, trainer: pl.Trainer) -> None:
+        """The plan bounds the fit: it ends after the last stage (stages that ended early, or a Trainer left at Lightning's 1000 epochs)."""
+        if trainer.max_steps == -1 and trainer.max_epochs not in (None, -1):
+            trainer.fit_loop.max_epochs = min(trainer.max_epochs, self.plan.end_epoch(self.ran))
 
     def _freeze(self) -> list[int]:
         return self.freezing.apply(self.groups, self.stage.freeze_to, self.stage.train_bn)
@@ -365,7 +520,7 @@ class StagePlan(Callback):
             self.found[stage.name] = self.find_lr(trainer, pl_module, stage)
         groups = param_groups(self.groups, trainable, self.stage_lr(self.index), self.stage_wd(stage), self.optim.bn_wd, self.optim.bias_wd)
         optimizer = build_optimizer(groups, self.optim, sparse=has_sparse_gradients(pl_module))
-        total = stage.epochs * self.steps_per_epoch(trainer)
+        total = stage.max_epochs * self.steps_per_epoch(trainer)
         scheduler = build_scheduler(optimizer, stage.schedule, total, stage.pct_start, stage.div, stage.div_final)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -391,11 +546,47 @@ class StagePlan(Callback):
         return float(outcome[1])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        wanted = self.plan.stage_at(trainer.current_epoch)
+        wanted = self.plan.stage_at(trainer.current_epoch, self.ran)
         if wanted != self.index:
+            self.leave_stage(pl_module)
             self.enter_stage(trainer, pl_module, wanted)
         if not self.history or self.history[-1]["stage"] != self.stage.name:
             self.history.append(self.describe(self.index, trainer.current_epoch))
+
+    def leave_stage(self, pl_module: pl.LightningModule) -> None:
+        """The active stage is over: with ``restore_best``, its best weights come back (and its record says so)."""
+        stage = self.stage
+        if stage.restore_best and self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
+            if self.history and self.history[-1]["stage"] == stage.name:
+                self.history[-1]["restored_best"] = True
+        self.watch, self.best_state = {}, None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A stage with ``until``: count this validation, and end the stage when its monitor stopped improving."""
+        stage = self.stage
+        if trainer.sanity_checking or trainer.state.fn != "fit" or stage.until is None or stage.name in self.ran:
+            return
+        until = stage.until
+        value = trainer.callback_metrics.get(until.monitor)
+        if value is None:
+            logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+            raise ConfigError(f"plan.stages.{stage.name}.until.monitor", until.monitor, f"not logged at validation (logged: {logged})")
+        value = float(value)
+        if until.improved(value, self.watch.get("best")):
+            self.watch = {"best": value, "best_epoch": trainer.current_epoch, "wait": 0}
+            if stage.restore_best:
+                self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        else:
+            self.watch["wait"] = self.watch.get("wait", 0) + 1
+        stop = trainer.strategy.reduce_boolean_decision(self.watch["wait"] >= until.patience, all=False)
+        view = self.active
+        if self.history and self.history[-1]["stage"] == stage.name:
+            self.history[-1].update(best=self.watch.get("best"), best_epoch=self.watch.get("best_epoch"), epochs_run=trainer.current_epoch - view.first_epoch + 1)
+        if stop and trainer.current_epoch < view.last_epoch:
+            self.ran[stage.name] = trainer.current_epoch - view.first_epoch + 1
+            self.history[-1]["ended"] = f"{until.monitor} did not improve for {until.patience} validations"
+            self.fit_epochs(trainer)
 
     def enter_stage(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int) -> None:
         """Switch to stage ``index``: freeze, new optimizer and schedule, new DDP wrapper."""
