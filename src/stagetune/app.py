@@ -32,6 +32,7 @@ def conf_dir() -> Path:
 COMMANDS = {
     "stagetune": "train a run, or a sweep with -m (this command)",
     "stagetune-lr-find": "the LR range test for one stage of an experiment's plan",
+    "stagetune-plan": "the plan of a config as a table: stages, epochs, each layer group's params, LR and wd",
     "stagetune-report": "summary.csv/md/png of a sweep directory",
     "stagetune-eval": "evaluate a trained run's checkpoint on its valid or test split",
     "stagetune-show": "pictures of a run's data and results (batch, results, confused, biases, user)",
