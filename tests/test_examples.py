@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples"
-HYDRA = [f"hydra.searchpath=[file://{EXAMPLES / 'own_module_hydra' / 'conf'}]", "experiment=own_module", "logger=none"]
+HYDRA = [f"hydra.searchpath=[file://{EXAMPLES / 'own_module_hydra' / 'conf'}]", "experiment=own_module", "logger=none", "trainer.enable_progress_bar=true"]
 
 
 def run_python(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,6 +60,8 @@ def test_own_module_runs_through_stagetunes_hydra_configs(tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), str(EXAMPLES)])}
     out = run_cli(*HYDRA, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("plan: 2 stage(s), 15 epochs at most"), "the run prints its plan's table first"
+    assert "stage frozen: epochs 1-12 at most, until val/loss (min) stops improving for 2, then its best weights" in out.stdout
     stages = json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"]
     assert [s["stage"] for s in stages] == ["frozen", "unfrozen"] and stages[1]["trainable_groups"] == ["body", "head"]
     evaluate = [sys.executable, "-m", "stagetune.commands.evaluate", str(tmp_path / "run")]

@@ -80,7 +80,7 @@ class Peaks(pl.Callback):
 def test_hparams_give_the_rates_the_optimizer_holds_under_plan_lr_find(name, tmp_path):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", f"plan={name}", "plan.lr=find"])
-    plan = plan_of(validate(cfg))
+    plan = plan_of(validate(cfg)).for_groups(3)  # plan=gradual: its stages for Named's three groups
     for stage in plan.ordered:
         stage.epochs = 1
     found = {stage.name: 1e-3 * (k + 2) for k, stage in enumerate(plan.ordered)}

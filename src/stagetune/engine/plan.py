@@ -217,7 +217,8 @@ class StageView:
     first of them among the model's groups; ``lrs`` each of those groups' peak rate (None for an
     ``lr=find`` stage whose range test has not run yet); ``first_epoch`` and ``last_epoch`` are
     0-based and inclusive (a stage with ``until``: the last it may run, or the one it ended on); ``wd`` is the stage's weight decay as records show it (one number, or
-    each group's where the stage sets them by name).
+    each group's where the stage sets them by name); ``lr`` is the stage's rate as configured
+    (``find`` terms included), ``until`` a copy of its criterion.
     """
 
     name: str
@@ -229,8 +230,14 @@ class StageView:
     lrs: Mapping[str, float] | None
     wd: float | Mapping[str, float]
     schedule: Schedule
+    pct_start: float
+    div: float
+    div_final: float
     train_bn: bool
     finds_lr: bool
+    lr: Any
+    until: Until | None
+    restore_best: bool
 
     @property
     def epochs(self) -> int:
@@ -346,8 +353,14 @@ class Plan:
             lrs=dict(zip((names[k] for k in trainable), stage.group_lrs(n, rate))) if known else None,
             wd=stage.recorded_wd(list(names) if n else None, default_wd),
             schedule=stage.schedule,
+            pct_start=stage.pct_start,
+            div=stage.div,
+            div_final=stage.div_final,
             train_bn=stage.train_bn,
             finds_lr=stage.finds_lr,
+            lr=stage.lr,
+            until=dataclasses.replace(stage.until) if stage.until is not None else None,
+            restore_best=stage.restore_best,
         )
 
     def views(
