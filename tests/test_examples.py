@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples"
 HYDRA = [f"hydra.searchpath=[file://{EXAMPLES / 'own_module_hydra' / 'conf'}]", "experiment=own_module", "logger=none", "trainer.enable_progress_bar=true"]

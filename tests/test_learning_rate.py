@@ -15,7 +15,7 @@ from stagetune.engine.learning_rate import check_lr, group_rates, mul, shares
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import ConfigError
 from stagetune.runs.hparams import stage_hparams
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 DOC = ROOT / "docs" / "learning-rates.md"

@@ -8,7 +8,7 @@ import pytest
 
 from stagetune.errors import ConfigError
 from stagetune.runs.preview import preview
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny"]
 
