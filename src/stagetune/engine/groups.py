@@ -1,8 +1,9 @@
-"""Layer groups, learning-rate slices and optimizer param groups.
+"""Layer groups and the optimizer param groups a stage makes of them.
 
 A model is an ordered list of *layer groups* (fastai's split). Everything the pipeline does to a
 model by stage — freezing, discriminative learning rates, which tensors get weight decay — is
-expressed over those groups, so nothing else needs to know a model's insides.
+expressed over those groups, so nothing else needs to know a model's insides. How a learning
+rate spreads over them is :mod:`~stagetune.engine.learning_rate`'s.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from stagetune.engine.learning_rate import LearningRate, slice_lrs
+
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
     nn.GroupNorm,
     nn.LocalResponseNorm,
 )
-
-LearningRate = float | Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -56,28 +57,6 @@ def check_partition(model: nn.Module, groups: Sequence[LayerGroup]) -> None:
     missing = [n for n, p in model.named_parameters() if id(p) not in owner]
     if missing:
         raise ValueError(f"parameters in no layer group: {', '.join(missing[:5])}")
-
-
-def slice_lrs(lr: LearningRate, n: int) -> list[float]:
-    """Spread a learning rate over ``n`` groups, as fastai does.
-
-    A number gives every group that rate; ``[hi]`` gives ``hi/10`` to all groups but the last;
-    ``[lo, hi]`` spaces the rates geometrically: group k gets ``lo * (hi/lo) ** (k / (n-1))``.
-    """
-    if n < 1:
-        raise ValueError(f"need at least one group, got {n}")
-    if isinstance(lr, (int, float)):
-        return [float(lr)] * n
-    values = [float(v) for v in lr]
-    if len(values) == 1:
-        hi = values[0]
-        return [hi / 10] * (n - 1) + [hi]
-    if len(values) != 2:
-        raise ValueError(f"a learning-rate slice has one or two ends, got {values}")
-    lo, hi = values
-    if n == 1:
-        return [hi]
-    return [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
 
 
 def is_no_decay(name: str, module: nn.Module, bn_wd: bool, bias_wd: bool) -> bool:
