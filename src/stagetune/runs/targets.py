@@ -43,6 +43,7 @@ ALLOWED = frozenset(
         "stagetune.vision.data.ImageFolderData",
         "stagetune.vision.data.PetsData",
         "stagetune.vision.models.ResNet34Classifier",
+        "stagetune.vision.models.TorchvisionClassifier",
         "stagetune.vision.source.source_weights",
     }
 )
