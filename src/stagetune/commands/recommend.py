@@ -1,7 +1,7 @@
 """``stagetune-recommend``: what a rating run's model suggests to a user, and which items it finds alike.
 
-Users and items are named by the ids the data used (MovieLens's ``userId``/``movieId``; 0-based
-for synthetic ratings). Recommendations are the items with the highest predicted rating among
+Users and items are named by the ids the data used (MovieLens's ``userId``/``movieId``; a ratings
+file's own ids, text included; 0-based for synthetic ratings). Recommendations are the items with the highest predicted rating among
 those the user has not rated (neither in the training nor the validation split) and that training
 saw at least once: an item nobody rated has only its initial factors. ``--similar`` ranks items by
 the cosine similarity of their learned vectors (the factors plus any side embeddings).
@@ -23,7 +23,7 @@ from stagetune.runs.trained import Trained, load_trained
 
 @dataclass
 class Ranked:
-    item: int
+    item: int | str
     title: str
     score: float
 
@@ -41,13 +41,13 @@ def ratings_data(trained: Trained) -> RatingsDataModule:
 def _ranked(data: RatingsDataModule, indices: torch.Tensor, scores: torch.Tensor) -> list[Ranked]:
     titles = data.item_titles
     return [
-        Ranked(int(data.item_ids[i - 1]), titles[i] if titles else "", float(s))
+        Ranked(data.item_ids[i - 1].item(), titles[i] if titles else "", float(s))
         for i, s in zip(indices.tolist(), scores.tolist())
     ]
 
 
 @torch.no_grad()
-def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
+def recommend(trained: Trained, user: int | str, k: int = 10) -> list[Ranked]:
     """The ``k`` items with the highest predicted rating that ``user`` has not rated."""
     data = ratings_data(trained)
     u = data.trained_index("user", user)
@@ -64,7 +64,7 @@ def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
 
 
 @torch.no_grad()
-def similar(trained: Trained, item: int, k: int = 10) -> list[Ranked]:
+def similar(trained: Trained, item: int | str, k: int = 10) -> list[Ranked]:
     """The ``k`` items whose learned vectors (factors plus side embeddings) point the most the same way as ``item``'s."""
     data = ratings_data(trained)
     i = data.trained_index("item", item)
@@ -92,8 +92,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stagetune-recommend", description="Recommend items with a trained rating model.")
     ap.add_argument("run_dir", help="the run directory of a rating experiment (ratings_synthetic, movielens, ...)")
     who = ap.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", type=int, help="recommend to this user id (as in the data)")
-    who.add_argument("--similar", type=int, metavar="ITEM", help="list the items nearest to this item id")
+    who.add_argument("--user", help="recommend to this user id, as the data writes it (a number or text)")
+    who.add_argument("--similar", metavar="ITEM", help="list the items nearest to this item id, as the data writes it")
     ap.add_argument("-k", type=int, default=10, help="how many items (default: 10)")
     ap.add_argument("--ckpt", default="best", choices=["best", "last"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

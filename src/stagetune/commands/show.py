@@ -61,16 +61,16 @@ def image_view(trained: Trained, view: str, split: str, n: int) -> Figure:
     return most_confused_figure(pairs)
 
 
-def busiest_user(data: RatingsDataModule, split: str) -> int:
+def busiest_user(data: RatingsDataModule, split: str) -> int | str:
     """The raw id of the user with the most ratings in ``split``."""
     part = data.val_set if split == "valid" else data.test_set
     counts = np.bincount(part.users.numpy(), minlength=data.n_users + 1)
     counts[0] = 0
-    return int(data.user_ids[int(counts.argmax()) - 1])
+    return data.user_ids[int(counts.argmax()) - 1].item()
 
 
 @torch.no_grad()
-def user_results(trained: Trained, user: int, split: str, n: int) -> tuple[list[str], list[float], list[float]]:
+def user_results(trained: Trained, user: int | str, split: str, n: int) -> tuple[list[str], list[float], list[float]]:
     """The items ``user`` rated in ``split`` (up to ``n``, highest rating first): names, ratings, predictions."""
     data = trained.datamodule
     u = data.trained_index("user", user)
@@ -85,14 +85,14 @@ def user_results(trained: Trained, user: int, split: str, n: int) -> tuple[list[
     return [titles[i] for i in items[order].tolist()], ratings[order].tolist(), predicted[order].tolist()
 
 
-def rating_view(trained: Trained, view: str, split: str, n: int, user: int | None) -> Figure | None:
+def rating_view(trained: Trained, view: str, split: str, n: int, user: int | str | None) -> Figure | None:
     data = trained.datamodule
     names = data.item_names()
     if view == "batch":
         users, items, ratings = training_batch(trained)
         print(f"{'user':>8}  {'item':>8}  rating  title")
         for u, i, r in list(zip(users.tolist(), items.tolist(), ratings.tolist()))[:n]:
-            print(f"{int(data.user_ids[u - 1]):>8}  {int(data.item_ids[i - 1]):>8}  {r:>6.2f}  {names[i]}")
+            print(f"{data.user_ids[u - 1].item():>8}  {data.item_ids[i - 1].item():>8}  {r:>6.2f}  {names[i]}")
         return None
     if view == "results":
         user = busiest_user(data, split) if user is None else user
@@ -122,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("view", choices=sorted({*IMAGE_VIEWS, *RATING_VIEWS}), help="image runs: batch, results, confused; rating runs: batch, results, biases")
     ap.add_argument("-n", type=int, default=9, help="images, class pairs or items shown (default: 9)")
     ap.add_argument("--split", default="valid", choices=list(SPLITS), help="the split results and confused read (default: valid)")
-    ap.add_argument("--user", type=int, help="rating runs, results: this user id (default: the one with most ratings in the split)")
+    ap.add_argument("--user", help="rating runs, results: this user id as the data writes it (default: the one with most ratings in the split)")
     ap.add_argument("--ckpt", default="best", help="best (default), last, or the path of a checkpoint file")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", help="the PNG to write (default: RUN/show-VIEW.png); never an existing file")

@@ -36,6 +36,7 @@ ALLOWED = frozenset(
         "stagetune.collab.models.DotBias",
         "stagetune.collab.models.SVDpp",
         "stagetune.collab.movielens.MovieLens",
+        "stagetune.collab.ratings_file.RatingsFile",
         "stagetune.curvefit.data.CurvePoints",
         "stagetune.curvefit.line.LineFit",
         "stagetune.curvefit.relu_net.WidthLadder",
