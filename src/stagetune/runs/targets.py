@@ -41,6 +41,7 @@ ALLOWED = frozenset(
         "stagetune.curvefit.line.LineFit",
         "stagetune.curvefit.relu_net.WidthLadder",
         "stagetune.vision.data.DigitsData",
+        "stagetune.vision.data.ImageCSVData",
         "stagetune.vision.data.ImageFolderData",
         "stagetune.vision.data.PetsData",
         "stagetune.vision.models.ResNet34Classifier",
