@@ -190,6 +190,7 @@ STARTUP = [
     (["experiment=universal_approx", "model.widths=[]"], "model.widths", "non-empty list"),
     (["experiment=ratings_synthetic", "model.sparse=true", "trainer.gradient_clip_val=1"], "model.sparse", "dense gradients"),
     (["+model.groups={body_early: early, head: head}"], "model.groups", "2 parameter(s) match no pattern: late.0.weight, late.0.bias"),
+    (["experiment=digits_scratch", "model=torchvision", "model.arch=alexnet"], "model.arch", "a torchvision classification model of a supported family"),
 ]
 
 

@@ -90,6 +90,7 @@ def test_integer_ids_stay_integers_and_text_ids_text(tmp_path):
     assert data.user_ids.dtype.kind == "i" and data.index_of("user", "1") == data.index_of("user", 1) != 0
     shop = table(ratings_csv(tmp_path / "shop.csv"))
     assert shop.user_ids.dtype.kind == "U" and shop.index_of("user", "user-bo") >= 1 and shop.index_of("user", "nobody") == 0
+    assert shop.item_names()[shop.index_of("item", "sku_004")] == "item sku_004", "items are named by the file's ids, not by index"
 
 
 def test_time_split_holds_out_each_users_latest_ratings(tmp_path):

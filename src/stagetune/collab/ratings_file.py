@@ -209,6 +209,10 @@ class RatingsFile(RatingsDataModule):
             train, valid = train[kept], train[carved]
         return Parts(train, valid, test)
 
+    def item_names(self) -> list[str]:
+        """A label per item index: the file's own item id (index 0 is "unknown")."""
+        return ["unknown"] + [f"item {i}" for i in self.item_ids.tolist()]
+
     def summary(self) -> dict:
         return {"source": self.source, "split": self.hparams.split, **super().summary()}
 
