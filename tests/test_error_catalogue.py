@@ -477,6 +477,12 @@ def checkpoint_file(tmp_path: Path, kind: str, tiny_run: Path) -> str:
         torch.save(torch.ones(3), path)
     elif kind == "list":
         torch.save([1, 2], path)
+    elif kind == "random_bytes":  # a pickle's protocol mark, then noise
+        path.write_bytes(b"\x80\x02" + np.random.default_rng(0).bytes(200))
+    elif kind == "plain_pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps({"state_dict": {"w": 1}}, protocol=4))
     elif kind == "pickled_code":
         torch.save({"state_dict": Payload()}, path)
     elif kind == "no_callbacks":
@@ -496,6 +502,8 @@ CHECKPOINTS = [
     ("tensor", [], StagetuneError, "holds a Tensor, not a checkpoint or state dict"),
     ("list", [], StagetuneError, "holds a list, not a checkpoint or state dict"),
     ("pickled_code", [], StagetuneError, "holds pickled code, which stagetune refuses to run (weights_only=True)"),
+    ("random_bytes", [], StagetuneError, "ckpt_path: {f} is not a readable checkpoint (its bytes are not a checkpoint torch.save wrote)"),
+    ("plain_pickle", [], StagetuneError, "ckpt_path: {f} is not a readable checkpoint (its bytes are not a checkpoint torch.save wrote)"),
     ("last", ["plan=fit_one_cycle"], ConfigError, "made with the stages ['frozen', 'unfrozen']; this plan has ['all']"),
     ("last", ["plan.stages.unfrozen.epochs=5"], ConfigError, "made with plan.stages.unfrozen.epochs=3; this plan has 5"),
     ("last", ["plan.stages.unfrozen.epochs=2"], ConfigError, "made with plan.stages.unfrozen.epochs=3; this plan has 2"),

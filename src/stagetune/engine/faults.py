@@ -291,8 +291,10 @@ def check_checkpoint(path: str | Path, what: str) -> dict:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        if "Unsupported global" in str(err):
             reason = "it holds pickled code, which stagetune refuses to run (weights_only=True)"
+        elif "weights_only" in str(err):  # a byte the safe unpickler does not know: not a pickle torch.save wrote
+            reason = "its bytes are not a checkpoint torch.save wrote"
         raise StagetuneError(f"{what}: {path} is not a readable checkpoint ({reason})") from None
     if not isinstance(data, dict):
         raise StagetuneError(f"{what}: {path} holds a {type(data).__name__}, not a checkpoint or state dict")
