@@ -359,6 +359,16 @@ def test_a_byte_order_mark_and_crlf_line_ends_read_as_the_plain_file(tmp_path):
         assert np.array_equal(getattr(marked, field), getattr(plain, field))
 
 
+@pytest.mark.parametrize("name,fmt", [("u.item", 0), ("movies.dat", 1)])
+def test_a_titles_file_with_a_byte_order_mark_reads_as_the_plain_file(tmp_path, name, fmt):
+    from stagetune.collab.movielens import FORMATS, read_titles
+
+    text = "10{s}Heat\n20{s}Alien\n".format(s="|" if name == "u.item" else "::")
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    titles = read_titles(tmp_path / name, FORMATS[fmt])
+    assert titles[10] == "Heat" and len(titles) == 2
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(st.lists(st.one_of(st.integers(-5, 10**12), st.floats(allow_nan=True), st.text(max_size=6)), max_size=6), max_size=6))
 def test_any_broken_ratings_file_is_read_or_refused_in_one_line(tmp_path, lines):

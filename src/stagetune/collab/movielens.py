@@ -17,6 +17,7 @@ counted in the run's summary.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -123,7 +124,9 @@ def read_titles(path: Path, fmt: RatingsFormat) -> dict[int, str]:
 
 def _titles(path: Path, fmt: RatingsFormat) -> dict[int, str]:
     titles: dict[int, str] = {}
-    with open(path, encoding=fmt.titles_encoding, newline="") as f:
+    with open(path, "rb") as f:  # a UTF-8 byte order mark says the file's encoding, whatever the format's own
+        encoding = "utf-8-sig" if f.read(3) == codecs.BOM_UTF8 else fmt.titles_encoding
+    with open(path, encoding=encoding, newline="") as f:
         if fmt.titles == "movies.csv":
             rows = csv.reader(f)
             next(rows, None)
