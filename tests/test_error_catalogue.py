@@ -1027,3 +1027,13 @@ def test_a_refused_resume_writes_nowhere(tmp_path, tiny_run, args, code, line):
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "other").exists() and not any((tmp_path / "notarun").iterdir()), "nothing written, no train.log"
     assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before
+
+
+def test_an_unquoted_path_with_a_space_gets_a_hint_to_quote_it(tmp_path):
+    out = run_cli(*TINY, f"data.root={tmp_path}/my", "images", "hydra.run.dir=run", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"stagetune: config error: data.root='{tmp_path}/my images': 'images' is not an override: a value with a space must be quoted, "
+        f"e.g. 'data.root={tmp_path}/my images'"
+    ]
+    assert not (tmp_path / "run").exists()

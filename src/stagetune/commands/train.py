@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from stagetune.app import check_output_overrides, conf_dir
 from stagetune.config import check_paths
+from stagetune.errors import ConfigError
 from stagetune.engine import launch
 from stagetune.engine.trainer import check_trainer_overrides
 from stagetune.failures import hydra_command, hydra_job_log, in_multirun, task_started, task_wrapper
@@ -79,8 +80,18 @@ def command_line_checks(argv: list[str]) -> None:
     if resume is not None and launch.global_rank() == 0:  # a started rank's own hydra.run.dir is its launcher's
         check_resume_overrides(resume, [arg for arg in argv if "=" in arg and not arg.startswith("-")])
         RunDir(resume).checked_config()  # not a run (no config.yaml, an unreadable one): refused before Hydra writes train.log in it
+    check_unquoted_spaces(argv)
     check_output_overrides(argv)
     check_trainer_overrides(argv)
+
+
+def check_unquoted_spaces(argv: list[str]) -> None:
+    """A word that is no override, after an override, is most likely the rest of a value with a space the shell split:
+    say to quote it (Hydra would only name its lexer's error)."""
+    for before, arg in zip(argv, argv[1:]):
+        if "=" in before and not before.startswith("-") and "=" not in arg and not arg.startswith(("-", "~")):
+            key, _, value = before.partition("=")
+            raise ConfigError(key.lstrip("+"), f"{value} {arg}", f"'{arg}' is not an override: a value with a space must be quoted, e.g. '{key}={value} {arg}'")
 
 
 def override_of(argv: list[str], key: str) -> str | None:
