@@ -1037,3 +1037,12 @@ def test_an_unquoted_path_with_a_space_gets_a_hint_to_quote_it(tmp_path):
         f"e.g. 'data.root={tmp_path}/my images'"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_shows_none_of_lightnings_announcements(tiny_run):
+    from tests.helpers.cli import NOISE, run_module
+
+    out = run_module("stagetune.commands.evaluate", str(tiny_run), "--split", "valid", cwd=tiny_run.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shown = out.stdout + out.stderr
+    assert not [noise for noise in NOISE if noise in shown], shown

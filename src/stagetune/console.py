@@ -53,6 +53,16 @@ class NoAdverts(logging.Filter):
         return not str(record.msg).startswith(ADVERTS)
 
 
+def quiet_library_lines() -> None:
+    """A console command (no Hydra logging config): Lightning's info lines (GPU/TPU available, tips) stay
+    off the terminal, as ``stagetune`` keeps them off it; its warnings still show."""
+    for name in LIBRARIES:
+        library = logging.getLogger(name)
+        library.setLevel(max(library.level, logging.WARNING))
+        for handler in library.handlers:
+            handler.addFilter(NoAdverts())
+
+
 def quiet_library_warnings() -> None:
     """Ignore :data:`LIBRARY_WARNINGS`: they say nothing a user can act on."""
     for message in LIBRARY_WARNINGS:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from stagetune.console import FILE_ONLY, quiet_library_warnings
+from stagetune.console import FILE_ONLY, quiet_library_lines, quiet_library_warnings
 from stagetune.errors import Interrupted, StagetuneError
 
 Recorder = Callable[[str, str], bool]  # (status, message) -> whether the job's directory recorded them
@@ -152,6 +152,7 @@ def console_command(prog: str) -> Callable[[Callable[[list[str] | None], int]], 
 
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> None:
+            quiet_library_lines()
             sys.exit(guarded(argv))
 
         return run
