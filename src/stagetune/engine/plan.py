@@ -30,7 +30,7 @@ from stagetune.engine.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.engine.ddp import average_norm_buffers, rewrap_ddp
 from stagetune.engine.freezing import Freezing
 from stagetune.engine.groups import LayerGroup, check_partition, param_groups
-from stagetune.engine.learning_rate import LearningRate, base_lr, check_lr, check_plan_lr, finds, find_shape, group_rates, resolved
+from stagetune.engine.learning_rate import LearningRate, base_lr, check_lr, check_plan_lr, find_shape, finds, group_rates, resolved
 from stagetune.engine.lr_logging import log_group_lrs
 from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import (
@@ -216,8 +216,9 @@ class StageView:
     ``groups`` are the layer groups that train in it, in model order, ``first_group`` the index of the
     first of them among the model's groups; ``lrs`` each of those groups' peak rate (None for an
     ``lr=find`` stage whose range test has not run yet); ``first_epoch`` and ``last_epoch`` are
-    0-based and inclusive (a stage with ``until``: the last it may run, or the one it ended on); ``wd`` is the stage's weight decay as records show it (one number, or
-    each group's where the stage sets them by name); ``lr`` is the stage's rate as configured
+    0-based and inclusive (a stage with ``until``: the last it may run, or the one it ended on);
+    ``wd`` is the stage's weight decay as records show it (one number, or each group's where the
+    stage sets them by name); ``lr`` is the stage's rate as configured
     (``find`` terms included), ``until`` a copy of its criterion.
     """
 
@@ -468,10 +469,9 @@ class StagePlan(Callback):
         return "StagePlan"
 
     def state_dict(self) -> dict:
-        return {
-            "active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history, "found": self.found,
-            "ran": self.ran, "watch": self.watch, "best_state": self.best_state,
-        }
+        names = [s.name for s in self.plan.ordered]
+        criterion = {"ran": self.ran, "watch": self.watch, "best_state": self.best_state}
+        return {"active": self.index, "stages": names, "history": self.history, "found": self.found, **criterion}
 
     def load_state_dict(self, state_dict: dict) -> None:
         names = [s.name for s in self.plan.ordered]
@@ -594,10 +594,11 @@ class StagePlan(Callback):
             self.watch["wait"] = self.watch.get("wait", 0) + 1
         stop = trainer.strategy.reduce_boolean_decision(self.watch["wait"] >= until.patience, all=False)
         view = self.active
+        ran = trainer.current_epoch - view.first_epoch + 1
         if self.history and self.history[-1]["stage"] == stage.name:
-            self.history[-1].update(best=self.watch.get("best"), best_epoch=self.watch.get("best_epoch"), epochs_run=trainer.current_epoch - view.first_epoch + 1)
+            self.history[-1].update(best=self.watch.get("best"), best_epoch=self.watch.get("best_epoch"), epochs_run=ran)
         if stop and trainer.current_epoch < view.last_epoch:
-            self.ran[stage.name] = trainer.current_epoch - view.first_epoch + 1
+            self.ran[stage.name] = ran
             self.history[-1]["ended"] = f"{until.monitor} did not improve for {until.patience} validations"
             self.fit_epochs(trainer)
 
