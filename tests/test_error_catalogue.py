@@ -1,6 +1,6 @@
 """The error catalogue: every bad input and fault a user can meet ends in one line saying what to do.
 
-One parametrized test per category (README, "Errors and what they say"): config values, data
+One parametrized test per category (docs/howto/errors.md; the site's error catalogue lists these cases): config values, data
 values, ratings files, images, checkpoints and resume, run directories, signals and faults, and
 every console command; hypothesis makes broken ratings files and configs. Most cases run in-process
 (the config's validation, the run's start-up as the command starts it (:func:`run_job`), a command's ``main(argv)``);

@@ -82,11 +82,11 @@ class Until:
     stage (null: the stage's ``epochs``).
     """
 
-    monitor: str = MISSING
-    patience: int = 2
-    mode: Mode = Mode.min
-    min_delta: float = 0.0
-    max_epochs: int | None = None
+    monitor: str = MISSING  # the logged metric that decides (val/loss); required
+    patience: int = 2  # validations without improvement before the stage ends
+    mode: Mode = Mode.min  # min: lower is better; max: higher is better
+    min_delta: float = 0.0  # an improvement must beat the stage's best by more than this
+    max_epochs: int | None = None  # the most epochs the stage runs; null: its epochs
 
     def __post_init__(self) -> None:
         self.mode = Mode(self.mode)
@@ -118,18 +118,18 @@ class Stage:
     then puts back the weights of the stage's best validation before the next stage starts.
     """
 
-    name: str = ""
-    epochs: int = 1
-    freeze_to: int = MISSING
-    lr: Any = "${plan.lr}"
-    wd: Any = None
-    schedule: Schedule = Schedule.one_cycle
-    pct_start: float = 0.25
-    div: float = 25.0
-    div_final: float = 1e5
-    train_bn: bool = True
-    until: Until | None = None
-    restore_best: bool = False
+    name: str = ""  # set from the stage's key in plan.stages; not set by hand
+    epochs: int = 1  # how many epochs the stage trains
+    freeze_to: int = MISSING  # groups k.. train: -1 the last group only, 0 all; what makes a stage (required)
+    lr: Any = "${plan.lr}"  # a number for every trainable group, [hi] (hi/10 before the last), [lo, hi] geometric, or find
+    wd: Any = None  # null: optim.wd; a number for every group; or {group: number, ...}
+    schedule: Schedule = Schedule.one_cycle  # the LR schedule inside the stage, sized to its steps
+    pct_start: float = 0.25  # one-cycle: the share of the stage's steps spent rising to the peak
+    div: float = 25.0  # one-cycle: the rise starts at peak / div
+    div_final: float = 1e5  # one-cycle: the fall ends at peak / div_final
+    train_bn: bool = True  # normalisation layers of frozen groups keep training (fastai's train_bn)
+    until: Until | None = None  # null: none; {monitor, patience, mode, min_delta, max_epochs}: the stage ends once monitor stops improving
+    restore_best: bool = False  # with until: the stage's best weights come back before the next stage starts
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
@@ -201,7 +201,7 @@ class Gradual(Stage):
     schedule and ``until``. ``freeze_to`` is not read.
     """
 
-    freeze_to: int = 0
+    freeze_to: int = 0  # not read: stage lastK trains the last K groups
 
     def stages(self, n_groups: int) -> dict[str, Stage]:
         """The generated stages for a model of ``n_groups`` layer groups, in order."""
@@ -250,9 +250,9 @@ class Plan:
     """An ordered mapping of named stages (``plan.stages``), run one after the other."""
 
     lr: Any = 2e-3  # a number, or find: every stage whose lr comes from plan.lr runs the range test when it starts
-    stages: dict[str, Stage] = field(default_factory=dict)
-    gradual: Gradual | None = None  # set: the stages are generated from the model's layer groups (plan=gradual)
-    cache: CacheMode = CacheMode.auto
+    stages: dict[str, Stage] = field(default_factory=dict)  # the stages by name, in the order they run
+    gradual: Gradual | None = None  # set: one stage per layer group of the model, generated from this template (plan=gradual)
+    cache: CacheMode = CacheMode.auto  # train a frozen prefix from its cached outputs: when exact (auto), always (on), never (off)
     find: RangeTestSettings = field(default_factory=RangeTestSettings)  # the range test of lr=find
 
     def __post_init__(self) -> None:
