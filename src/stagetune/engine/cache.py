@@ -27,10 +27,10 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from stagetune.errors import ConfigError
-from stagetune.engine.loaders import epoch_loader
 from stagetune.engine.groups import LayerGroup
+from stagetune.engine.loaders import epoch_loader
 from stagetune.engine.plan import CacheMode, StagePlan, StageView
+from stagetune.errors import ConfigError
 
 log = logging.getLogger("stagetune")
 
