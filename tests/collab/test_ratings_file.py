@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from stagetune.app import conf_dir
 from stagetune.collab.ratings_file import RatingsFile
 from stagetune.commands import recommend
-from stagetune.commands.train import train
+from stagetune.runs.run import train
 from stagetune.errors import ConfigError, DataError
 from stagetune.runs.trained import load_trained
 

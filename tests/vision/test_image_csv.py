@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from stagetune.app import conf_dir
-from stagetune.commands.train import train
+from stagetune.runs.run import train
 from stagetune.errors import DataError
 from stagetune.vision.data import ImageCSVData
 from tests.vision.conftest import write_image
