@@ -11,7 +11,7 @@ from stagetune.engine.groups import check_partition, groups_by_pattern, param_gr
 from stagetune.engine.plan import Stage
 from stagetune.errors import ConfigError
 from tests.tiny import TinyData, UngroupedNet
-from tests.vision.conftest import fit
+from tests.helpers.plans import fit
 
 PATTERNS = {"body_early": "conv1|bn1|layer1", "body_late": "layer3", "head": "fc|scale"}
 

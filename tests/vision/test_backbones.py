@@ -19,7 +19,8 @@ from stagetune.vision.backbones import supported
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import TorchvisionClassifier
 from stagetune.vision.weights import cache_path, published
-from tests.vision.conftest import fit, run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.plans import fit
 from tests.vision.test_vision_cli import QUIET
 
 # The smallest of each family; vit at 32 px (torchvision's image_size) to stay small.

@@ -12,7 +12,7 @@ from stagetune.app import conf_dir
 from stagetune.runs.run import train
 from stagetune.errors import DataError
 from stagetune.vision.data import ImageCSVData
-from tests.vision.conftest import write_image
+from tests.helpers.images import write_image
 
 CLASSES = ("cat", "dog", "owl")
 
