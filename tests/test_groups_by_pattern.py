@@ -84,3 +84,18 @@ def test_groups_null_keeps_the_models_own_split():
 
     model = build(OmegaConf.create({"_target_": "tests.tiny.TinyNet", "groups": None}))
     assert isinstance(model, TinyNet) and [g.name for g in model.layer_groups()] == ["body_early", "body_late", "head"]
+
+
+def test_a_model_regrouped_by_patterns_trains_without_the_feature_cache():
+    """ResNet34's features() run its own three groups: other groups would cache the wrong prefix."""
+    from types import SimpleNamespace
+
+    from stagetune.engine.cache import inexact_reason
+    from stagetune.engine.plan import Plan, StagePlan
+
+    node = OmegaConf.create({"_target_": "stagetune.vision.models.ResNet34Classifier", "n_classes": 3, "weights": None, "groups": {"body": "body", "head": "head"}})
+    model = build(node)
+    plan = StagePlan(Plan(stages={"frozen": Stage("frozen", 1, freeze_to=-1, lr=1e-2, train_bn=False)}))
+    plan.groups = model.layer_groups()
+    reason = inexact_reason(SimpleNamespace(world_size=1, datamodule=SimpleNamespace(augment=False)), model, plan, 0)
+    assert reason == "its layer groups come from model.groups patterns, which its features()/forward_from() do not follow"

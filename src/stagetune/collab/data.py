@@ -168,10 +168,12 @@ class RatingsDataModule(pl.LightningDataModule):
         ids = self.user_ids if kind == "user" else self.item_ids
         if ids.dtype.kind in "iu":
             try:
-                raw = int(raw)
+                key: int | str = int(raw)
             except ValueError:
                 return UNKNOWN
-        pos = np.flatnonzero(ids == (raw if ids.dtype.kind in "iu" else str(raw)))
+        else:
+            key = str(raw)
+        pos = np.flatnonzero(ids == key)
         return int(pos[0]) + 1 if len(pos) else UNKNOWN
 
     def trained_index(self, kind: str, raw: int | str) -> int:

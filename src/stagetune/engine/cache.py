@@ -10,7 +10,8 @@ Trainer a loader over ``(features, target)`` that visits the examples in the sam
 original loader comes back.
 
 A model opts in with ``features(x, upto_group)``, ``forward_from(features, group_index)`` and an
-``input_group`` attribute read by its ``training_step``; batches are ``(inputs, targets)``.
+``input_group`` attribute read by its ``training_step``; batches are ``(inputs, targets)``. Its
+own groups only: given other groups by name patterns (``pattern_groups``, ``model.groups``) it trains uncached.
 Under ``plan.cache=auto`` a stage where the cache would not be exact trains as usual with one info
 line saying why; ``plan.cache=on`` turns that into a configuration error.
 """
@@ -52,6 +53,8 @@ def inexact_reason(trainer: pl.Trainer, pl_module: nn.Module, stage: StageView, 
     first = stage.first_group
     if not opts_in(pl_module):
         return f"{type(pl_module).__name__} does not implement features()/forward_from()"
+    if getattr(pl_module, "pattern_groups", None):
+        return "its layer groups come from model.groups patterns, which its features()/forward_from() do not follow"
     if trainer.world_size > 1:
         return f"DDP with {trainer.world_size} processes (each rank would need its own cache)"
     prefix = groups[:first]
