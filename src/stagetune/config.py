@@ -10,6 +10,7 @@ runs each type's own checks before any work starts. ``trainer:`` takes any argum
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, Stage
 from stagetune.engine.trainer import check_trainer_args, trainer_defaults
@@ -38,9 +40,9 @@ class MetricMode(StrEnum):
 class LoggerConfig:
     """Which of Lightning's loggers a run writes to; any combination, all in the run directory."""
 
-    tensorboard: bool = True
-    csv: bool = False
-    mlflow: bool = False
+    tensorboard: bool = True  # TensorBoardLogger, RUN_DIR/tensorboard/
+    csv: bool = False  # CSVLogger, RUN_DIR/csv/metrics.csv
+    mlflow: bool = False  # MLFlowLogger, a local file store in RUN_DIR/mlruns/ (the mlflow extra)
 
 
 @dataclass
@@ -61,43 +63,53 @@ class CheckpointConfig:
 class PathsConfig:
     """Where runs, data and made-once artifacts live; absolute paths, set by ``paths=`` (``conf/paths/``)."""
 
-    root: str = MISSING
-    outputs: str = MISSING
-    data: str = MISSING
-    cache: str = MISSING
+    root: str = MISSING  # the project root: $STAGETUNE_ROOT, else the checkout above the working directory
+    outputs: str = MISSING  # run directories: outputs/<experiment>/<time>/
+    data: str = MISSING  # datasets read from files (pets)
+    cache: str = MISSING  # made-once artifacts (source models): $STAGETUNE_CACHE, else ~/.cache/stagetune
 
 
 @dataclass
 class RunConfig:
-    experiment: str = "default"
-    seed: int = 42
-    metric: str = "val/loss"
-    metric_mode: MetricMode = MetricMode.min
-    resume: str | None = None
-    ckpt_path: str | None = None
-    test: bool = True
+    """The whole run: what it trains (model, data, plan, optim), how (trainer), and what it records."""
+
+    experiment: str = "default"  # set by experiment=NAME; names the outputs/ folder
+    seed: int = 42  # the initialisation and the batch order
+    metric: str = "val/loss"  # what picks the best checkpoint and what the run returns to sweepers
+    metric_mode: MetricMode = MetricMode.min  # whether metric is better lower or higher
+    resume: str | None = None  # a run directory to continue in place (takes no other overrides)
+    ckpt_path: str | None = None  # a checkpoint file to start a new run from
+    test: bool = True  # evaluate the chosen checkpoint on the test split once, at the end
     print_config: bool = False  # print the composed config as a tree before the run starts
-    debug: str | None = None  # set by debug=NAME: the run is a check, never a result (README, "Debug runs")
-    callbacks: Any = None
-    model: Any = None
-    data: Any = None
-    plan: Plan = field(default_factory=Plan)
-    optim: Optim = field(default_factory=Optim)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    debug: str | None = None  # set by debug=NAME: the run is a check, never a result (docs: howto/running.md, "Debug runs")
+    callbacks: Any = field(default_factory=dict)  # extra Lightning callbacks by name, each a _target_ with its arguments (callbacks=NAME)
+    model: Any = None  # the model, a _target_ with its arguments (model=NAME)
+    data: Any = None  # the data module, a _target_ with its arguments (data=NAME)
+    plan: Plan = field(default_factory=Plan)  # the stages (plan=NAME)
+    optim: Optim = field(default_factory=Optim)  # the optimizer every stage builds (optim=NAME)
+    trainer: dict[str, Any] = field(default_factory=dict)  # any pytorch_lightning.Trainer argument (trainer=NAME)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # which loggers (logger=NAME)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # the best checkpoints kept beside last.ckpt
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where runs, data and the cache live (paths=NAME)
+
+
+@dataclass
+class LrFindConfig(RangeTestSettings):
+    """``stagetune-lr-find``'s ``lr_find:``: the range test's settings (a run's ``plan.find``) and the stage to test."""
+
+    stage: str | None = None  # a stage of the plan (plan.stages.NAME); null: the first stage
 
 
 @contextmanager
-def omegaconf_errors() -> Iterator[None]:
-    """OmegaConf's type, value and missing-key errors as a ConfigError naming the key."""
+def omegaconf_errors(within: str = "") -> Iterator[None]:
+    """OmegaConf's type, value and missing-key errors as a ConfigError naming the key (under ``within``)."""
     try:
         yield
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "config"
+        key = ".".join(k for k in (within, getattr(err, "full_key", None)) if k) or "config"
         msg = str(err).splitlines()[0]
-        raise ConfigError(key, getattr(err, "value", None) or "?", msg) from None
+        choices = re.match(r"Invalid value '.*', expected one of \[(.*)\]", msg)
+        raise ConfigError(key, getattr(err, "value", None) or "?", f"one of {choices[1]}" if choices else msg) from None
 
 
 def defaults_of(schema: type, *leave_out: str) -> dict[str, Any]:
@@ -118,6 +130,15 @@ def register_defaults() -> None:
     store = ConfigStore.instance()
     store.store(name="stagetune_defaults", node={**defaults_of(RunConfig), "trainer": trainer_defaults()})
     store.store(group="stage", name="defaults", node=defaults_of(Stage, "name", "freeze_to"))
+    store.store(name="lr_find_defaults", node={"lr_find": defaults_of(LrFindConfig)})
+
+
+def lr_find_settings(node: DictConfig) -> LrFindConfig:
+    """``lr_find:`` typed and checked."""
+    with omegaconf_errors("lr_find"):
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LrFindConfig), node))
+    settings.check("lr_find")
+    return settings
 
 
 def typed(cfg: DictConfig) -> DictConfig:

@@ -125,16 +125,16 @@ class Stage:
     taking ``optim.wd``. ``name`` is the stage's key in ``plan.stages``.
     """
 
-    name: str = ""
-    epochs: int = 1
-    freeze_to: int = MISSING
-    lr: Any = "${plan.lr}"
-    wd: Any = None
-    schedule: Schedule = Schedule.one_cycle
-    pct_start: float = 0.25
-    div: float = 25.0
-    div_final: float = 1e5
-    train_bn: bool = True
+    name: str = ""  # set from the stage's key in plan.stages; not set by hand
+    epochs: int = 1  # how many epochs the stage trains
+    freeze_to: int = MISSING  # groups k.. train: -1 the last group only, 0 all; what makes a stage (required)
+    lr: Any = "${plan.lr}"  # a number for every trainable group, [hi] (hi/10 before the last), [lo, hi] geometric, or find
+    wd: Any = None  # null: optim.wd; a number for every group; or {group: number, ...}
+    schedule: Schedule = Schedule.one_cycle  # the LR schedule inside the stage, sized to its steps
+    pct_start: float = 0.25  # one-cycle: the share of the stage's steps spent rising to the peak
+    div: float = 25.0  # one-cycle: the rise starts at peak / div
+    div_final: float = 1e5  # one-cycle: the fall ends at peak / div_final
+    train_bn: bool = True  # normalisation layers of frozen groups keep training (fastai's train_bn)
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
@@ -192,8 +192,8 @@ class Plan:
     """An ordered mapping of named stages (``plan.stages``), run one after the other."""
 
     lr: Any = 2e-3  # a number, or find: every stage whose lr comes from plan.lr runs the range test when it starts
-    stages: dict[str, Stage] = field(default_factory=dict)
-    cache: CacheMode = CacheMode.auto
+    stages: dict[str, Stage] = field(default_factory=dict)  # the stages by name, in the order they run
+    cache: CacheMode = CacheMode.auto  # train a frozen prefix from its cached outputs: when exact (auto), always (on), never (off)
     find: RangeTestSettings = field(default_factory=RangeTestSettings)  # the range test of lr=find
 
     def __post_init__(self) -> None:
