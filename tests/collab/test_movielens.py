@@ -16,7 +16,7 @@ from stagetune.collab import movielens
 from stagetune.collab.models import DotBias
 from stagetune.collab.movielens import MovieLens
 from stagetune.collab.splits import Ratings, mku_fold, split_by_time, split_random
-from stagetune.commands.train import train
+from stagetune.runs.run import train
 from stagetune.errors import ConfigError, DataError
 
 # (user, item, rating, timestamp): 4 users, 5 items; user 4 and item 5 rate/are rated once.
