@@ -112,3 +112,12 @@ def test_every_experiment_composes_to_its_recorded_config(experiment):
 
 def test_every_experiment_has_a_recorded_config():
     assert sorted(p.stem for p in GOLDEN.glob("*.yaml")) == EXPERIMENTS
+
+
+def test_movielens_best_is_the_side_feature_svdpp_recipe_refit():
+    """``experiment=movielens_best`` names ``movielens_svdpp_side`` under the refit protocol: key for key
+    the same run, but for its name and ``refit: true``."""
+    best, named = (OmegaConf.to_container(composed(f"experiment={name}")) for name in ("movielens_best", "movielens_svdpp_side"))
+    assert best.pop("experiment") == "movielens_best" and best.pop("refit") is True
+    assert named.pop("experiment") == "movielens_svdpp_side" and named.pop("refit") is False
+    assert best == named

@@ -81,6 +81,7 @@ class RunConfig:
     resume: str | None = None  # a run directory to continue in place (takes no other overrides)
     ckpt_path: str | None = None  # a checkpoint file to start a new run from
     test: bool = True  # evaluate the chosen checkpoint on the test split once, at the end
+    refit: bool = False  # after valid chose, train again on train + valid for the chosen epochs, and test that model once (runs/refit.py)
     print_config: bool = False  # print the composed config as a tree before the run starts
     debug: str | None = None  # set by debug=NAME: the run is a check, never a result (docs: howto/running.md, "Debug runs")
     callbacks: Any = field(default_factory=dict)  # extra Lightning callbacks by name, each a _target_ with its arguments (callbacks=NAME)

@@ -40,6 +40,28 @@ def test_prediction_matches_the_formula_written_out():
     assert pred.tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_vectorised_implicit_sum_equals_a_per_user_loop_forward_and_backward():
+    torch.manual_seed(0)
+    users, items = torch.randint(1, 7, (40,)), torch.randint(1, 9, (40,))
+    model = SVDpp(n_users=7, n_items=8, n_factors=3, rated=rated_of(users.tolist(), items.tolist(), 7))
+    with torch.no_grad():
+        model.implicit.weight[1:].normal_()
+    batch = torch.tensor([3, 1, 3, 0, 6, 1, 1, 5])  # repeated users, and the unknown user 0 (rated nothing)
+
+    def reference(u: int) -> torch.Tensor:
+        rated = items[users == u]
+        return model.implicit.weight[rated].sum(0) / math.sqrt(len(rated)) if len(rated) else torch.zeros(3)
+
+    weights = torch.randn(len(batch), 3)
+    (model.implicit_sum(batch) * weights).sum().backward()
+    fast = model.implicit.weight.grad.clone()
+    model.implicit.weight.grad = None
+    expected = torch.stack([reference(int(u)) for u in batch])
+    (expected * weights).sum().backward()
+    assert torch.allclose(model.implicit_sum(batch), expected, atol=1e-6)
+    assert torch.allclose(fast, model.implicit.weight.grad, atol=1e-6)
+
+
 def test_shapes_and_layer_groups():
     model = SVDpp(n_users=4, n_items=5, n_factors=3, rated=rated_of([1, 1, 4], [2, 5, 5], 4))
     assert model(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 5])).shape == (4,)

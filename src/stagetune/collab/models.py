@@ -290,13 +290,19 @@ class SVDpp(DotBias):
         trunc_normal_rows(self.implicit.weight)
 
     def implicit_sum(self, users: torch.Tensor) -> torch.Tensor:
-        """``|N(u)|^-1/2 * sum_{j in N(u)} y_j`` for each user of the batch (zero when ``N(u)`` is empty)."""
-        start, stop = self.rated_indptr[users], self.rated_indptr[users + 1]
+        """``|N(u)|^-1/2 * sum_{j in N(u)} y_j`` for each user of the batch (zero when ``N(u)`` is empty).
+
+        One weighted bag per distinct user of the batch, then gathered per rating: a batch of 1,024
+        ML-100k ratings names about 500 users whose ``N(u)`` hold a third of the items its ratings'
+        would (active users rate more and appear more often), forward and backward alike.
+        """
+        distinct, of_rating = torch.unique(users, return_inverse=True)
+        start, stop = self.rated_indptr[distinct], self.rated_indptr[distinct + 1]
         lengths = stop - start
         offsets = torch.cumsum(lengths, 0) - lengths
         flat = torch.repeat_interleave(start - offsets, lengths) + torch.arange(int(lengths.sum()), device=users.device)
         weights = torch.repeat_interleave(lengths.clamp(min=1).float().rsqrt(), lengths)
-        return self.implicit(self.rated_items[flat], offsets, per_sample_weights=weights)
+        return self.implicit(self.rated_items[flat], offsets, per_sample_weights=weights)[of_rating]
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user = self.user_vectors(users) + self.implicit_sum(users)

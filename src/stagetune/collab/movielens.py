@@ -202,7 +202,7 @@ class MovieLens(RatingsDataModule):
         test_pct: float = 0.2,
         y_range=(0.0, 5.5),
         batch_size: int = 64,
-        seed: int = 42,
+        split_seed: int = 42,
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
@@ -258,7 +258,7 @@ class MovieLens(RatingsDataModule):
         """One table and the train/valid/test indices into it."""
         h = self.hparams
         if h.split == "random":
-            return every, split_random(len(every), h.test_pct, h.valid_pct, h.seed)
+            return every, split_random(len(every), h.test_pct, h.valid_pct, h.split_seed)
         if h.split == "time":
             return every, split_by_time(every, h.test_pct, h.valid_pct)
         if fmt.ratings != "u.data":
@@ -273,11 +273,13 @@ class MovieLens(RatingsDataModule):
                 missing = next(f for f in files if not f.exists())
                 raise DataError(f"{missing} not found beside its pair: restore it, or remove both to rebuild {h.split} from u.data")
             table, (base_idx, test_idx) = every, mku_fold(every, h.split)
-        train, valid = carve_valid(len(base_idx), h.valid_pct, h.seed)
+        train, valid = carve_valid(len(base_idx), h.valid_pct, h.split_seed)
         return table, Parts(base_idx[train], base_idx[valid], test_idx)
 
     def summary(self) -> dict:
-        return {"source": self.source, "split": self.hparams.split, **super().summary()}
+        """The run's record of its data: the source, the split and, where it shuffles (random, a fold's valid), its ``split_seed``."""
+        seeded = {"split_seed": self.hparams.split_seed} if self.hparams.split != "time" else {}
+        return {"source": self.source, "split": self.hparams.split, **seeded, **super().summary()}
 
 
 def check_range(r: Ratings, y_range: tuple[float, float], where: str) -> None:

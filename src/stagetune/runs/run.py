@@ -30,6 +30,7 @@ from stagetune.engine.plan import StagePlan
 from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
 from stagetune.runs.checks import check_splits, check_training_checkpoint
+from stagetune.runs.refit import check_refit, chosen_epochs, refit_and_test
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
 
@@ -108,13 +109,15 @@ def resume_checkpoint(resumed: RunDir) -> str:
 
 def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
     """Build data, model, plan and Trainer; fit, evaluate the chosen checkpoint, and (on rank 0) record ``metrics.json``."""
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     with sigterm_as_interruption():
         trainer = run_trainer(cfg, run)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build(cfg.data)
         model = build(cfg.model, **datamodule.model_kwargs())
         check_splits(cfg, datamodule, trainer.world_size)
+        if cfg.refit:
+            check_refit(datamodule, trainer.world_size)
         groups = model.layer_groups()
         plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
     try:
@@ -132,9 +135,13 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
         run.update_metrics(final=final)
     best = checkpoint.best_model_score
     value = float(best) if best is not None else final.get(cfg.metric, math.nan)
-    valid, fit, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test))
+    valid, fit, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test) and not cfg.refit)
     if not trainer.is_global_zero:
         return Outcome(value, run, None)
+    refit = {}
+    if cfg.refit:  # valid has chosen; test is read once, by the refit model
+        refit = refit_and_test(cfg, run, chosen_epochs(checkpoint.best_model_path, trainer.current_epoch))
+        test = refit["test"]
     record = run.update_metrics(
         status="completed",
         metric={"name": cfg.metric, "mode": cfg.metric_mode, "best": value, "last": final.get(cfg.metric)},
@@ -147,7 +154,9 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
         global_step=trainer.global_step,
         world_size=trainer.world_size,
         time_s=round(time.time() - started, 2),
+        cpu_s=round(time.process_time() - cpu_started, 2),
         **({"train_eval": fit} if fit else {}),
+        **({"refit": refit} if refit else {}),
         **_extra_metrics(datamodule),
     )
     return Outcome(math.nan if cfg.debug else value, run, record)  # a sweeper never optimises a debug run's number

@@ -1,10 +1,10 @@
 """A sweep's recipes with their seeds averaged: what an ensemble of each recipe's runs gains on valid.
 
-For every recipe (jobs differing only in ``seed`` or ``data.seed``, as the sweep report groups
+For every recipe (jobs differing only in ``seed``, ``data.seed`` or ``data.split_seed``, as the sweep report groups
 them) with at least two completed jobs, the jobs' best checkpoints are averaged as
 ``stagetune-eval RUN1 RUN2 ...`` averages them (``runs/ensemble.py``) and scored on valid, beside
 the jobs alone (mean ± sample sd over the seeds, on the same examples). Valid only: it is a choice
-between recipes, and test chooses nothing. Jobs that differ in ``data.seed`` hold other splits
+between recipes, and test chooses nothing. Jobs that differ in ``data.seed`` or ``data.split_seed`` hold other splits
 and are refused in one line, as any ensemble of other data is.
 """
 

@@ -6,7 +6,7 @@ differs between jobs) and writes ``summary.csv``, ``summary.md`` and ``summary.p
 directory: a heatmap of the metric over weight decay x learning rate when both were swept, else the
 metric against each swept key (with the training part's RMSE in eval mode beside valid's, when the
 runs recorded it: the gap between the two curves is the overfitting). Jobs that differ only in a seed
-(``seed``, ``data.seed``) are one recipe: the table ``groups.csv``/``summary.md`` and the plots give
+(``seed``, ``data.seed``, ``data.split_seed``) are one recipe: the table ``groups.csv``/``summary.md`` and the plots give
 each recipe's mean and sample standard deviation over its seeds, so recipes are compared with their
 spread. It runs by itself at the end of every multirun (the Hydra callback
 :class:`SweepReport`, configured in ``conf/hydra/default.yaml``) and again on demand with
@@ -40,7 +40,7 @@ SUMMARY_MD = "summary.md"
 SUMMARY_PNG = "summary.png"
 GROUPS_CSV = "groups.csv"
 # Keys whose values are draws of noise, not recipes: jobs differing only in these are grouped.
-SEED_KEYS = ("seed", "data.seed")
+SEED_KEYS = ("seed", "data.seed", "data.split_seed")
 # Config nodes a sweeper adds to every job for its own use (the Optuna trial handle): not swept values.
 TRIAL_CALLBACK = "callbacks.optuna_trial"
 
