@@ -132,6 +132,8 @@ CONFIG = [
     (["ckpt_path=/nowhere/last.ckpt"], "ckpt_path", "no such file or directory"),
     (["optim.bn_wd=sometimes"], "optim.bn_wd", "sometimes"),
     (["print_config=loud"], "print_config", "loud"),
+    (["+trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val", "a finite number >= 0"),
+    (["trainer.gradient_clip_val=inf"], "trainer.gradient_clip_val", "a finite number >= 0"),
 ]
 
 
@@ -154,6 +156,9 @@ STARTUP = [
     (["trainer.devices=-2"], "trainer.devices", "a number of devices >= 1"),
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], "trainer.sync_batchnorm", "GPUs only"),
     (["trainer.sync_batchnorm=true"], "trainer.sync_batchnorm", "GPUs only"),
+    (["trainer.precision=7"], "trainer.precision", "Allowed precision values: ('transformer-engine'"),
+    (["trainer.accelerator=tpux"], "trainer.accelerator", "invalid accelerator name"),
+    (["trainer.gradient_clip_algorithm=max"], "trainer.gradient_clip_algorithm", "Allowed algorithms: ['value', 'norm']"),
     (["trainer=ddp", "trainer.accelerator=cpu", "trainer.strategy=ddp_spawn", "trainer.devices=2"], "trainer.strategy", "use ddp"),
     (["metric=val/los"], "metric", "did you mean val/loss? the model logs: val/loss"),
     (["metric=val/accuracy"], "metric", "the model logs: val/loss"),
@@ -561,6 +566,91 @@ def test_resume_with_other_overrides_and_of_a_completed_run(tmp_path, tiny_run):
     assert value == json.loads(before)["metric"]["best"] and (tiny_run / "metrics.json").read_bytes() == before
 
 
+# -- runs that stop before the plan's end say why ------------------------------------------------
+
+STOPS = [
+    # (overrides, the line printed after the metrics)
+    (["callbacks=early_stopping", "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=10"],
+     "stopped after 2 of 5 epochs: early stopping: val/loss did not improve by more than 10 for 1 validations"),
+    (["+trainer.max_time={seconds: 0}"], "stopped after 0 of 5 epochs: trainer.max_time ran out"),
+]
+
+
+@pytest.mark.parametrize("overrides,line", STOPS, ids=[c[0][0] for c in STOPS])
+def test_a_run_stopped_before_the_plans_end_says_what_stopped_it(tmp_path, capsys, overrides, line):
+    from stagetune.commands.train import print_outcome
+
+    run = tmp_path / "run"
+    cfg = composed("experiment=tiny", *overrides)
+    outcome = train(cfg, run, list(overrides))
+    RunDir(run).release()
+    print_outcome(outcome)
+    assert line in capsys.readouterr().err.splitlines()
+    record = RunDir(run).metrics()
+    assert record["status"] == "completed" and record["epochs"] == record["stopped"]["epoch"] < record["stopped"]["of"] == 5
+
+
+def test_validation_off_with_a_validation_metric_warns_and_the_training_loss_chooses(tmp_path, caplog):
+    no_val = ["trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "plan.stages.unfrozen.epochs=1"]
+    with caplog.at_level("WARNING", logger="stagetune"):
+        unmeasured = train(composed("experiment=tiny", *no_val), tmp_path / "a", [])
+    assert math.isnan(unmeasured.value) and unmeasured.record["best"]["checkpoint"] is None
+    assert [r.getMessage() for r in caplog.records if r.name == "stagetune" and r.levelname == "WARNING"] == [
+        "trainer.limit_val_batches=0: validation is off, so metric=val/loss is never measured: no best checkpoint is chosen "
+        "(the last one is evaluated) and metric.best is NaN; to choose by the training loss set metric=train/loss, or turn validation on"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stagetune"):
+        measured = train(composed("experiment=tiny", *no_val, "metric=train/loss"), tmp_path / "b", [])
+    assert math.isfinite(measured.value) and measured.record["best"]["checkpoint"].startswith("checkpoints/best-")
+    assert not [r for r in caplog.records if r.name == "stagetune" and r.levelname == "WARNING"]
+    RunDir(tmp_path / "a").release()
+    RunDir(tmp_path / "b").release()
+
+
+# -- run directories that move ---------------------------------------------------------------------
+
+
+def test_lightning_drops_the_best_score_of_a_moved_checkpoint_dir_and_run_checkpoint_keeps_it(tmp_path):
+    """Fails loudly when Lightning's ModelCheckpoint state changes: RunCheckpoint rebases exactly these keys."""
+    import warnings
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from stagetune.runs.assemble import RunCheckpoint
+
+    old, new = tmp_path / "old" / "checkpoints", tmp_path / "new" / "checkpoints"
+    saved = ModelCheckpoint(dirpath=old, monitor="val/loss", save_top_k=2)
+    saved.best_model_score, saved.best_model_path = torch.tensor(0.5, dtype=torch.float64), str(old / "best-a.ckpt")
+    saved.best_k_models = {str(old / "best-a.ckpt"): torch.tensor(0.5, dtype=torch.float64), str(old / "best-b.ckpt"): torch.tensor(0.75)}
+    saved.kth_best_model_path, saved.kth_value, saved.last_model_path = str(old / "best-b.ckpt"), torch.tensor(0.75), str(old / "last.ckpt")
+    state = saved.state_dict()
+    assert set(state) == {"monitor", "best_model_score", "best_model_path", "current_score", "dirpath", "best_k_models",
+                          "kth_best_model_path", "kth_value", "last_model_path"}, "Lightning's ModelCheckpoint state changed: check RunCheckpoint"
+    plain = ModelCheckpoint(dirpath=new, monitor="val/loss", save_top_k=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain.load_state_dict(state)
+    assert plain.best_model_score is None, "Lightning now keeps the score of a moved dirpath: RunCheckpoint may go"
+    ours = RunCheckpoint(dirpath=new, monitor="val/loss", save_top_k=2)
+    ours.load_state_dict(state)
+    assert float(ours.best_model_score) == 0.5 and float(ours.kth_value) == 0.75
+    assert ours.best_model_path == str(new / "best-a.ckpt") and ours.last_model_path == str(new / "last.ckpt")
+    assert ours.kth_best_model_path == str(new / "best-b.ckpt")
+    assert {k: float(v) for k, v in ours.best_k_models.items()} == {str(new / "best-a.ckpt"): 0.5, str(new / "best-b.ckpt"): 0.75}
+
+
+def test_a_copied_run_reads_its_own_best_checkpoint_even_from_an_absolute_record(tmp_path, tiny_run):
+    """A record made before paths were relative names the original's file; the copy reads its own, and none falls back to last."""
+    copy = run_copy(tiny_run, tmp_path / "copy")
+    record = RunDir(copy).metrics()
+    assert not Path(record["best"]["checkpoint"]).is_absolute(), "recorded relative to the run directory"
+    assert RunDir(copy).checkpoint("best") == copy.resolve() / record["best"]["checkpoint"]
+    absolute = {**record, "best": {**record["best"], "checkpoint": str(tmp_path / "gone" / "checkpoints" / Path(record["best"]["checkpoint"]).name)}}
+    (copy / "metrics.json").write_text(json.dumps(absolute))
+    assert RunDir(copy).checkpoint("best") == copy.resolve() / record["best"]["checkpoint"]
+
+
 # -- run directories ------------------------------------------------------------------------------
 
 
@@ -644,6 +734,57 @@ def test_ctrl_c_during_set_up_is_an_interrupted_run_with_nothing_to_resume(tmp_p
     assert err.exit_code == 128 + signal.SIGINT and err.status == "interrupted"
     assert str(err) == "SIGINT received during set-up, before training started; nothing was trained or saved: start the run again"
     assert RunDir(tmp_path / "run").metrics()["status"] == "interrupted"
+
+
+@pytest.fixture
+def sigterm_guard():
+    """SIGTERM that no stagetune handler takes fails the test (in a user's process it would kill it, recording nothing)."""
+
+    def fell_through(signum, frame):
+        raise AssertionError("SIGTERM reached the default handler: the process would die with nothing recorded")
+
+    previous = signal.signal(signal.SIGTERM, fell_through)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def sigterm_first(function):
+    """``function`` that first sends this process SIGTERM (its handler runs before ``function`` does)."""
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return function(*args, **kwargs)
+
+    return signalled
+
+
+BETWEEN_PHASES = [
+    # (where the SIGTERM lands, a resume?, what is patched to send it, the line; "{r}" is the run)
+    ("the Trainer's set-up, before Lightning's handlers", False, None,
+     "SIGTERM received during set-up, before training started; nothing was trained or saved: start the run again"),
+    ("a resume's set-up", True, "build",
+     "SIGTERM received during set-up, before training went on; nothing new was trained. Continue with: stagetune resume={r}"),
+    ("between the end of the fit and the evaluation", False, "evaluate_chosen",
+     "SIGTERM received after training finished, before the evaluation of the chosen checkpoint; the training is saved. "
+     "Continue with: stagetune resume={r}"),
+]
+
+
+@pytest.mark.parametrize("where,resume,patched,line", BETWEEN_PHASES, ids=[c[0] for c in BETWEEN_PHASES])
+def test_sigterm_between_phases(tmp_path, tiny_run, monkeypatch, sigterm_guard, where, resume, patched, line):
+    import stagetune.runs.run as run_module
+
+    if patched is not None:
+        monkeypatch.setattr(run_module, patched, sigterm_first(getattr(run_module, patched)))
+    if resume:
+        run = run_copy(tiny_run, tmp_path / "run", edit=unfinished('{"status": "interrupted"}'))
+        err = job(run, f"resume={run}")
+    else:
+        run = tmp_path / "run"
+        err = job(run, "experiment=tiny", *([] if patched else ["+callbacks.sigterm._target_=tests.tiny.SigtermInTrainerSetup"]))
+    assert str(err) == line.format(r=run.resolve())
+    assert err.status == "interrupted" and err.exit_code == 128 + signal.SIGTERM
+    assert RunDir(run).metrics()["status"] == "interrupted"
 
 
 def test_a_fault_inside_training_names_itself_and_the_log(tmp_path):

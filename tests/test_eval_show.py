@@ -83,7 +83,7 @@ def test_a_second_eval_is_numbered_and_leaves_the_first_as_it_was(digits_run):
     new = sorted(p.name for p in digits_run.glob("eval-valid*") if p.name not in first)
     n = max(int(name.split("-")[2].split(".")[0]) for name in new)
     assert new == [f"eval-valid-{n}-confusion.png", f"eval-valid-{n}-top-losses.png", f"eval-valid-{n}.json"]
-    assert json.loads((digits_run / f"eval-valid-{n}.json").read_text())["checkpoint"] == str(digits_run / "checkpoints" / "last.ckpt")
+    assert json.loads((digits_run / f"eval-valid-{n}.json").read_text())["checkpoint"] == "checkpoints/last.ckpt"
 
 
 def test_eval_of_a_ratings_run_equals_its_metrics_and_draws_nothing(ratings_run):

@@ -129,7 +129,7 @@ def test_last_ckpt_is_the_latest_state_even_when_the_metric_stopped_improving(tm
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5 * STEPS_PER_EPOCH
     best = json.loads((run / "metrics.json").read_text())["best"]["checkpoint"]
     assert Path(best).name == f"best-epoch0-step{STEPS_PER_EPOCH}.ckpt"
-    assert torch.load(best, weights_only=True)["global_step"] == STEPS_PER_EPOCH
+    assert torch.load(run / best, weights_only=True)["global_step"] == STEPS_PER_EPOCH
 
 
 def test_a_run_without_validation_killed_then_resumed_ends_as_the_uninterrupted_one(tmp_path):
@@ -171,3 +171,37 @@ def test_sigterm_to_one_ddp_rank_mid_epoch_stops_both_and_resumes_to_the_same_we
     run, line = signal_then_resume(tmp_path, "SignalAt", 3 * DDP_STEPS_PER_EPOCH + 2, "trainer=ddp_cpu", rank=1)
     assert "epoch 3, step 15" in line
     assert_same_end(run, uninterrupted_ddp, steps=5 * DDP_STEPS_PER_EPOCH)
+
+
+def every_number(record: dict) -> dict:
+    """A run's record without what differs between two machines' runs of it (the time taken)."""
+    return {key: value for key, value in record.items() if key != "time_s"}
+
+
+def test_a_run_copied_mid_run_resumes_evaluates_and_exports_as_the_run_in_place(tmp_path):
+    """A copy's records name its own files; its resume keeps the best score so far (under max, only
+    epoch 0 is ever best), and once the original is gone it still evaluates its own best checkpoint."""
+    import shutil
+
+    from stagetune.commands import evaluate, export
+    from tests.helpers.runs import run_main
+
+    killed = run_cli(*TINY, "metric_mode=max", "+callbacks.kill._target_=tests.tiny.KillAt", f"+callbacks.kill.step={3 * STEPS_PER_EPOCH + 4}",
+                     f"+callbacks.kill.marker={tmp_path}/killed", cwd=tmp_path / "a")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    original = run_dir_of(tmp_path / "a")
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy, ignore=shutil.ignore_patterns(".lock"))
+    for run in (original, copy):
+        resumed = run_cli(f"resume={run}", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = [json.loads((run / "metrics.json").read_text()) for run in (original, copy)]
+    assert every_number(records[1]) == every_number(records[0])
+    assert records[1]["best"]["checkpoint"] == f"checkpoints/best-epoch0-step{STEPS_PER_EPOCH}.ckpt"
+    assert_same_end(copy, original)
+    shutil.rmtree(original)
+    assert run_main(evaluate, copy, "--split", "valid") == 0
+    evaluated = json.loads((copy / "eval-valid.json").read_text())
+    assert evaluated["checkpoint"] == records[1]["best"]["checkpoint"]
+    assert evaluated["metrics"] == pytest.approx(records[1]["valid"], abs=1e-6)
+    assert run_main(export, copy, "--format", "torchscript", "--out", tmp_path / "model.pt") == 0

@@ -207,6 +207,14 @@ class SignalInSetup(pl.Callback):
         raise KeyboardInterrupt
 
 
+class SigtermInTrainerSetup(pl.Callback):
+    """SIGTERM while the Trainer sets up (strategy, DDP, a resume's checkpoint load): before Lightning installs its handlers."""
+
+    def setup(self, trainer, pl_module, stage):
+        if stage == "fit":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class SignalOnBuild(pl.Callback):
     """Sends this process ``signum`` as the run builds its callbacks: before any Trainer exists."""
 

@@ -51,7 +51,7 @@ def test_changing_the_test_labels_changes_neither_the_choice_nor_any_metric_but_
 def test_train_eval_rmse_is_the_chosen_checkpoint_in_eval_mode_on_the_training_part(tmp_path):
     record = run(tmp_path, "a", 0)
     assert set(record["train_eval"]) == {"train_eval/loss", "train_eval/rmse", "train_eval/mae"}
-    model = DotBias.load_from_checkpoint(record["best"]["checkpoint"], weights_only=True).eval()
+    model = DotBias.load_from_checkpoint(tmp_path / "a" / "run" / record["best"]["checkpoint"], weights_only=True).eval()
     data = MovieLens(path=str(tmp_path / "a" / "data"), split="u1", y_range=(0.0, 5.5), batch_size=64)
     train_part = data.parts()[0]
     with torch.no_grad():

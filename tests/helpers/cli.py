@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     if cwd is not None:
         Path(cwd).mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=_cli_env(env)
+        [sys.executable, "-m", "stagetune", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=_cli_env(env),
+        preexec_fn=default_sigint,
     )
 
 
@@ -25,8 +27,16 @@ def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Pope
     """Start ``python -m stagetune ARGS`` in the background (output captured): runs that overlap."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(env)
+        [sys.executable, "-m", "stagetune", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(env),
+        preexec_fn=default_sigint,
     )
+
+
+def default_sigint() -> None:
+    """In the child, before Python starts: SIGINT handled by default. A child of a shell that runs
+    in the background inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler,
+    so a signal test's Ctrl-C would do nothing under some runners."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _cli_env(env: dict | None) -> dict:

@@ -57,6 +57,8 @@ def print_outcome(outcome: Outcome) -> None:
             lines.append(f"{name:<20}{''.join(cells)}")
     for key, value in record.get("data", {}).items():
         lines.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
+    if stopped := record.get("stopped"):
+        lines.append(f"stopped after {stopped['epoch']} of {stopped['of']} epochs: {stopped['by']}")
     if record.get("debug"):
         lines.append(f"debug={record['debug']}: a check, not a result (kept apart in outputs/debug/)")
     print("\n".join(lines), file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -65,8 +66,12 @@ def check_trainer_overrides(argv: Iterable[str]) -> None:
 
 
 def check_trainer_args(args: Mapping[str, Any]) -> None:
-    """Every ``trainer.KEY`` must be a Trainer argument that stagetune does not set itself."""
+    """Every ``trainer.KEY`` must be a Trainer argument that stagetune does not set itself; a value
+    Lightning accepts but ignores (a negative ``gradient_clip_val``) is refused."""
     valid = trainer_arguments()
+    clip = args.get("gradient_clip_val")
+    if clip is not None and not isinstance(clip, str) and not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip >= 0):
+        raise ConfigError("trainer.gradient_clip_val", clip, "a finite number >= 0 (0 or null: no clipping)")
     for key in args:
         if key in OWNED:
             raise ConfigError(f"trainer.{key}", args[key], OWNED[key])
@@ -121,4 +126,15 @@ def build_trainer(
             **kwargs,
         )
     except (MisconfigurationException, ValueError, TypeError) as err:
-        raise ConfigError("trainer", kwargs, str(err).strip().splitlines()[0]) from None
+        raise refused_argument(kwargs, args, str(err).strip().splitlines()[0]) from None
+
+
+def refused_argument(kwargs: Mapping[str, Any], given: Mapping[str, Any] | DictConfig | None, why: str) -> ConfigError:
+    """Lightning's refusal of a ``trainer:`` value, naming the key its message is about (one the config
+    gave, else any) rather than the whole trainer dict."""
+    words = why.lower().replace("`", " ").replace("=", " ").split()
+    named = [key for key in kwargs if key in words or key.replace("_", " ") in why.lower()]
+    mine = [key for key in named if given is not None and key in given] or named
+    if not mine:
+        return ConfigError("trainer", "{...}", why)
+    return ConfigError(f"trainer.{mine[0]}", kwargs[mine[0]], why)

@@ -9,6 +9,8 @@ user names under ``callbacks:``.
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
@@ -28,9 +30,34 @@ from stagetune.runs.rundir import HISTORY, RunDir
 from stagetune.runs.trained import without_start_weights
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose best score and best-k survive a run directory that moved.
+
+    Lightning keeps ``best_model_score`` and the best-k record only when the checkpoint's ``dirpath``
+    is today's (it drops them, with a warning, otherwise), so a copied or moved run resumed would
+    choose its best only from the epochs after the resume. Here the saved paths are moved into
+    today's ``dirpath`` first; tests/test_error_catalogue.py fails when Lightning's state changes.
+    """
+
+    PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        before = state_dict.get("dirpath")
+        if before is None or self.dirpath is None or os.path.normpath(before) == os.path.normpath(self.dirpath):
+            return super().load_state_dict(state_dict)
+
+        def moved(path: str) -> str:
+            inside = path and Path(path).is_relative_to(before)
+            return str(Path(self.dirpath) / Path(path).relative_to(before)) if inside else path
+
+        rebased = {**state_dict, "dirpath": self.dirpath, **{key: moved(state_dict[key]) for key in self.PATHS if key in state_dict}}
+        rebased["best_k_models"] = {moved(path): score for path, score in state_dict.get("best_k_models", {}).items()}
+        super().load_state_dict(rebased)
+
+
 def run_checkpoint(cfg: DictConfig, run: RunDir) -> ModelCheckpoint:
     """The best checkpoints by the run's metric (``checkpoint.*``), in ``checkpoints/``; ``last.ckpt`` beside them is the engine's (LatestCheckpoint)."""
-    return ModelCheckpoint(
+    return RunCheckpoint(
         dirpath=run.checkpoints,
         filename="best-epoch{epoch}-step{step}",
         auto_insert_metric_name=False,

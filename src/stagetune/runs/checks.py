@@ -58,3 +58,15 @@ def check_splits(cfg: DictConfig, datamodule, world_size: int) -> None:
                 f"the {part} split has {size} example(s) for {world_size} processes; every process needs one: "
                 f"use at most {size} devices, or a larger split",
             )
+
+
+def unmeasured_metric(cfg: DictConfig) -> str | None:
+    """With validation off a validation metric is never measured: no best checkpoint is chosen and the
+    metric a sweep optimises is NaN. The warning to print (None when the metric is measured)."""
+    if cfg.trainer.get("limit_val_batches") != 0 or not str(cfg.metric).startswith("val/"):
+        return None
+    return (
+        f"trainer.limit_val_batches=0: validation is off, so metric={cfg.metric} is never measured: no best checkpoint is "
+        "chosen (the last one is evaluated) and metric.best is NaN; to choose by the training loss set metric=train/loss, "
+        "or turn validation on"
+    )

@@ -59,7 +59,7 @@ def record(trained: Trained, which: str, result: Evaluation, pictures: list[Path
     return {
         "split": result.split,
         "ckpt": which,
-        "checkpoint": str(trained.checkpoint),
+        "checkpoint": trained.run.relative(trained.checkpoint),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "metrics": result.metrics,
         "examples": None if result.targets is None else len(result.targets),

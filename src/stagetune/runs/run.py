@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
 from omegaconf import DictConfig
 
 from stagetune.app import PACKAGE_DIR
@@ -29,7 +30,7 @@ from stagetune.engine import launch
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
-from stagetune.runs.checks import check_splits, check_training_checkpoint
+from stagetune.runs.checks import check_splits, check_training_checkpoint, unmeasured_metric
 from stagetune.runs.refit import check_refit, chosen_epochs, refit_and_test
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
@@ -85,7 +86,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         run.save_run_info(PACKAGE_DIR, swept)
         run.update_metrics(status="running", experiment=cfg.experiment, metric={"name": cfg.metric}, **debug_record(cfg))
     with launch.ranks(cfg.trainer, run.path, ckpt_path, run.worker_env()):
-        outcome = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
+        outcome = fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path, resuming)
     run.release()
     return outcome
 
@@ -107,25 +108,33 @@ def resume_checkpoint(resumed: RunDir) -> str:
         ) from None
 
 
-def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
+def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None, resuming: bool = False) -> Outcome:
     """Build data, model, plan and Trainer; fit, evaluate the chosen checkpoint, and (on rank 0) record ``metrics.json``."""
+    with BetweenPhases(run, resumable=resuming).installed() as phases:
+        return fit_and_record(cfg, run, ckpt_path, phases)
+
+
+def fit_and_record(cfg: DictConfig, run: RunDir, ckpt_path: str | None, phases: BetweenPhases) -> Outcome:
+    """:func:`fit_run`'s body, telling ``phases`` when the training is over."""
     started, cpu_started = time.time(), time.process_time()
-    with sigterm_as_interruption():
-        trainer = run_trainer(cfg, run)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = build(cfg.data)
-        model = build(cfg.model, **datamodule.model_kwargs())
-        check_splits(cfg, datamodule, trainer.world_size)
-        if cfg.refit:
-            check_refit(datamodule, trainer.world_size)
-        groups = model.layer_groups()
-        plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
+    trainer = run_trainer(cfg, run)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build(cfg.data)
+    model = build(cfg.model, **datamodule.model_kwargs())
+    check_splits(cfg, datamodule, trainer.world_size)
+    if cfg.refit:
+        check_refit(datamodule, trainer.world_size)
+    groups = model.layer_groups()
+    plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
+    if (warning := unmeasured_metric(cfg)) and trainer.is_global_zero:
+        log.warning(warning)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
         if trainer.interrupted:  # Lightning turns a Ctrl-C before training starts into exit(1)
             raise KeyboardInterrupt from None
         raise
+    phases.fitted()
 
     stages = list(StagePlan.of(trainer).history)  # before evaluating: loading the best checkpoint restores its history
     checkpoint = trainer.checkpoint_callback
@@ -146,11 +155,12 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
         status="completed",
         metric={"name": cfg.metric, "mode": cfg.metric_mode, "best": value, "last": final.get(cfg.metric)},
         final=final,
-        best={"value": value, "checkpoint": checkpoint.best_model_path or None},
+        best={"value": value, "checkpoint": run.relative(checkpoint.best_model_path) if checkpoint.best_model_path else None},
         valid=valid,
         test=test,
         stages=stages,
         epochs=trainer.current_epoch,
+        **({"stopped": stop} if (stop := stopped_by(trainer, plan_of(cfg).total_epochs)) else {}),
         global_step=trainer.global_step,
         world_size=trainer.world_size,
         time_s=round(time.time() - started, 2),
@@ -160,6 +170,22 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
         **_extra_metrics(datamodule),
     )
     return Outcome(math.nan if cfg.debug else value, run, record)  # a sweeper never optimises a debug run's number
+
+
+def stopped_by(trainer: pl.Trainer, epochs: int) -> dict | None:
+    """What ended the fit before the plan's last epoch (EarlyStopping, ``trainer.max_time``), and when: a run
+    that completed early says so. None when the plan ran to its end."""
+    if trainer.current_epoch >= epochs:
+        return None
+    early = trainer.early_stopping_callback
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if early is not None and early.stopped_epoch:
+        by = f"early stopping: {early.monitor} did not improve by more than {abs(early.min_delta):g} for {early.patience} validations"
+    elif timer is not None and (timer.time_remaining() or 0) <= 0:
+        by = "trainer.max_time ran out"
+    else:
+        return None
+    return {"by": by, "epoch": trainer.current_epoch, "of": epochs}
 
 
 def evaluate_chosen(trainer: pl.Trainer, model, datamodule, ckpt_path: str | None, with_test: bool) -> tuple[dict, dict, dict]:
@@ -193,20 +219,33 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 
 SETUP_INTERRUPTED = "{} received during set-up, before training started; nothing was trained or saved: start the run again"
+BEFORE_RESUMING = "{} received during set-up, before training went on; nothing new was trained. Continue with: stagetune resume={}"
+BEFORE_EVALUATION = (
+    "{} received after training finished, before the evaluation of the chosen checkpoint; the training is saved. "
+    "Continue with: stagetune resume={}"
+)
 
 
-def sigterm_in_setup(signum: int, frame) -> None:
-    """SIGTERM before the Trainer takes the signals over (building data, model, callbacks): stop as Ctrl-C does."""
-    raise Interrupted(SETUP_INTERRUPTED.format("SIGTERM"), signal.SIGTERM)
-
-
-@contextmanager
-def sigterm_as_interruption() -> Iterator[None]:
-    """While a run builds its Trainer, data and model (a source model may train here), SIGTERM stops it
-    as Ctrl-C does, in one ``interrupted`` line; from ``fit`` on, the Trainer and
+class BetweenPhases:
+    """SIGTERM outside Lightning's loops (building data and model, a resume's checkpoint load before
+    Lightning installs its handlers, between the fit and the evaluation): stop as Ctrl-C does, in
+    one ``interrupted`` line that says what is saved. Inside the loops the Trainer and
     :class:`~stagetune.engine.faults.Interruption` own the signals."""
-    previous = signal.signal(signal.SIGTERM, sigterm_in_setup)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+    def __init__(self, run: RunDir, resumable: bool) -> None:
+        self.run, self.message = run, BEFORE_RESUMING if resumable else SETUP_INTERRUPTED
+
+    def fitted(self) -> None:
+        """Training is over and saved in ``last.ckpt``: a signal now leaves a run that resume evaluates."""
+        self.message = BEFORE_EVALUATION
+
+    def _raise(self, signum: int, frame) -> None:
+        raise Interrupted(self.message.format(signal.Signals(signum).name, self.run.path), signum)
+
+    @contextmanager
+    def installed(self) -> Iterator[BetweenPhases]:
+        previous = signal.signal(signal.SIGTERM, self._raise)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -149,12 +149,27 @@ class RunDir:
         best = None
         if self.metrics_path.exists():
             recorded = self.metrics().get("best", {}).get("checkpoint")
-            best = Path(recorded) if recorded else None
+            best = self.recorded_path(recorded) if recorded else None
         if which == "best" and best is not None and best.exists():
             return best
         if last.exists():
             return last
         raise FileNotFoundError(f"no checkpoint in {self.checkpoints}")
+
+    def relative(self, path: str | Path) -> str:
+        """``path`` as a run records it: relative to the run directory, so a copied or moved run reads its
+        own files (a file outside it, a ``--ckpt`` given by path, stays absolute)."""
+        resolved = Path(path).resolve()
+        return str(resolved.relative_to(self.path)) if resolved.is_relative_to(self.path) else str(resolved)
+
+    def recorded_path(self, recorded: str) -> Path:
+        """A path the run recorded, in this directory wherever it now is. An absolute one (recorded
+        before paths were kept relative) that lies outside it names a file of the directory the run
+        was copied from: this run's file of the same name in ``checkpoints/`` is its own."""
+        path = Path(recorded)
+        if not path.is_absolute():
+            return self.path / path
+        return path if path.is_relative_to(self.path) else self.checkpoints / path.name
 
     def config(self) -> DictConfig:
         """``config.yaml`` as written: to read values. To build objects from it, :meth:`checked_config`."""
