@@ -114,3 +114,18 @@ def postgres() -> Iterator[Postgres]:
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator["SlurmCluster"]:
+    """A one-node SLURM cluster on loopback (:mod:`tests.services.slurm`), its daemons stopped after."""
+    from tests.services.slurm import SlurmCluster, missing
+
+    why = missing()
+    if why:
+        unavailable(why)
+    cluster = SlurmCluster(Path(tempfile.mkdtemp(prefix="stagetune-slurm-"))).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
