@@ -129,3 +129,4 @@ def slurm() -> Iterator["SlurmCluster"]:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 ``SlurmCluster(folder).start()`` writes a munge key and a minimal ``slurm.conf`` (this machine's
 real CPU count and memory from ``slurmd -C``; processes tracked by ``proctrack/linuxproc``, no
-cgroups, no accounting database), starts the three daemons, waits until the node is idle, and
+cgroups, no accounting database; a requeued job may start again 10 s after, not SLURM's default
+120 s: ``cred_expire``), starts the three daemons, waits until the node is idle, and
 ``stop()`` ends them. Clients find the cluster through ``SLURM_CONF`` (:meth:`env`). The daemons
 must run as root (slurmd starts jobs as the submitting user); munged runs as its own user.
 
@@ -74,7 +75,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.socket}
+AuthInfo=socket={self.socket},cred_expire=10
 StateSaveLocation={d / 'state'}
 SlurmdSpoolDir={d / 'spool'}
 SlurmctldPidFile={d / 'slurmctld.pid'}

@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
+from tests.test_resume import assert_same_end
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "hydra/launcher=slurm_cpu"]
 
@@ -56,3 +58,47 @@ def test_a_two_task_ddp_job_keeps_its_ranks_in_sync(slurm, tmp_path):
         weights = [torch.load(dumps / f"rank{r}-epoch{epoch}.pt", weights_only=True) for r in (0, 1)]
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), f"epoch {epoch}: the ranks differ"
     assert not list(dumps.glob("rank2-*")), "two ranks, one per SLURM task"
+
+
+def squeue(slurm) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, env=slurm.env(), check=True)
+    return out.stdout.split("\n")[:-1]
+
+
+def wait_for(what: str, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_a_job_requeued_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(slurm, tmp_path):
+    hold = [
+        "model.dropout=0.3", "+callbacks.hold._target_=tests.tiny.HoldAt", f"+callbacks.hold.step={2 * 8 + 4}",
+        f"+callbacks.hold.marker={tmp_path / 'holding'}", f"+callbacks.hold.release={tmp_path / 'release'}",
+    ]
+    sweep = tmp_path / "sweep"
+    env = {**slurm.env(), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    submitter = subprocess.Popen(
+        [sys.executable, "-m", "stagetune", "-m", *TINY, *hold, "optim.wd=0.1", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for("the job to reach the middle of epoch 2", (tmp_path / "holding").exists)
+        (job,) = [line.split()[0] for line in squeue(slurm)]
+        subprocess.run(["scontrol", "requeue", job], env=slurm.env(), check=True, capture_output=True)
+        (tmp_path / "release").write_text("go")
+        out, _ = submitter.communicate(timeout=400)
+    finally:
+        submitter.kill()
+    run = sweep / "0"
+    wait_for("the requeued job to finish", lambda: not squeue(slurm))
+    assert submitter.returncode == 0, out[-3000:] + job_logs(sweep)[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed", (metrics, job_logs(sweep)[-4000:])
+    (resume,) = json.loads((run / "run.json").read_text())["resumes"]
+    assert resume["previous_status"] == "interrupted" and resume["from_step"] == 2 * 8 + 5
+
+    reference = run_cli(*TINY[:2], *hold[:1], "optim.wd=0.1", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert_same_end(run, tmp_path / "straight")
