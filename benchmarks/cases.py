@@ -27,7 +27,7 @@ from stagetune.engine.optim import Optim, build_optimizer, build_scheduler, has_
 from stagetune.engine.plan import Plan
 from stagetune.runs.rundir import RunDir
 from stagetune.build import build
-from stagetune.commands.train import run_trainer
+from stagetune.runs.assemble import run_trainer
 
 IMAGES = ["experiment=digits_scratch", "data.size=32", "data.classes=null", "data.train_per_class=null", "data.batch_size=32"]
 RATINGS = ["experiment=ratings_synthetic", "data.batch_size=1024"]

@@ -1,18 +1,18 @@
-"""Shared fixtures and the helper that runs the command line as a user would."""
+"""Shared fixtures (the helpers they build on are in tests/helpers/)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from stagetune.runs.targets import TRUST_ENV
 from tests.tiny import TinyData, TinyNet
 
-ROOT = Path(__file__).resolve().parents[1]
 # The tiny model, data and callbacks are rebuilt from run directories (resume, predict): trust them
 # the way a user trusts their own code (README, "Security"); every other foreign target stays refused.
 os.environ.setdefault(TRUST_ENV, "tests.tiny")
@@ -21,27 +21,6 @@ os.environ.setdefault(TRUST_ENV, "tests.tiny")
 @pytest.fixture
 def tiny():
     return TinyNet(), TinyData()
-
-
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m stagetune ARGS`` the way a user would, capturing its output."""
-    if cwd is not None:
-        Path(cwd).mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=_cli_env(env)
-    )
-
-
-def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start ``python -m stagetune ARGS`` in the background (output captured): runs that overlap."""
-    Path(cwd).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(env)
-    )
-
-
-def _cli_env(env: dict | None) -> dict:
-    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", **(env or {})}
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +32,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Six real digits (5-9 and one 5 more) as 8x8 grey PNGs, ink bright, as the data holds them."""
+    folder = tmp_path_factory.mktemp("images")
+    digits = load_digits()
+    picks = [int(np.flatnonzero(digits.target == d)[0]) for d in (5, 6, 7, 8, 9)] + [int(np.flatnonzero(digits.target == 5)[1])]
+    for n, k in enumerate(picks):
+        Image.fromarray(np.round(digits.images[k] * 255 / 16).astype(np.uint8)).save(folder / f"{n}.png")
+    return folder, digits.images[picks]

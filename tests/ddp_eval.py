@@ -46,7 +46,7 @@ def build(kind: str) -> tuple[pl.LightningModule, pl.LightningDataModule]:
     """The model (seeded weights) and its data; the loaders are built by the Trainer, once ranks exist."""
     torch.manual_seed(0)
     if kind == "vision":
-        data = DigitsData(size=16, val_pct=0.1, test_pct=0.1, eval_batch_size=32, num_workers=0)
+        data = DigitsData(size=16, valid_pct=0.1, test_pct=0.1, eval_batch_size=32, num_workers=0)
         return ResNet34Classifier(weights=None, **data.model_kwargs()), data
     data = SyntheticRatings(n_users=30, n_items=40, n_ratings=895, test_pct=0.2, valid_pct=0.25, batch_size=64)
     data.valid_batch_size = 32

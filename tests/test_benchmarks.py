@@ -83,7 +83,7 @@ def test_fastai_benchmark_writes_the_same_three_parts_with_raw_ids(tmp_path):
 
     from benchmarks.fastai_collab import write_parts
     from benchmarks.cases import config
-    from tests.collab.test_selection import N_RATINGS, write_u_data
+    from tests.helpers.ratings import N_RATINGS, write_u_data
 
     write_u_data(tmp_path / "data", test_shift=0)
     out = tmp_path / "parts"

@@ -7,12 +7,13 @@ from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import EarlyStopping, ModelSummary, TQDMProgressBar
 
 from stagetune.app import conf_dir
-from stagetune.commands.train import run_callbacks, run_trainer, train
+from stagetune.runs.assemble import run_callbacks, run_trainer
+from stagetune.runs.run import train
 from stagetune.config import validate
 from stagetune.engine.progress import EpochLines, StageProgressBar
 from stagetune.errors import ConfigError
 from stagetune.runs.rundir import RunDir
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "logger=none"]
 

@@ -2,18 +2,18 @@
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from stagetune.config import validate
 from stagetune.errors import ConfigError
 from stagetune.app import conf_dir
-from tests.conftest import run_cli
+from tests.helpers.cli import ROOT, run_cli
+from tests.helpers.configs import EXPERIMENTS, composed
 
-EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
 
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=False)
+
+
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -98,3 +98,17 @@ def test_the_slurm_launcher_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_ == "hydra_plugins.stagetune_slurm.requeue_launcher.RequeueResumingSlurmLauncher"  # Hydra's, resuming requeued jobs
     assert launcher.nodes == 2 and launcher.tasks_per_node == 8 and launcher.partition == "gpu"
+
+
+GOLDEN = ROOT / "tests" / "golden" / "experiments"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_to_its_recorded_config(experiment):
+    """A recipe that inherits a base (``defaults: [base/movielens]``) composes key for key to what it
+    composed to when it stated everything; a deliberate change rewrites the file (tests/golden/README.md)."""
+    assert OmegaConf.to_yaml(composed(f"experiment={experiment}"), sort_keys=True) == (GOLDEN / f"{experiment}.yaml").read_text()
+
+
+def test_every_experiment_has_a_recorded_config():
+    assert sorted(p.stem for p in GOLDEN.glob("*.yaml")) == EXPERIMENTS

@@ -69,11 +69,11 @@ def test_affine_points_scatter_around_the_line_and_validate_on_it():
 
 
 def test_curve_points_test_part_is_seeded_noise_free_and_off_the_valid_grid():
-    data = CurvePoints(function="affine", a=2.0, b=1.0, n_train=50, n_val=40, n_test=30, noise=0.5, seed=7)
+    data = CurvePoints(function="affine", a=2.0, b=1.0, n_train=50, n_valid=40, n_test=30, noise=0.5, seed=7)
     assert len(data.x_test) == 30 and np.array_equal(data.y_test, 2.0 * data.x_test + 1.0)
     assert not set(data.x_test) & (set(data.x_val) | set(data.x_train))
     assert data.has_test and len(data.test_dataloader().dataset) == 30
-    again = CurvePoints(function="affine", n_train=50, n_val=40, n_test=30, noise=0.5, seed=7)
+    again = CurvePoints(function="affine", n_train=50, n_valid=40, n_test=30, noise=0.5, seed=7)
     assert np.array_equal(again.x_test, data.x_test) and np.array_equal(again.x_train, data.x_train)
 
 

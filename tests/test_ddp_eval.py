@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from stagetune.engine.loaders import EvalShard
-from tests.conftest import ROOT, _cli_env
+from tests.helpers.cli import ROOT, _cli_env
 
 
 @pytest.mark.parametrize("n, world", [(179, 2), (10, 3), (2, 4), (64, 2)])

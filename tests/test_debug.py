@@ -13,7 +13,7 @@ from stagetune.app import conf_dir
 from stagetune.config import validate
 from stagetune.engine.loaders import epoch_loader
 from stagetune.runs.sweep_report import Report
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 from tests.tiny import TinyNet, quiet_trainer
 
 PRESETS = {

@@ -12,8 +12,8 @@ from stagetune.app import conf_dir
 from stagetune.config import plan_of, validate
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import ConfigError
-from tests.conftest import run_cli
-from tests.test_plan import make_plan
+from tests.helpers.cli import run_cli
+from tests.helpers.plans import make_plan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,13 +22,13 @@ from PIL import Image
 from stagetune.commands import evaluate, predict, report
 from stagetune.runs.trained import load_trained
 from stagetune.vision.data import DigitsFile
-from tests.test_predict import digit_files, make_run, read_csv, run_main  # noqa: F401 - digit_files is a fixture
+from tests.helpers.runs import make_run, read_csv, run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 RATINGS = ["experiment=ratings_synthetic", "data.n_users=50", "data.n_items=40", "data.batch_size=64", "plan.stages.all.epochs=2"]
 DIGITS = [
-    "experiment=digits_scratch", "data.size=16", "data.train_per_class=2", "data.val_pct=0.05", "data.test_pct=0.05",
+    "experiment=digits_scratch", "data.size=16", "data.train_per_class=2", "data.valid_pct=0.05", "data.test_pct=0.05",
     "data.batch_size=5", "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1",
 ]
 

@@ -3,7 +3,7 @@
 One parametrized test per category (README, "Errors and what they say"): config values, data
 values, ratings files, images, checkpoints and resume, run directories, signals and faults, and
 every console command; hypothesis makes broken ratings files and configs. Most cases run in-process
-(the config's validation, the run's start-up through :func:`run_job`, a command's ``main(argv)``);
+(the config's validation, the run's start-up as the command starts it (:func:`run_job`), a command's ``main(argv)``);
 a few subprocess cases prove the end-to-end contract: the exit code, one ``stagetune:`` line and
 no traceback on the terminal, ``status: failed`` and the error in ``metrics.json``, the traceback
 in ``train.log``.
@@ -29,14 +29,15 @@ from PIL import Image
 from stagetune.app import conf_dir
 from stagetune.collab.movielens import MovieLens, read_ratings
 from stagetune.commands import export, predict, recommend, report
-from stagetune.commands.cli import status_of
-from stagetune.commands.train import check_splits, run_job
 from stagetune.config import validate
 from stagetune.engine.faults import AtomicCheckpointIO
 from stagetune.errors import ConfigError, DataError, StagetuneError
+from stagetune.failures import user_errors
+from stagetune.runs.checks import check_splits
 from stagetune.runs.rundir import RunDir
+from stagetune.runs.run import SETUP_INTERRUPTED, train
 from stagetune.vision.data import ImageFolderData, to_rgb
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 TESTS_CONF = f"hydra.searchpath=[file://{ROOT}/tests/conf]"
 TINY = [TESTS_CONF, "experiment=tiny"]
@@ -48,11 +49,17 @@ def composed(*overrides: str):
         return compose(config_name="train", overrides=[TESTS_CONF, *overrides])
 
 
+def run_job(cfg, run: Path, overrides: list[str]) -> float:
+    """The run as ``stagetune`` starts it, every failure the StagetuneError a user reads (its failure policy)."""
+    with user_errors(Path(run).resolve() / "train.log", SETUP_INTERRUPTED.format("SIGINT")):
+        return train(cfg, run, overrides).value
+
+
 def job(run: Path, *overrides: str, passed: list[str] | None = None) -> StagetuneError:
     """A run started in-process as the command starts it; the error it stops with, recorded as the command records it."""
     with pytest.raises(StagetuneError) as caught:
         run_job(composed(*overrides), run, list(overrides) if passed is None else passed)
-    RunDir(run).record_failure(status_of(caught.value), str(caught.value))
+    RunDir(run).record_failure(caught.value.status, str(caught.value))
     return caught.value
 
 
@@ -175,7 +182,7 @@ STARTUP = [
     (["experiment=digits_scratch", "data.size=4"], "data.size", "must be >= 8"),
     (["experiment=digits_scratch", "data.classes=[3]"], "data.classes", "two or more distinct digits"),
     (["experiment=digits_scratch", "data.classes=[3,11]"], "data.classes", "two or more distinct digits"),
-    (["experiment=digits_scratch", "data.val_pct=0.6", "data.test_pct=0.5"], "data.val_pct", "sum below 1"),
+    (["experiment=digits_scratch", "data.valid_pct=0.6", "data.test_pct=0.5"], "data.valid_pct", "sum below 1"),
     (["experiment=digits_scratch", "data.train_per_class=0"], "data.train_per_class", ">= 1"),
     (["experiment=digits_scratch", "data.eval_batch_size=0"], "data.eval_batch_size", ">= 1"),
     (["experiment=digits_scratch", "data.num_workers=-1"], "data.num_workers", ">= 0"),
@@ -185,7 +192,7 @@ STARTUP = [
     (["experiment=sgd_line", "data.function=cubic"], "data.function", "allowed"),
     (["experiment=sgd_line", "data.x_max=-3"], "data.x_max", "must be above data.x_min"),
     (["experiment=sgd_line", "data.n_train=0"], "data.n_train", ">= 1"),
-    (["experiment=sgd_line", "data.n_val=0"], "data.n_val", ">= 1"),
+    (["experiment=sgd_line", "data.n_valid=0"], "data.n_valid", ">= 1"),
     (["experiment=universal_approx", "model.widths=[]"], "model.widths", "non-empty list"),
     (["experiment=ratings_synthetic", "model.sparse=true", "trainer.gradient_clip_val=1"], "model.sparse", "dense gradients"),
 ]
@@ -586,14 +593,14 @@ def test_faults(tmp_path, monkeypatch, what, raised, after, status, fragment):
 
 
 def test_ctrl_c_during_set_up_is_an_interrupted_run_with_nothing_to_resume(tmp_path, monkeypatch):
-    import stagetune.commands.train as train_module
+    import stagetune.runs.run as run_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "build", interrupted)
+    monkeypatch.setattr(run_module, "build", interrupted)
     err = job(tmp_path / "run", "experiment=tiny")
-    assert err.exit_code == 128 + signal.SIGINT and status_of(err) == "interrupted"
+    assert err.exit_code == 128 + signal.SIGINT and err.status == "interrupted"
     assert str(err) == "SIGINT received during set-up, before training started; nothing was trained or saved: start the run again"
     assert RunDir(tmp_path / "run").metrics()["status"] == "interrupted"
 
@@ -610,7 +617,7 @@ def test_a_fault_inside_training_names_itself_and_the_log(tmp_path):
 
 def test_divergence_is_recorded_as_diverged(tmp_path):
     err = job(tmp_path / "run", "experiment=tiny", "model.nan_at_step=4")
-    assert status_of(err) == "diverged" and "loss became nan in stage 'frozen', epoch 0, step 4" in str(err)
+    assert err.status == "diverged" and "loss became nan in stage 'frozen', epoch 0, step 4" in str(err)
     assert RunDir(tmp_path / "run").metrics()["status"] == "diverged"
 
 
@@ -624,7 +631,7 @@ def ratings_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory) -> Path:
-    small = ["data.classes=[0,1]", "data.train_per_class=2", "data.size=8", "data.val_pct=0.05", "data.test_pct=0.05", "data.batch_size=4"]
+    small = ["data.classes=[0,1]", "data.train_per_class=2", "data.size=8", "data.valid_pct=0.05", "data.test_pct=0.05", "data.batch_size=4"]
     return trained(tmp_path_factory.mktemp("digits") / "run", "experiment=digits_scratch", *small, "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1")
 
 
@@ -708,7 +715,7 @@ LR_FIND = [
 
 @pytest.mark.parametrize("overrides,key,allowed", LR_FIND, ids=[c[0][0] for c in LR_FIND])
 def test_lr_find(tmp_path, overrides, key, allowed):
-    from stagetune.commands.lr_find import run_range_test
+    from stagetune.runs.range_test import run_range_test
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="lr_find", overrides=[TESTS_CONF, "experiment=tiny", *overrides])

@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from stagetune.commands import evaluate, show
+from stagetune.runs.views import training_batch
 from stagetune.runs import evaluation
 from stagetune.runs.trained import load_trained
-from tests.test_predict import make_run, run_main
+from tests.helpers.runs import make_run, run_main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -30,7 +31,7 @@ def digits_run(tmp_path_factory) -> Path:
         "experiment=digits_scratch",
         "data.size=16",
         "data.train_per_class=2",
-        "data.val_pct=0.05",
+        "data.valid_pct=0.05",
         "data.test_pct=0.05",
         "data.batch_size=5",
         "plan.stages.frozen.epochs=1",
@@ -179,7 +180,7 @@ def test_show_batch_of_a_ratings_run_prints_the_first_training_batch(ratings_run
     assert run_main(show, ratings_run, "batch", "-n", "4") == 0
     rows = [line.split(None, 3) for line in capsys.readouterr().out.splitlines()[1:]]
     trained = load_trained(ratings_run)
-    users, items, ratings = show.training_batch(trained)
+    users, items, ratings = training_batch(trained)
     data = trained.datamodule
     assert [[int(u), int(i), float(r)] for u, i, r, _ in rows] == [
         [int(data.user_ids[u - 1]), int(data.item_ids[i - 1]), pytest.approx(r, abs=5e-3)] for u, i, r in zip(users[:4].tolist(), items[:4].tolist(), ratings[:4].tolist())

@@ -9,7 +9,7 @@ import torch
 
 from stagetune.errors import StagetuneError
 from stagetune.engine.faults import AtomicCheckpointIO, check_checkpoint, finite
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny"]
 

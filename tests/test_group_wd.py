@@ -57,7 +57,8 @@ def test_optimizer_gets_the_converted_wd_per_group():
 
 
 def test_config_override_takes_a_per_group_mapping():
-    from tests.test_config import composed, validate
+    from stagetune.config import validate
+    from tests.helpers.configs import composed
 
     from stagetune.config import plan_of
 

@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from stagetune.app import COMMANDS, conf_dir
-from stagetune.commands.cli import print_config_tree
+from stagetune.console import print_config_tree
 from stagetune.config import validate
-from tests.conftest import run_cli
+from tests.helpers.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

@@ -3,16 +3,16 @@
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
 
 from stagetune.engine.history import History, columns, format_table
 from stagetune.engine.progress import EpochLines, StageProgressBar, progress_for
-from tests.conftest import run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.cli import NOISE
 
 RUN = ["experiment=ratings_synthetic", "data.n_ratings=3000", "data.n_users=60", "data.n_items=80", "data.batch_size=64", "plan.stages.all.epochs=3"]
-NOISE = ("💡 Tip", "litlogger", "LeafSpec", "GPU available", "TPU available", "will override", "Loading `train_dataloader`", "Trainer.fit` stopped", "multiple `ModelCheckpoint`", "weights_only` was not set")
+
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stagetune.errors import ConfigError
-from stagetune.commands.lr_find import run_range_test
+from stagetune.runs.range_test import run_range_test
 from stagetune.engine.lr_suggest import SUGGESTIONS, RangeTest, Suggest
 from stagetune.app import conf_dir
-from tests.sweep_cli import TINY
+from tests.helpers.sweeps import TINY
 
 
 def lr_find_config(*overrides: str):

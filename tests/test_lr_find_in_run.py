@@ -10,11 +10,11 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stagetune.app import conf_dir
-from stagetune.commands.train import train
+from stagetune.runs.run import train
 from stagetune.config import validate
 from stagetune.engine.lr_suggest import SUGGESTIONS, RangeTest, Suggest
 from stagetune.errors import ConfigError, StagetuneError
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "plan.find.steps=30", "plan.find.end_lr=100"]
 

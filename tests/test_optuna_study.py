@@ -24,8 +24,7 @@ from stagetune.runs.rundir import RunDir
 from stagetune.sweeps.sampler import TrialSeeded
 from stagetune.sweeps.space import search_space
 from stagetune.sweeps.study import HEARTBEAT, RETRY_OF, SURPLUS, fail_stale_trials, is_surplus, open_storage, progress, storage_spec
-from stagetune.runs.rundir import RunDir
-from tests.sweep_cli import ROOT, TINY
+from tests.helpers.sweeps import ROOT, TINY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

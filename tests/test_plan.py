@@ -5,27 +5,16 @@ import inspect
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from pytorch_lightning.plugins import TorchSyncBatchNorm
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
-from stagetune.config import plan_of, typed
 from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import Plan, StagePlan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
+from tests.helpers.plans import make_plan
 
 
-def make_plan(train_bn: bool, n_groups: int = 3) -> Plan:
-    cfg = typed(OmegaConf.create({"plan": {
-            "lr": 1e-2,
-            "stages": {
-                "frozen": {"epochs": 2, "freeze_to": -1, "lr": [1e-2], "train_bn": train_bn, "pct_start": 0.5},
-                "unfrozen": {"epochs": 2, "freeze_to": 0, "lr": [1e-4, 1e-2], "div": 5.0, "pct_start": 0.3},
-            },
-        }}))
-    plan = plan_of(cfg)
-    plan.check_groups(n_groups)
-    return plan
+
 
 
 class Recorder(pl.Callback):

@@ -6,7 +6,6 @@ at 16 px, ratings_synthetic on 1,000 ratings), and every command is run on them 
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -16,27 +15,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from stagetune.commands import export, predict, recommend
-from stagetune.app import conf_dir
-from stagetune.commands.train import train
+from stagetune.runs import export as exporting
+from stagetune.runs import recommend as ranking
 from stagetune.runs.trained import load_trained
 from stagetune.vision.data import DigitsData, DigitsFile
 from stagetune.vision.models import ResNet34Classifier
+from tests.helpers.runs import make_run, read_csv, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
 
 
-def make_run(path: Path, *overrides: str) -> Path:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *QUIET])
-    train(cfg, path)
-    return path
+
+
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -68,26 +63,13 @@ def ratings_run(tmp_path_factory, one_thread) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def digit_files(tmp_path_factory) -> tuple[Path, np.ndarray]:
-    """Six real digits (5-9 and one 5 more) as 8x8 grey PNGs, ink bright, as the data holds them."""
-    folder = tmp_path_factory.mktemp("images")
-    digits = load_digits()
-    picks = [int(np.flatnonzero(digits.target == d)[0]) for d in (5, 6, 7, 8, 9)] + [int(np.flatnonzero(digits.target == 5)[1])]
-    for n, k in enumerate(picks):
-        Image.fromarray(np.round(digits.images[k] * 255 / 16).astype(np.uint8)).save(folder / f"{n}.png")
-    return folder, digits.images[picks]
 
 
-def run_main(module, *argv: str) -> int:
-    with pytest.raises(SystemExit) as exit_:
-        module.main([str(a) for a in argv])
-    return exit_.value.code
 
 
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
+
+
+
 
 
 def checkpoint_model(run: Path, name: str = "best-*.ckpt") -> ResNet34Classifier:
@@ -152,7 +134,7 @@ def test_recommendations_are_unrated_items_by_predicted_rating(ratings_run, caps
     u = data.index_of("user", user)
     rated = {int(data.item_ids[i - 1]) for s in data.parts() for i in s.items[s.users == u].tolist()}
     assert rated
-    rows = recommend.recommend(trained, user, k=5)
+    rows = ranking.recommend(trained, user, k=5)
     assert len(rows) == 5 and not {r.item for r in rows} & rated
     scores = [r.score for r in rows]
     assert scores == sorted(scores, reverse=True)
@@ -160,7 +142,7 @@ def test_recommendations_are_unrated_items_by_predicted_rating(ratings_run, caps
     with torch.no_grad():
         expected = trained.model(torch.full_like(items, u), items)
     assert scores == pytest.approx(expected.tolist(), abs=1e-6)
-    everything = recommend.recommend(trained, user, k=data.n_items)
+    everything = ranking.recommend(trained, user, k=data.n_items)
     seen = {int(i) for i in data.item_ids[np.flatnonzero(data.item_counts()[1:] > 0)]}
     assert {r.item for r in everything} == seen - rated
 
@@ -174,7 +156,7 @@ def test_similar_items_rank_by_cosine_of_item_factors(ratings_run):
     trained = load_trained(ratings_run)
     data = trained.datamodule
     item = int(data.item_ids[int(data.train_set.items[0]) - 1])
-    rows = recommend.similar(trained, item, k=4)
+    rows = ranking.similar(trained, item, k=4)
     factors = trained.model.item_factors.weight.detach()
     i = data.index_of("item", item)
     assert item not in {r.item for r in rows}
@@ -199,7 +181,7 @@ def test_exported_models_reproduce_the_checkpoints_outputs(run, fmt, request, tm
     assert run_main(export, run_dir, "--format", fmt, "--out", out) == 0
     assert "max difference from the checkpoint's outputs" in capsys.readouterr().out
     trained = load_trained(run_dir)
-    inputs = tuple(t[:3] for t in export.sample_inputs(trained))  # another batch size than the export's
+    inputs = tuple(t[:3] for t in exporting.sample_inputs(trained))  # another batch size than the export's
     with torch.no_grad():
         expected = trained.model(*inputs)
     if fmt == "torchscript":
@@ -261,7 +243,7 @@ def test_the_runs_starting_weights_are_not_needed_to_load_it(digits_run, tmp_pat
     (moved / "metrics.json").unlink()  # its best checkpoint path points into the original run
     trained = load_trained(moved)
     assert trained.checkpoint == moved / "checkpoints" / "last.ckpt"
-    x = export.sample_inputs(trained)[0]
+    x = exporting.sample_inputs(trained)[0]
     with torch.no_grad():
         assert torch.equal(trained.model(x), checkpoint_model(digits_run, "last.ckpt")(x))
 

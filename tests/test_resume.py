@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "model.dropout=0.3"]
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8; stages: frozen epochs 0-1, unfrozen epochs 2-4

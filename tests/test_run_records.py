@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import ROOT, run_cli, start_cli
+from tests.helpers.cli import ROOT, run_cli, start_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "logger=none"]
 FIRST_WRITTEN = ("config.yaml", "overrides.yaml", "run.json")

@@ -18,7 +18,7 @@ from torch import nn
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.groups import LayerGroup, param_groups
 from stagetune.engine.optim import build_optimizer
-from stagetune.engine.plan import Plan, StagePlan
+from stagetune.engine.plan import StagePlan
 from stagetune.engine.sgd import ScratchSGD
 from stagetune.app import conf_dir
 from tests.tiny import quiet_trainer

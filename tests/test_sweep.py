@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from stagetune.runs.rundir import RunDir
-from tests.sweep_cli import TINY, run_module
+from tests.helpers.sweeps import TINY, run_module
 
 GRID = {"optim.wd": ["0", "0.1"], "plan.lr": ["0.001", "0.01"]}
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from stagetune.config import validate
 from stagetune.app import conf_dir
-from tests.sweep_cli import TINY, run_module
+from tests.helpers.sweeps import TINY, run_module
 
 
 def composed(*overrides: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from tests.sweep_cli import TINY, run_module
+from tests.helpers.sweeps import TINY, run_module
 
 
 def test_a_job_with_a_bad_value_fails_alone_and_is_reported(tmp_path):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +23,11 @@ from omegaconf import OmegaConf
 
 from stagetune.commands import export, predict, recommend
 from stagetune.app import conf_dir
-from stagetune.commands.train import train
+from stagetune.runs.run import train
 from stagetune.errors import StagetuneError
 from stagetune.runs.rundir import CONFIG_DIGEST_ENV, RunDir
 from stagetune.runs.targets import ALLOWED, TRUST_ENV, UntrustedConfig, is_allowed, refusals
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny"]
 
@@ -171,3 +174,15 @@ def test_a_started_rank_builds_only_the_config_its_rank_0_vouched_for(tmp_path, 
     (run / "config.yaml").write_text(text + "seed: 7\n")
     with pytest.raises(StagetuneError, match="changed after rank 0 started the run"):
         RunDir(run).rank_config()
+
+
+def test_a_worker_started_by_hand_refuses_a_hostile_config_in_one_line(tmp_path):
+    run, pwned, named = hostile_run(tmp_path, "open")
+    env = {k: v for k, v in os.environ.items() if k not in (CONFIG_DIGEST_ENV, "RANK", "SLURM_PROCID")}
+    env["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+    started = subprocess.run([sys.executable, "-m", "stagetune.commands.worker", str(run)], capture_output=True, text=True, env=env, timeout=120)
+    assert started.returncode == 1
+    lines = started.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in started.stderr, started.stderr
+    assert lines[0].startswith(f"stagetune-worker: error: {run / 'config.yaml'}: refusing to build ") and named in lines[0]
+    assert not pwned.exists()

@@ -16,8 +16,8 @@ from stagetune.build import build
 from stagetune.collab.data import UNKNOWN
 from stagetune.curvefit.data import CurvePoints
 from stagetune.vision.data import ImageDataModule, TensorImages, Transformed
-from tests.test_config import EXPERIMENTS, composed
-from tests.vision.conftest import image_tree, pets_tree
+from tests.helpers.configs import EXPERIMENTS, composed
+from tests.helpers.images import image_tree, pets_tree
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -8,7 +8,7 @@ from pytorch_lightning.utilities.data import extract_batch_size
 
 from stagetune.engine.plan import StagePlan
 from stagetune.engine.training_loss import TrainingLoss, batch_size
-from tests.test_plan import make_plan
+from tests.helpers.plans import make_plan
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 

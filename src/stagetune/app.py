@@ -147,7 +147,7 @@ def register_resolvers() -> None:
         "stagetune.project_root": project_root,
         "stagetune.user_cache": user_cache,
         "stagetune.debug_prefix": _debug_prefix,
-        "stagetune.commands": commands_help,
+        "stagetune.command_list": commands_help,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -10,6 +10,7 @@ runs each type's own checks before any work starts. ``trainer:`` takes any argum
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, Stage
 from stagetune.engine.trainer import check_trainer_args, trainer_defaults
@@ -69,16 +71,18 @@ class PathsConfig:
 
 @dataclass
 class RunConfig:
-    experiment: str = "default"
+    """A run: a model, its data and a plan of stages, with everything that says how it is trained and kept."""
+
+    experiment: str = "default"  # set by the experiment recipe; names the outputs/ folder
     seed: int = 42
-    metric: str = "val/loss"
+    metric: str = "val/loss"  # what the run returns to sweepers and what picks the best checkpoint
     metric_mode: MetricMode = MetricMode.min
-    resume: str | None = None
-    ckpt_path: str | None = None
-    test: bool = True
+    resume: str | None = None  # a run directory to continue (same directory, same TensorBoard run)
+    ckpt_path: str | None = None  # or a checkpoint file to continue from
+    test: bool = True  # evaluate the best checkpoint on the test split when the data has one
     print_config: bool = False  # print the composed config as a tree before the run starts
     debug: str | None = None  # set by debug=NAME: the run is a check, never a result (README, "Debug runs")
-    callbacks: Any = None
+    callbacks: Any = field(default_factory=dict)  # extra Lightning callbacks by name, each a _target_ with its arguments (callbacks=)
     model: Any = None
     data: Any = None
     plan: Plan = field(default_factory=Plan)
@@ -89,15 +93,23 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class LrFindConfig(RangeTestSettings):
+    """``stagetune-lr-find``'s ``lr_find:``: the range test's settings (a run's ``plan.find``) and the stage to test."""
+
+    stage: str | None = None  # a stage of the plan (plan.stages.NAME); null: the first stage
+
+
 @contextmanager
-def omegaconf_errors() -> Iterator[None]:
-    """OmegaConf's type, value and missing-key errors as a ConfigError naming the key."""
+def omegaconf_errors(within: str = "") -> Iterator[None]:
+    """OmegaConf's type, value and missing-key errors as a ConfigError naming the key (under ``within``)."""
     try:
         yield
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "config"
+        key = ".".join(k for k in (within, getattr(err, "full_key", None)) if k) or "config"
         msg = str(err).splitlines()[0]
-        raise ConfigError(key, getattr(err, "value", None) or "?", msg) from None
+        choices = re.match(r"Invalid value '.*', expected one of \[(.*)\]", msg)
+        raise ConfigError(key, getattr(err, "value", None) or "?", f"one of {choices[1]}" if choices else msg) from None
 
 
 def defaults_of(schema: type, *leave_out: str) -> dict[str, Any]:
@@ -118,6 +130,15 @@ def register_defaults() -> None:
     store = ConfigStore.instance()
     store.store(name="stagetune_defaults", node={**defaults_of(RunConfig), "trainer": trainer_defaults()})
     store.store(group="stage", name="defaults", node=defaults_of(Stage, "name", "freeze_to"))
+    store.store(name="lr_find_defaults", node={"lr_find": defaults_of(LrFindConfig)})
+
+
+def lr_find_settings(node: DictConfig) -> LrFindConfig:
+    """``lr_find:`` typed and checked."""
+    with omegaconf_errors("lr_find"):
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LrFindConfig), node))
+    settings.check("lr_find")
+    return settings
 
 
 def typed(cfg: DictConfig) -> DictConfig:

@@ -10,7 +10,11 @@ stayed empty and the terminal filled with lines a user cannot act on. The Hydra 
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 LIBRARIES = ("pytorch_lightning", "lightning_fabric", "lightning", "lightning_utilities")
 ADVERTS = ("💡 Tip:",)
@@ -53,3 +57,24 @@ def quiet_library_warnings() -> None:
     """Ignore :data:`LIBRARY_WARNINGS`: they say nothing a user can act on."""
     for message in LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+
+
+def print_config_tree(cfg: DictConfig, file: Any = None) -> None:
+    """``print_config=true``: the composed config, one branch per top-level key (a rich tree when
+    rich is installed, else indented YAML under each key's name)."""
+    file = file or sys.stdout
+    try:
+        from rich.console import Console
+        from rich.syntax import Syntax
+        from rich.tree import Tree
+    except ImportError:
+        for key, value in cfg.items():
+            body = OmegaConf.to_yaml(value) if isinstance(value, DictConfig) else f"{value}\n"
+            print(f"{key}:", file=file)
+            print("".join(f"  {line}\n" for line in body.splitlines()), end="", file=file)
+        return
+    tree = Tree("config", guide_style="dim")
+    for key, value in cfg.items():
+        body = OmegaConf.to_yaml(value) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(body, "yaml"))
+    Console(file=file).print(tree)

@@ -10,9 +10,10 @@ from typing import Any
 
 
 class StagetuneError(Exception):
-    """A failure the user can fix; its message says what to do."""
+    """A failure the user can fix; its message says what to do. ``status`` is what the run's record says of it."""
 
     exit_code = 1
+    status = "failed"
 
 
 class ConfigError(StagetuneError, ValueError):
@@ -27,6 +28,22 @@ class ConfigError(StagetuneError, ValueError):
 
 class DataError(StagetuneError):
     """Input data that cannot be used as given (missing, malformed, empty)."""
+
+
+class Diverged(StagetuneError):
+    """The loss became NaN or infinite."""
+
+    status = "diverged"
+
+
+class Interrupted(StagetuneError):
+    """SIGINT or SIGTERM stopped the run; it can be resumed."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def _show(value: Any) -> str:

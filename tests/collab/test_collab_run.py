@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from stagetune.errors import ConfigError
 from stagetune.app import conf_dir
-from stagetune.commands.train import train
+from stagetune.runs.run import train
 
 # Dense enough (300 x 300, 80,000 ratings, rank 2) that a fitted model can come close to the truth;
 # the MovieLens-shaped default is harder: see the README for its numbers.
@@ -35,7 +35,7 @@ def one_thread():
 
 def test_synthetic_run_reaches_its_noise_floor_and_writes_its_interpretation(tmp_path):
     cfg = composed("experiment=ratings_synthetic", "trainer.enable_progress_bar=false", *DENSE)
-    best = train(cfg, tmp_path)
+    best = train(cfg, tmp_path).value
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     floor = metrics["data"]["noise_floor"]
     assert metrics["metric"]["name"] == "val/rmse" and best == pytest.approx(metrics["metric"]["best"])
@@ -57,7 +57,7 @@ def test_inverted_y_range_stops_the_run_with_a_config_error(tmp_path):
 
 def test_sparse_embeddings_reach_the_noise_floor_too(tmp_path):
     cfg = composed("experiment=ratings_synthetic", "trainer.enable_progress_bar=false", "model.sparse=true", *DENSE)
-    best = train(cfg, tmp_path)
+    best = train(cfg, tmp_path).value
     floor = json.loads((tmp_path / "metrics.json").read_text())["data"]["noise_floor"]
     assert best < 1.05 * floor, (best, floor)
 

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -10,20 +9,13 @@ from hydra import compose, initialize_config_dir
 from stagetune.app import conf_dir
 from stagetune.collab.models import DotBias
 from stagetune.collab.movielens import MovieLens
-from stagetune.commands.train import train
+from stagetune.runs.run import train
+from tests.helpers.ratings import write_u_data
 
-N_USERS, N_ITEMS, N_RATINGS = 60, 40, 1500
 
 
-def write_u_data(folder, test_shift: int) -> None:
-    """Ratings with some structure; u1's test part (the first fifth of lines) shifted by ``test_shift`` stars."""
-    rng = np.random.default_rng(0)
-    cells = rng.choice(N_USERS * N_ITEMS, N_RATINGS, replace=False)
-    users, items = cells // N_ITEMS + 1, cells % N_ITEMS + 1
-    stars = np.clip(np.round(3 + 0.03 * (users % 7) - 0.04 * (items % 5) + rng.normal(0, 0.8, N_RATINGS)), 1, 5)
-    stars[: N_RATINGS // 5] = np.clip(stars[: N_RATINGS // 5] + test_shift, 1, 5)
-    folder.mkdir(parents=True)
-    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{int(r)}\t{880000000 + k}\n" for k, (u, i, r) in enumerate(zip(users, items, stars))))
+
+
 
 
 def run(tmp_path, name: str, test_shift: int) -> dict:

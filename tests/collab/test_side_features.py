@@ -15,8 +15,10 @@ from stagetune.collab.data import RatedItems, RatingsTensor
 from stagetune.collab.models import CollabNN, DotBias, SVDpp
 from stagetune.collab.movielens import MovieLens
 from stagetune.collab.side import AGE_EDGES, GENRES, YEAR_EDGES, SideFeature, SideTables, bucket
-from stagetune.commands import export, recommend
-from stagetune.commands.train import train
+from stagetune.commands import export
+from stagetune.runs import export as exporting
+from stagetune.runs import recommend as ranking
+from stagetune.runs.run import train
 from stagetune.errors import ConfigError, DataError
 from stagetune.runs.trained import load_trained
 
@@ -238,9 +240,9 @@ def test_frozen_side_factors_stay_unchanged_to_the_bit_and_the_run_recommends_an
         assert not torch.equal(getattr(after, name).weight, getattr(start, name).weight)
     assert not torch.equal(after.item_side_bias.tables["genres"].weight, start.item_side_bias.tables["genres"].weight)
     user = int(data.user_ids[int(data.train_set.users[0]) - 1])
-    top = recommend.recommend(trained, user, 3)
+    top = ranking.recommend(trained, user, 3)
     assert len(top) == 3 and all(a.score >= b.score for a, b in zip(top, top[1:]))
-    assert len(recommend.similar(trained, int(data.item_ids[0]), 2)) == 2
+    assert len(ranking.similar(trained, int(data.item_ids[0]), 2)) == 2
     assert "Learned item bias" in (run / "interpretation" / "interpretation.md").read_text()
     out = tmp_path / "model.onnx"
     with pytest.raises(SystemExit) as exit_:
@@ -249,7 +251,7 @@ def test_frozen_side_factors_stay_unchanged_to_the_bit_and_the_run_recommends_an
     import onnxruntime
 
     best = load_trained(run)  # what export reads
-    inputs = tuple(t[:3] for t in export.sample_inputs(best))
+    inputs = tuple(t[:3] for t in exporting.sample_inputs(best))
     with torch.no_grad():
         expected = best.model(*inputs)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -11,8 +11,8 @@ from stagetune.app import conf_dir
 from stagetune.build import build
 from stagetune.collab.data import RatedItems, RatingsTensor, SyntheticRatings
 from stagetune.collab.models import SVDpp
-from stagetune.commands.recommend import recommend, similar
-from stagetune.commands.train import train
+from stagetune.runs.recommend import recommend, similar
+from stagetune.runs.run import train
 from stagetune.runs.trained import load_trained
 
 

@@ -14,7 +14,7 @@ from stagetune.engine.groups import set_trainable
 from stagetune.engine.plan import Stage
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
-from tests.vision.conftest import fit
+from tests.helpers.plans import fit
 
 
 def frozen_stage(train_bn: bool = False, epochs: int = 2) -> Stage:

@@ -11,8 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import stagetune.config  # noqa: F401  (registers the schema's defaults, which train.yaml composes from)
 from stagetune.app import conf_dir
-from tests.test_history import NOISE
-from tests.vision.conftest import pets_tree, run_cli
+from tests.helpers.cli import NOISE
+from tests.helpers.cli import run_cli
+from tests.helpers.images import pets_tree
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 

@@ -8,7 +8,7 @@ import torch
 
 from stagetune.errors import ConfigError, DataError
 from stagetune.vision.data import DigitsData, ImageFolderData, PetsData, stratified_split
-from tests.vision.conftest import image_tree, pets_tree
+from tests.helpers.images import image_tree, pets_tree
 
 
 def labels_of(ds) -> np.ndarray:

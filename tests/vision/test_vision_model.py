@@ -12,7 +12,7 @@ from stagetune.engine.groups import check_partition
 from stagetune.engine.plan import Stage
 from stagetune.vision.models import ResNet34Classifier
 from stagetune.vision.weights import imagenet_cache_path
-from tests.vision.conftest import fit
+from tests.helpers.plans import fit
 
 
 def last_linear(model: ResNet34Classifier) -> nn.Linear:

@@ -20,12 +20,14 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import MISSING, DictConfig
 
+from stagetune.sweeps.settings import SweeperSettings
+
 log = logging.getLogger("stagetune")
 
 
 @dataclass
-class OptunaSweeperConf:
-    """``hydra.sweeper`` for ``hydra/sweeper=optuna``."""
+class OptunaSweeperConf(SweeperSettings):
+    """``hydra.sweeper`` for ``hydra/sweeper=optuna``: the worker's settings, its sampler, pruner and search space."""
 
     _target_: str = "hydra_plugins.stagetune_optuna.optuna_sweeper.OptunaSweeper"
     # The sampler and pruner reach the sweeper as configs: it builds a sampler per trial and hands
@@ -34,24 +36,6 @@ class OptunaSweeperConf:
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = MISSING
     pruner: Any = MISSING
-    direction: str = "minimize"
-    # None: in this process's memory (one worker). A file path: a journal file every worker on a
-    # shared filesystem appends to. A URL (sqlite:///study.db, postgresql://...): a database.
-    storage: Optional[str] = None
-    study_name: Optional[str] = None
-    # Trials of the whole study, across all its workers, in any state but failed.
-    n_trials: int = 20
-    # Trials this worker keeps in flight: 1 with the basic launcher (start more workers instead),
-    # more with a launcher that runs jobs elsewhere (submitit).
-    n_jobs: int = 1
-    # Stop asking once the study has this many failed trials (0: never stop for failures).
-    max_failures: int = 10
-    # Seconds between the heartbeats written into a running trial, and of silence after which a
-    # trial counts as abandoned by a dead worker: it is marked failed and its parameters queued again.
-    heartbeat_interval: float = 30.0
-    grace_period: float = 120.0
-    # Points to try first, once per study: a list of {key: value} mappings.
-    enqueue: list[Any] = field(default_factory=list)
     # The search space: {config key: sweep}, see stagetune.sweeps.space.
     params: Optional[dict[str, Any]] = None
 
@@ -93,19 +77,16 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
-        from stagetune.errors import StagetuneError
+        from stagetune.failures import task_wrapper
 
-        try:
-            self._sweep(arguments)
-        except StagetuneError as err:  # a bad setting is one line, as everywhere in stagetune
-            print(f"stagetune: {'config error' if err.exit_code == 2 else 'error'}: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
+        # a bad setting is one line, as everywhere in stagetune; the sweeper is not one of its jobs
+        task_wrapper("stagetune", sweep_job=lambda: False)(self._sweep)(arguments)
 
     def _sweep(self, arguments: list[str]) -> None:
         from stagetune.sweeps.report import StudyReport
         from stagetune.sweeps.space import search_space
         from stagetune.sweeps.study import shown, storage_spec
-        from stagetune.sweeps.worker import StudyWorker, WorkerSettings, check_launcher, pruner_spec, sampler_maker, write_results
+        from stagetune.sweeps.worker import StudyWorker, check_launcher, pruner_spec, sampler_maker, write_results
 
         from stagetune.engine import launch
         from stagetune.errors import ConfigError
@@ -115,18 +96,8 @@ class OptunaSweeper(Sweeper):
                 "hydra.sweeper", "optuna", "a study worker is one process (not torchrun/srun with several tasks): "
                 "stagetune starts each trial's DDP ranks itself, or the launcher's jobs do (hydra/launcher=slurm)",
             )
-        s = self.settings
-        settings = WorkerSettings(
-            study_name=str(s.get("study_name") or self.config.get("experiment") or "stagetune"),
-            storage=storage_spec(s.get("storage")),
-            direction=str(s.get("direction", "minimize")),
-            n_trials=int(s.get("n_trials", 20)),
-            n_jobs=int(s.get("n_jobs", 1)),
-            max_failures=int(s.get("max_failures", 10)),
-            heartbeat_interval=float(s.get("heartbeat_interval", 30.0)),
-            grace_period=float(s.get("grace_period", 120.0)),
-            enqueue=[dict(point) for point in s.get("enqueue") or []],
-        )
+        settings = SweeperSettings.of(self.settings, self.config.get("experiment"))
+        settings.storage = storage_spec(settings.storage)
         settings.check()
         check_launcher(self.launcher, settings)
         space = search_space(self.params, arguments)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune.figures import new_figure
-from stagetune.runs.rundir import write_atomic
+from stagetune.atomic import write_atomic
 
 
 def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

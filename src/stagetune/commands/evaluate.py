@@ -15,56 +15,16 @@ beside the ensemble's, goes to the first run's ``eval-<split>-ensemble.json`` (n
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
-from pathlib import Path
 
-from matplotlib.figure import Figure
-
-from stagetune.commands.cli import one_line_errors
 from stagetune.errors import StagetuneError
-from stagetune.runs.ensemble import EnsembleEvaluation, evaluate_ensemble
-from stagetune.runs.evaluation import SPLITS, Evaluation, evaluate
+from stagetune.failures import console_command
+from stagetune.runs.ensemble import evaluate_ensemble
+from stagetune.runs.evaluation import SPLITS, evaluate
+from stagetune.runs.evaluation_records import ensemble_record, eval_pictures, record, result_stem
 from stagetune.runs.outputs import output_file
-from stagetune.runs.trained import CHECKPOINTS, Trained, load_trained
-from stagetune.vision.report import confusion_figure, examples, top_losses_figure
-
-PNG_DPI = 100
-
-
-def result_stem(run: Path, split: str, kind: str = "") -> str:
-    """``eval-<split>[-<kind>]``, or the first ``...-N`` (N = 2, 3, ...) whose record does not exist yet."""
-    base = f"eval-{split}" + (f"-{kind}" if kind else "")
-    stem, n = base, 1
-    while (run / f"{stem}.json").exists():
-        n += 1
-        stem = f"{base}-{n}"
-    return stem
-
-
-def save_figure(figure: Figure, path: Path) -> None:
-    """Written beside its name and linked into place: never over an existing file."""
-    with output_file(path, force=False) as tmp:
-        figure.savefig(tmp, dpi=PNG_DPI, format="png")
-
-
-def eval_pictures(trained: Trained, result: Evaluation, stem: str, n_worst: int) -> list[Path]:
-    """An image classifier's confusion matrix and top losses, in the run directory."""
-    data = trained.datamodule
-    names = trained.model.class_names
-    worst = examples(data.splits[SPLITS[result.split]], result.logits, result.targets, result.top_losses(n_worst))
-    matrix = result.confusion()
-    total = int(matrix.sum())
-    about = f"{result.split} split: accuracy {float(matrix.trace()) / max(total, 1):.3f} on {total} images"
-    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-    pictures = {
-        trained.run.path / f"{stem}-confusion.png": confusion_figure(matrix, names, f"confusion matrix, {about}"),
-        trained.run.path / f"{stem}-top-losses.png": top_losses_figure(worst, names, mean, std, f"top losses, {about}\nprediction/actual, loss/probability"),
-    }
-    for path, figure in pictures.items():
-        save_figure(figure, path)
-    return list(pictures)
+from stagetune.runs.trained import CHECKPOINTS, load_trained
 
 
 def metrics_table(columns: dict[str, dict[str, float]]) -> str:
@@ -75,33 +35,6 @@ def metrics_table(columns: dict[str, dict[str, float]]) -> str:
     head = f"{'metric':<{width}}" + "".join(f"  {title:>10}" for title in columns)
     lines = [f"{name:<{width}}" + "".join(f"  {metrics[key]:>10.4f}" for metrics in columns.values()) for name, key in zip(names, keys)]
     return "\n".join([head, *lines])
-
-
-def record(trained: Trained, which: str, result: Evaluation, pictures: list[Path]) -> dict:
-    """What ``eval-<split>.json`` holds: the checkpoint read, the metrics, and the pictures drawn."""
-    return {
-        "split": result.split,
-        "ckpt": which,
-        "checkpoint": str(trained.checkpoint),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "metrics": result.metrics,
-        "examples": None if result.targets is None else len(result.targets),
-        "pictures": [p.name for p in pictures],
-    }
-
-
-def ensemble_record(members: list[Trained], which: str, result: EnsembleEvaluation) -> dict:
-    """What ``eval-<split>-ensemble.json`` holds: each member's run, checkpoint and metrics, and the ensemble's."""
-    return {
-        "split": result.split,
-        "ckpt": which,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "metrics": result.metrics,
-        "members": [
-            {"run": str(trained.run.path), "checkpoint": str(trained.checkpoint), "metrics": metrics}
-            for trained, metrics in zip(members, result.members)
-        ],
-    }
 
 
 def evaluate_one(args: argparse.Namespace) -> None:
@@ -146,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-@one_line_errors("stagetune-eval")
+@console_command("stagetune-eval")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.top_losses < 1:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stagetune.commands.cli import one_line_errors
 from stagetune.errors import StagetuneError
+from stagetune.failures import console_command
 from stagetune.runs.sweep_ensembles import write_ensembles
 from stagetune.runs.sweep_report import Report, job_dirs
 from stagetune.sweeps.report import write_study_report
 
 
-@one_line_errors("stagetune-report")
+@console_command("stagetune-report")
 def main(argv: list[str] | None = None) -> int:
     """``stagetune-report SWEEP_DIR``: (re)write the summary of a finished sweep."""
     parser = argparse.ArgumentParser(prog="stagetune-report", description=__doc__.splitlines()[0].strip("`"))

@@ -3,29 +3,26 @@
 ``python -m stagetune.commands.worker RUN_DIR [CKPT]`` reads the resolved config that rank 0 wrote into
 RUN_DIR and joins its process group (from the environment rank 0 set). It writes nothing itself, and
 builds the config only if it is the file rank 0 vouched for (its SHA-256 in the environment) or,
-started by hand, if every target in it is allowlisted.
+started by hand, if every target in it is allowlisted. Every rank stops together (a pruned trial,
+a diverged loss); rank 0 reports why, so a started rank stops with the code and no line.
 """
 
 import sys
 
 from stagetune.config import validate
-from stagetune.console import quiet_library_warnings
-from stagetune.errors import StagetuneError
+from stagetune.engine import launch
+from stagetune.failures import task_wrapper
+from stagetune.runs.run import fit_run
 from stagetune.runs.rundir import RunDir
-from stagetune.commands.train import fit_run
 from stagetune.runs.trained import without_start_weights
 
 
+@task_wrapper("stagetune-worker", quiet=lambda: launch.global_rank() != 0)
 def main(argv: list[str]) -> None:
-    quiet_library_warnings()
     run = RunDir(argv[0])
     cfg = validate(run.rank_config())
     ckpt_path = argv[1] if len(argv) > 1 else None
-    try:
-        fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
-    except StagetuneError as err:
-        # Every rank stops together (a pruned trial, a diverged loss); rank 0 reports why, in one line.
-        sys.exit(err.exit_code)
+    fit_run(without_start_weights(cfg) if ckpt_path else cfg, run, ckpt_path)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class CurvePoints(pl.LightningDataModule):
         a: float = 2.0,
         b: float = 1.0,
         n_train: int = 100,
-        n_val: int = 200,
+        n_valid: int = 200,
         n_test: int = 200,
         noise: float = 0.5,
         x_min: float = -2.0,
@@ -44,14 +44,14 @@ class CurvePoints(pl.LightningDataModule):
             raise ConfigError("data.function", function, "allowed: " + ", ".join(FUNCTIONS))
         if not x_min < x_max:
             raise ConfigError("data.x_max", x_max, f"must be above data.x_min={x_min}")
-        for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("batch_size", batch_size)):
+        for key, value in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test), ("batch_size", batch_size)):
             if value < 1:
                 raise ConfigError(f"data.{key}", value, "must be >= 1")
         self.save_hyperparameters()
         rng = np.random.default_rng(seed)
         self.x_train = rng.uniform(x_min, x_max, n_train)
         self.y_train = self.curve(self.x_train) + rng.normal(0.0, noise, n_train)
-        self.x_val = np.linspace(x_min, x_max, n_val)
+        self.x_val = np.linspace(x_min, x_max, n_valid)
         self.y_val = self.curve(self.x_val)
         self.x_test = rng.uniform(x_min, x_max, n_test)  # drawn after the training points: those stay as they were
         self.y_test = self.curve(self.x_test)

@@ -31,23 +31,7 @@ from pytorch_lightning.callbacks import Callback, Checkpoint
 from pytorch_lightning.trainer.states import TrainerFn
 
 from stagetune.engine.plan import StagePlan
-from stagetune.errors import StagetuneError
-
-
-class Diverged(StagetuneError):
-    """The loss became NaN or infinite."""
-
-    status = "diverged"
-
-
-class Interrupted(StagetuneError):
-    """SIGINT or SIGTERM stopped the run; it can be resumed."""
-
-    status = "interrupted"
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
+from stagetune.errors import Diverged, Interrupted, StagetuneError
 
 
 def _stage_name(trainer: pl.Trainer) -> str:

@@ -17,28 +17,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import random
 import sys
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
-import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch.utils.tensorboard import SummaryWriter
 
-from stagetune.engine.faults import Diverged
 from stagetune.engine.lr_suggest import RangeTest, RangeTestSettings
 from stagetune.engine.optim import Optim, Schedule
 from stagetune.engine.plan import Plan, Stage
 from stagetune.engine.trainer import build_trainer, trainer_kwargs
-from stagetune.errors import StagetuneError
+from stagetune.errors import Diverged, StagetuneError
 from stagetune.figures import new_figure
 
 ONE_PROCESS = {"devices": 1, "num_nodes": 1, "strategy": "auto", "limit_val_batches": 0, "num_sanity_val_steps": 0}
@@ -158,21 +154,6 @@ def write_result(result: RangeTest, out_dir: Path, name: str, tensorboard: Path,
     return figure
 
 
-@contextmanager
-def random_state_kept() -> Iterator[None]:
-    """Python's, NumPy's and torch's (CPU and CUDA) random state, as they were on entry."""
-    state = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.random.set_rng_state(state[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 @dataclass
 class StageFinder:
     """``lr=find`` inside a run: the range test for a stage, on a copy of the model as the stage starts.
@@ -194,7 +175,7 @@ class StageFinder:
         model.load_state_dict(pl_module.state_dict())
         outer = datamodule.trainer
         try:
-            with random_state_kept(), tempfile.TemporaryDirectory() as scratch:
+            with isolate_rng(), tempfile.TemporaryDirectory() as scratch:
                 quiet = {**trainer_kwargs(self.trainer_args), "enable_progress_bar": False}  # the run's own bar carries on
                 result = range_test(model, datamodule, stage, self.optim, self.settings, quiet, scratch)
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stagetune.errors import StagetuneError
 from stagetune.runs.ensemble import evaluate_ensemble
-from stagetune.runs.rundir import write_atomic
+from stagetune.atomic import write_atomic
 from stagetune.runs.sweep_report import Report, Stat, fmt, rows_markdown
 from stagetune.runs.trained import load_trained
 

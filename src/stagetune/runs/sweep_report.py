@@ -30,7 +30,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from stagetune.figures import colormap, new_figure, text_color  # noqa: E402
 
-from stagetune.runs.rundir import CONFIG, METRICS, RunDir, write_atomic  # noqa: E402
+from stagetune.atomic import write_atomic  # noqa: E402
+from stagetune.runs.rundir import CONFIG, METRICS, RunDir  # noqa: E402
 
 log = logging.getLogger("stagetune")
 
@@ -71,7 +72,7 @@ class Job:
         return cls(
             name=run.path.name,
             overrides=overrides,
-            status=status_of(metrics),
+            status=job_status(metrics),
             metric=metric.get("name"),
             mode=metric.get("mode"),
             best=metric.get("best"),
@@ -83,7 +84,7 @@ class Job:
         )
 
 
-def status_of(metrics: dict) -> str:
+def job_status(metrics: dict) -> str:
     """A job's status; a ``debug=NAME`` run is never "completed", so it is never a result."""
     status = metrics.get("status", "missing")
     return f"{status}, debug={metrics['debug']}" if metrics.get("debug") else status
@@ -95,7 +96,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
-def swept_keys(jobs: list[Job]) -> list[str]:
+def differing_keys(jobs: list[Job]) -> list[str]:
     """Keys whose value differs between jobs, in command-line order; every key for a single job."""
     keys: list[str] = []
     for job in jobs:
@@ -206,7 +207,7 @@ class Report:
         if not self.sweep_dir.is_dir():
             raise FileNotFoundError(f"no sweep directory {self.sweep_dir}")
         self.jobs = [Job.read(p) for p in job_dirs(self.sweep_dir)]
-        self.keys = swept_keys(self.jobs)
+        self.keys = differing_keys(self.jobs)
         self.recipe_keys = [k for k in self.keys if k not in SEED_KEYS]
         self.metric = next((j.metric for j in self.jobs if j.metric), "metric")
         self.mode = next((j.mode for j in self.jobs if j.mode), "min")

@@ -21,7 +21,7 @@ def override_key(item: str) -> str:
     return item.split("=", 1)[0].lstrip("+~")
 
 
-def swept_keys(argv: Iterable[str], sweeper_params: Mapping | None) -> list[str]:
+def keys_swept_by(argv: Iterable[str], sweeper_params: Mapping | None) -> list[str]:
     """The keys a multirun sweeps: the sweeper's ``params`` first, then the command line's sweeps."""
     keys = [str(k) for k in (sweeper_params or {})]
     given = [a for a in argv if "=" in a and not a.startswith("-")]

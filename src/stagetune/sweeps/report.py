@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -23,7 +22,7 @@ import optuna  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from stagetune.runs.rundir import write_atomic  # noqa: E402
+from stagetune.atomic import write_atomic  # noqa: E402
 from stagetune.runs.sweep_report import fmt as _fmt, rows_csv, rows_markdown  # noqa: E402
 from stagetune.sweeps.study import SURPLUS, open_storage  # noqa: E402
 

@@ -33,7 +33,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from stagetune.errors import ConfigError
-from stagetune.runs.rundir import RunDir, write_atomic
+from stagetune.sweeps.settings import SweeperSettings
+from stagetune.atomic import write_atomic
+from stagetune.runs.rundir import RunDir
 from stagetune.runs.sweep_report import TRIAL_CALLBACK
 from stagetune.sweeps.report import STUDY_FILE
 from stagetune.sweeps.sampler import TrialSeeded
@@ -50,37 +52,8 @@ from stagetune.sweeps.study import (
 
 log = logging.getLogger("stagetune")
 
-DIRECTIONS = ("minimize", "maximize")
 POLL_S = 2.0  # how often a worker with nothing to ask looks at the study again
 RESULTS_FILE = "optimization_results.yaml"
-
-
-@dataclass
-class WorkerSettings:
-    """The sweeper's settings, checked (``hydra.sweeper.*``)."""
-
-    study_name: str
-    storage: str | None
-    direction: str
-    n_trials: int
-    n_jobs: int
-    max_failures: int
-    heartbeat_interval: float
-    grace_period: float
-    enqueue: list[dict[str, Any]]
-
-    def check(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ConfigError("hydra.sweeper.direction", self.direction, "allowed: " + ", ".join(DIRECTIONS))
-        for key in ("n_trials", "n_jobs"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"hydra.sweeper.{key}", getattr(self, key), "must be >= 1")
-        if self.max_failures < 0:
-            raise ConfigError("hydra.sweeper.max_failures", self.max_failures, "must be >= 0")
-        if not 0 < self.heartbeat_interval < self.grace_period:
-            raise ConfigError(
-                "hydra.sweeper.grace_period", self.grace_period, f"must exceed heartbeat_interval ({self.heartbeat_interval}) > 0"
-            )
 
 
 def sampler_maker(node: DictConfig, space: SearchSpace) -> tuple[Callable[[int | None], optuna.samplers.BaseSampler], int | None]:
@@ -96,7 +69,7 @@ def pruner_spec(node: DictConfig | None) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {"_target_": "optuna.pruners.NopPruner"}
 
 
-def callback_overrides(settings: WorkerSettings, number: int, monitor: str, pruner: dict[str, Any]) -> list[str]:
+def callback_overrides(settings: SweeperSettings, number: int, monitor: str, pruner: dict[str, Any]) -> list[str]:
     """The overrides that put :class:`TrialPruning` for trial ``number`` into the job's config."""
     node = {
         "_target_": "stagetune.sweeps.pruning.TrialPruning",
@@ -154,7 +127,7 @@ class StudyWorker:
 
     def __init__(
         self,
-        settings: WorkerSettings,
+        settings: SweeperSettings,
         space: SearchSpace,
         sampler: tuple[Callable[[int | None], optuna.samplers.BaseSampler], int | None],
         pruner: dict[str, Any],
@@ -266,7 +239,7 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
     log.info("best trial %d: %s = %s", best.number, best.params, best.value)
 
 
-def check_launcher(launcher: Launcher, settings: WorkerSettings) -> None:
+def check_launcher(launcher: Launcher, settings: SweeperSettings) -> None:
     """Jobs away from this process need a shared storage; the basic launcher runs one job at a time."""
     from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 

@@ -144,7 +144,7 @@ class DigitsData(ImageDataModule):
 
     ``classes`` picks the digits to use (relabelled 0..k-1 in that order), so one part of the
     digits can be a source task and another the target. The split is stratified and seeded:
-    ``test_pct`` and ``val_pct`` of each class, the rest for training, of which at most
+    ``test_pct`` and ``valid_pct`` of each class, the rest for training, of which at most
     ``train_per_class`` images per class are kept (few labelled images).
     """
 
@@ -155,7 +155,7 @@ class DigitsData(ImageDataModule):
         size: int = 32,
         classes: Sequence[int] | None = None,
         train_per_class: int | None = None,
-        val_pct: float = 0.2,
+        valid_pct: float = 0.2,
         test_pct: float = 0.2,
         augment: bool = False,
         batch_size: int = 64,
@@ -169,12 +169,12 @@ class DigitsData(ImageDataModule):
         chosen = list(range(10)) if classes is None else [int(c) for c in classes]
         if len(set(chosen)) < 2 or not set(chosen) <= set(range(10)):
             raise ConfigError("data.classes", classes, "two or more distinct digits from 0-9, or null for all")
-        if not (0 < val_pct and 0 < test_pct and val_pct + test_pct < 1):
-            raise ConfigError("data.val_pct", val_pct, "val_pct and test_pct must be > 0 and sum below 1")
+        if not (0 < valid_pct and 0 < test_pct and valid_pct + test_pct < 1):
+            raise ConfigError("data.valid_pct", valid_pct, "valid_pct and test_pct must be > 0 and sum below 1")
         if train_per_class is not None and train_per_class < 1:
             raise ConfigError("data.train_per_class", train_per_class, "must be >= 1 or null for all")
         self.size, self.chosen, self.train_per_class = size, chosen, train_per_class
-        self.val_pct, self.test_pct, self.augment, self.seed = val_pct, test_pct, augment, seed
+        self.valid_pct, self.test_pct, self.augment, self.seed = valid_pct, test_pct, augment, seed
         self.classes = [str(c) for c in chosen]
 
     def eval_transform(self) -> DigitsFile:
@@ -192,7 +192,7 @@ class DigitsData(ImageDataModule):
         labels = np.array([relabel[c] for c in digits.target[keep]])
         images = digits_input(torch.as_tensor(digits.images[keep], dtype=torch.float32).unsqueeze(1) / 16.0, self.size)
         rng = np.random.default_rng(self.seed)
-        test, val, train = stratified_split(labels, [self.test_pct, self.val_pct], rng)
+        test, val, train = stratified_split(labels, [self.test_pct, self.valid_pct], rng)
         if self.train_per_class is not None:
             per_class = [train[labels[train] == c][: self.train_per_class] for c in np.unique(labels)]
             train = np.sort(np.concatenate(per_class))
@@ -408,10 +408,10 @@ class PetsData(ImageDataModule):
         train_tf, eval_tf = image_transforms(self.size, self.augment)
         trainval, test = self._pets("trainval"), self._pets("test")
         order = np.random.default_rng(self.seed).permutation(len(trainval))
-        n_val = max(1, int(round(self.valid_pct * len(order))))
+        n_valid = max(1, int(round(self.valid_pct * len(order))))
         self.classes = list(trainval.classes)
         self.splits = {
-            "train": Transformed(trainval, np.sort(order[n_val:]).tolist(), train_tf),
-            "val": Transformed(trainval, np.sort(order[:n_val]).tolist(), eval_tf),
+            "train": Transformed(trainval, np.sort(order[n_valid:]).tolist(), train_tf),
+            "val": Transformed(trainval, np.sort(order[:n_valid]).tolist(), eval_tf),
             "test": Transformed(test, range(len(test)), eval_tf),
         }

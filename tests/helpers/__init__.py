@@ -1,0 +1,1 @@
+"""What the tests share: running the commands, composing configs, tiny plans, images, ratings and runs."""
