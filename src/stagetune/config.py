@@ -37,12 +37,20 @@ class MetricMode(StrEnum):
 
 
 @dataclass
+class MLflowConfig:
+    """``logger.mlflow``: whether the run logs to MLflow, and where (:mod:`stagetune.runs.mlflow_run`)."""
+
+    enabled: bool = False
+    tracking_uri: str | None = None  # a tracking server (http://host:5000) or store; None: sqlite in paths.outputs
+
+
+@dataclass
 class LoggerConfig:
-    """Which of Lightning's loggers a run writes to; any combination, all in the run directory."""
+    """Which of Lightning's loggers a run writes to; any combination (TensorBoard and CSV in the run directory)."""
 
     tensorboard: bool = True
     csv: bool = False
-    mlflow: bool = False
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
 
 @dataclass

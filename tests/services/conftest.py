@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -130,3 +131,44 @@ def slurm() -> Iterator["SlurmCluster"]:
     finally:
         cluster.stop()
         shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """A running ``mlflow server`` on 127.0.0.1 (SQLite backend, artifacts served by the server)."""
+
+    url: str
+
+
+@pytest.fixture(scope="session")
+def mlflow_server() -> Iterator[MlflowServer]:
+    """``mlflow server`` on a free loopback port, its store in a temp dir, stopped after."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        unavailable("mlflow is not installed: pip install 'stagetune[mlflow]'")
+    root = Path(tempfile.mkdtemp(prefix="stagetune-mlflow-"))
+    port = free_port()
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        try:
+            wait_for_port(port, timeout=120, proc=server)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}: {(root / 'server.log').read_text()[-3000:]}") from None
+        yield MlflowServer(url=f"http://127.0.0.1:{port}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # its workers can outlive a SIGTERM
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)

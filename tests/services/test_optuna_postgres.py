@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from stagetune.sweeps.study import RETRY_OF, WORKER
-from tests.sweep_cli import TINY
+from tests.helpers.sweeps import TINY
 from tests.test_optuna_study import FAST_HEARTBEAT, RATINGS, finish, ran_by, stagetune
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

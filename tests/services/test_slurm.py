@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import ROOT, run_cli
+from tests.helpers.cli import ROOT, run_cli
 from tests.test_resume import assert_same_end
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "hydra/launcher=slurm_cpu"]

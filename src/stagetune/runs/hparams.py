@@ -33,6 +33,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune.engine.plan import Plan, StagePlan
+from stagetune.runs.mlflow_run import RunMLflowLogger
 
 HParam = int | float | str | bool
 
@@ -125,7 +126,7 @@ def run_hparams(
 
 
 class HParamsSummary(Callback):
-    """Writes the run's hyperparameters and real final metrics to its TensorBoard run."""
+    """Writes the run's hyperparameters and real final metrics to its TensorBoard run (and its MLflow run)."""
 
     def __init__(self, cfg: DictConfig, overrides: Iterable[str] = (), swept: Iterable[str] | None = None) -> None:
         self.cfg = cfg
@@ -150,11 +151,15 @@ class HParamsSummary(Callback):
 
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str, metrics: dict[str, float]) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers or not trainer.is_global_zero:
+        mlflow = [lg for lg in trainer.loggers if isinstance(lg, RunMLflowLogger)]
+        if not (loggers or mlflow) or not trainer.is_global_zero:
             return
         stage_plan = StagePlan.of(trainer)
-        n_params = sum(p.numel() for p in pl_module.parameters())
-        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides, self.swept, stage_plan.found)
+        n_groups, n_params = len(pl_module.layer_groups()), sum(p.numel() for p in pl_module.parameters())
+        params = run_hparams(self.cfg, stage_plan.plan, n_groups, n_params, self.overrides, self.swept, stage_plan.found)
+        for logger in mlflow:  # a sweep job's swept keys and, always, the plan
+            plan = stage_hparams(stage_plan.plan, n_groups, float(self.cfg.optim.wd), stage_plan.found)
+            logger.summary({**params, **plan}, status, metrics, step=trainer.global_step)
         params["status"] = status
         metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **metrics}
         for logger in loggers:

@@ -30,6 +30,7 @@ from stagetune.engine.plan import StagePlan
 from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
 from stagetune.runs.checks import check_splits, check_training_checkpoint
+from stagetune.runs.mlflow_run import record_in_mlflow
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
 
@@ -150,6 +151,7 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None) -> Outcome:
         **({"train_eval": fit} if fit else {}),
         **_extra_metrics(datamodule),
     )
+    record_in_mlflow(trainer)
     return Outcome(math.nan if cfg.debug else value, run, record)  # a sweeper never optimises a debug run's number
 
 
