@@ -96,7 +96,7 @@ def test_the_slurm_launcher_composes():
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.stagetune_slurm.requeue_launcher.RequeueResumingSlurmLauncher"  # Hydra's, resuming requeued jobs
     assert launcher.nodes == 2 and launcher.tasks_per_node == 8 and launcher.partition == "gpu"
 
 

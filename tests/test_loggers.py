@@ -12,7 +12,7 @@ from stagetune.runs.rundir import RunDir
 
 
 def _cfg(tensorboard=False, csv=False, mlflow=False):
-    return OmegaConf.create({"experiment": "t", "logger": {"tensorboard": tensorboard, "csv": csv, "mlflow": mlflow}})
+    return OmegaConf.create({"experiment": "t", "logger": {"tensorboard": tensorboard, "csv": csv, "mlflow": {"enabled": mlflow}}})
 
 
 def test_tensorboard_and_csv_together_write_under_the_run(tmp_path):

@@ -38,12 +38,20 @@ class MetricMode(StrEnum):
 
 
 @dataclass
+class MLflowConfig:
+    """``logger.mlflow``: whether the run logs to MLflow, and where (:mod:`stagetune.runs.mlflow_run`)."""
+
+    enabled: bool = False
+    tracking_uri: str | None = None  # a tracking server (http://host:5000) or store; None: sqlite in paths.outputs
+
+
+@dataclass
 class LoggerConfig:
-    """Which of Lightning's loggers a run writes to; any combination, all in the run directory."""
+    """Which of Lightning's loggers a run writes to; any combination (TensorBoard and CSV in the run directory)."""
 
     tensorboard: bool = True  # TensorBoardLogger, RUN_DIR/tensorboard/
     csv: bool = False  # CSVLogger, RUN_DIR/csv/metrics.csv
-    mlflow: bool = False  # MLFlowLogger, a local file store in RUN_DIR/mlruns/ (the mlflow extra)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)  # MLflow 3: SQLite in paths.outputs, or a tracking server (the mlflow extra)
 
 
 @dataclass

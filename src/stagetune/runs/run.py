@@ -32,6 +32,7 @@ from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
 from stagetune.runs.checks import check_splits, check_training_checkpoint, unmeasured_metric
 from stagetune.runs.refit import check_refit, chosen_epochs, refit_and_test
+from stagetune.runs.mlflow_run import record_in_mlflow
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
 
@@ -169,6 +170,7 @@ def fit_and_record(cfg: DictConfig, run: RunDir, ckpt_path: str | None, phases: 
         **({"refit": refit} if refit else {}),
         **_extra_metrics(datamodule),
     )
+    record_in_mlflow(trainer)
     return Outcome(math.nan if cfg.debug else value, run, record)  # a sweeper never optimises a debug run's number
 
 
