@@ -101,7 +101,9 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
         if all(folds):
             model, protocol = LABELS[name]
             mean = lambda key: np.mean([np.mean([r[key] for r in runs]) for runs in folds])  # noqa: E731
-            lines.append(f"| u1-u5 mean | {model} | {protocol} | {sum(map(len, folds))} | {mean('valid_rmse'):.4f} | {mean('test_rmse'):.4f} | {np.median([r['cpu_s'] for runs in folds for r in runs]):.1f} |")
+            lines.append(
+                f"| u1-u5 mean | {model} | {protocol} | {sum(map(len, folds))} | {mean('valid_rmse'):.4f} | {mean('test_rmse'):.4f} | {np.median([r['cpu_s'] for runs in folds for r in runs]):.1f} |"
+            )
     return "\n".join(lines)
 
 

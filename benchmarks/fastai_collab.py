@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, rows in runs.items():
             fit_s = median([r["fit_s"] for r in rows])
             label = "fastai (dot, 50 factors, bs 64, fit_one_cycle(5, 5e-3, wd=0.1))" if name == "fastai" else f"stagetune experiment={name}"
-            lines.append(f"| {split} | {label} | {median([r['test_rmse'] for r in rows]):.4f} | {median([r['valid_rmse'] for r in rows]):.4f} | {fit_s:.1f} | {fit_s / fastai_s:.2f} | {median([r['process_s'] for r in rows]):.1f} |")
+            lines.append(
+                f"| {split} | {label} | {median([r['test_rmse'] for r in rows]):.4f} | {median([r['valid_rmse'] for r in rows]):.4f} | {fit_s:.1f} | {fit_s / fastai_s:.2f} | {median([r['process_s'] for r in rows]):.1f} |"
+            )
     table = "\n".join(lines)
     print(table)
     (out / "results.md").write_text(table + "\n")

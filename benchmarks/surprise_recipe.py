@@ -75,7 +75,18 @@ def main(parts: Path, algorithm: str, seed: int, tuned: bool) -> None:
     valid_rmse, chosen = min(scored, key=lambda s: s[0])
     known = [row for row in valid if "-1" not in row[:2]]
     algo, fit_s, cpu_s = fit(algorithm, train + known, seed, chosen)
-    print(json.dumps({"fit_s": round(fit_s, 2), "cpu_s": round(cpu_s, 2), "grid_cpu_s": round(grid_cpu, 2), "valid_rmse": valid_rmse, "test_rmse": rmse(algo, test), "chosen": chosen}))
+    print(
+        json.dumps(
+            {
+                "fit_s": round(fit_s, 2),
+                "cpu_s": round(cpu_s, 2),
+                "grid_cpu_s": round(grid_cpu, 2),
+                "valid_rmse": valid_rmse,
+                "test_rmse": rmse(algo, test),
+                "chosen": chosen,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,16 +4,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from stagetune.app import conf_dir
 from stagetune.config import validate
 from stagetune.errors import ConfigError
-from stagetune.app import conf_dir
 from tests.helpers.cli import ROOT, run_cli
 from tests.helpers.configs import EXPERIMENTS, composed
-
-
-
-
-
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -6,8 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from stagetune.runs.assemble import run_logger
 from stagetune.errors import ConfigError
+from stagetune.runs.assemble import run_logger
 from stagetune.runs.rundir import RunDir
 
 

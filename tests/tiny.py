@@ -30,9 +30,7 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 class TinyNet(StagedModule):
     """Three layer groups (body_early with BatchNorm, body_late, head), a classification loss."""
 
-    def __init__(
-        self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0, nan_at_step: int = -1
-    ) -> None:
+    def __init__(self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0, nan_at_step: int = -1) -> None:
         super().__init__()
         self.nan_at_step = nan_at_step
         norm = nn.BatchNorm1d(8) if batchnorm else nn.Identity()
@@ -86,9 +84,7 @@ class UngroupedNet(StagedModule):
 
 
 class TinyData(pl.LightningDataModule):
-    def __init__(
-        self, n: int = 64, n_in: int = 6, n_classes: int = 3, batch_size: int = 8, seed: int = 0, shuffle: bool = True
-    ) -> None:
+    def __init__(self, n: int = 64, n_in: int = 6, n_classes: int = 3, batch_size: int = 8, seed: int = 0, shuffle: bool = True) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, n_in, generator=g)

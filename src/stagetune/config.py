@@ -169,8 +169,7 @@ def check_stage_names(plan: DictConfig) -> None:
             raise ConfigError(
                 f"plan.stages.{name}",
                 OmegaConf.to_container(plan.stages[name]),
-                f"the chosen plan has no stage {name!r} (its stages: {', '.join(defined) or 'none'}); "
-                "a new stage needs at least freeze_to",
+                f"the chosen plan has no stage {name!r} (its stages: {', '.join(defined) or 'none'}); a new stage needs at least freeze_to",
             )
 
 
@@ -188,7 +187,7 @@ def optim_of(cfg: DictConfig) -> Optim:
 
 def check_target(key: str, node: Any) -> None:
     if not isinstance(node, DictConfig) or "_target_" not in node:
-        raise ConfigError(key, node, "needs a config group with a _target_ (pick one with " f"{key}=NAME)")
+        raise ConfigError(key, node, f"needs a config group with a _target_ (pick one with {key}=NAME)")
 
 
 def validate(cfg: DictConfig) -> DictConfig:

@@ -69,8 +69,7 @@ def test_shapes_and_layer_groups():
     assert model.rated_indptr.tolist() == [0, 0, 2, 2, 2, 3]
     groups = model.layer_groups()
     assert [g.name for g in groups] == ["embeddings", "implicit", "biases"]
-    assert [list(g.modules) for g in groups] == [
-        [model.user_factors, model.item_factors], [model.implicit], [model.user_bias, model.item_bias]]
+    assert [list(g.modules) for g in groups] == [[model.user_factors, model.item_factors], [model.implicit], [model.user_bias, model.item_bias]]
 
 
 def test_implicit_feedback_comes_from_training_ratings_only():
@@ -78,7 +77,7 @@ def test_implicit_feedback_comes_from_training_ratings_only():
     rated = data.model_kwargs()["rated"]
     train = data.train_set
     for u in range(data.n_users + 1):
-        mine = rated.items[rated.indptr[u]:rated.indptr[u + 1]]
+        mine = rated.items[rated.indptr[u] : rated.indptr[u + 1]]
         assert sorted(mine.tolist()) == sorted(train.items[train.users == u].tolist())
     for part in (data.val_set, data.test_set):  # other valid/test ratings: the same N(u)
         part.users[:] = 1
@@ -102,8 +101,15 @@ def one_thread():
 
 
 def test_a_staged_svdpp_run_keeps_frozen_groups_and_recommends(tmp_path, one_thread):
-    cfg = composed("experiment=ratings_synthetic", "model=svdpp", "model.n_factors=4", "data.n_ratings=2000",
-                   "plan.stages.all.epochs=1", "plan.stages.all.freeze_to=-2", "trainer.enable_progress_bar=false")
+    cfg = composed(
+        "experiment=ratings_synthetic",
+        "model=svdpp",
+        "model.n_factors=4",
+        "data.n_ratings=2000",
+        "plan.stages.all.epochs=1",
+        "plan.stages.all.freeze_to=-2",
+        "trainer.enable_progress_bar=false",
+    )
     train(cfg, tmp_path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the start train() builds, in the same order
     data = build(cfg.data)

@@ -143,6 +143,7 @@ def find_format(path: Path) -> tuple[Path, RatingsFormat] | None:
 
     Several ``ml-*`` folders with ratings are an error listing them: taking one would be a guess.
     """
+
     def ratings_format(folder: Path) -> RatingsFormat | None:
         fmt = next((fmt for fmt in FORMATS if (folder / fmt.ratings).exists()), None)
         if fmt is not None and not (folder / fmt.ratings).is_file():
@@ -247,8 +248,10 @@ class MovieLens(RatingsDataModule):
             present = [f"{fold}.base" for fold in FOLDS if (folder / f"{fold}.base").exists()]
             if present:
                 log.warning(
-                    "data.split=%s while %s has ml-100k's own split (%s): results will not compare with "
-                    "papers' u1 numbers; data.split=u1 uses it", h.split, folder, ", ".join(present)
+                    "data.split=%s while %s has ml-100k's own split (%s): results will not compare with papers' u1 numbers; data.split=u1 uses it",
+                    h.split,
+                    folder,
+                    ", ".join(present),
                 )
         every = read_ratings(folder / fmt.ratings, fmt.separator, fmt.header, y_range)
         self.read_side = partial(read_grouplens, folder) if fmt.ratings == "u.data" else None

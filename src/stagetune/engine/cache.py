@@ -144,8 +144,13 @@ class FeatureCache(Callback):
             log.info("plan.cache: stage %r trains without the feature cache: %s", name, message)
             return None
         sampler = original.sampler
-        log.info("plan.cache: stage %r trains from cached outputs of %d groups for %d examples (%.1f MB)",
-                 name, first, len(targets), features.numel() * features.element_size() / 1e6)
+        log.info(
+            "plan.cache: stage %r trains from cached outputs of %d groups for %d examples (%.1f MB)",
+            name,
+            first,
+            len(targets),
+            features.numel() * features.element_size() / 1e6,
+        )
         return epoch_loader(
             TensorDataset(features, targets),
             original.batch_size,
@@ -197,9 +202,7 @@ def set_training_source(trainer: pl.Trainer, source: DataLoader | object, reload
             _set_sampler_epoch(loader, loop.epoch_progress.current.processed)
 
 
-def compute_features(
-    model: nn.Module, loader: DataLoader, upto_group: int, budget: int
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def compute_features(model: nn.Module, loader: DataLoader, upto_group: int, budget: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Outputs of groups ``[0, upto_group)`` for every example, in dataset order, on the CPU.
 
     The prefix runs in eval mode under ``no_grad``: with its normalisation layers frozen and no
@@ -221,4 +224,3 @@ def compute_features(
             targets.append(y)
     model.train(was_training)
     return torch.cat(chunks), torch.cat(targets)
-

@@ -300,8 +300,7 @@ class Plan:
                 raise ConfigError(
                     f"{key}.stages.{name}.freeze_to",
                     stage.freeze_to,
-                    f"the model has {n_groups} layer groups: allowed {-n_groups}..{n_groups - 1} "
-                    "(-1 trains the last group only, 0 trains all)",
+                    f"the model has {n_groups} layer groups: allowed {-n_groups}..{n_groups - 1} (-1 trains the last group only, 0 trains all)",
                 )
 
     @property

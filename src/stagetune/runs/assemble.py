@@ -157,5 +157,3 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         history_csv=run.path / HISTORY,
         finder=run_finder(cfg, run),
     )
-
-

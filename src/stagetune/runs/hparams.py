@@ -94,9 +94,7 @@ def swept_hparams(cfg: DictConfig, swept: Iterable[str], overrides: Iterable[str
     return out
 
 
-def run_hparams(
-    cfg: DictConfig, stages: Sequence[StageView], n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()
-) -> dict[str, HParam]:
+def run_hparams(cfg: DictConfig, stages: Sequence[StageView], n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()) -> dict[str, HParam]:
     """The hyperparameters of one run as the HParams table shows them: a sweep job's swept keys, else the usual knobs."""
     swept = list(swept)
     if swept:

@@ -57,5 +57,7 @@ def run_range_test(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | 
         stage = dataclasses.replace(stage, lr=find_shape(stage.lr))
     result = range_test(model, datamodule, stage, optim_of(cfg), settings, cfg.trainer, run.path)
     write_result(result, run.path, "lr_find", run.tensorboard)
-    run.update_metrics(status="completed", experiment=cfg.experiment, lr_find={k: v for k, v in result.as_dict().items() if k not in ("lrs", "losses", "smoothed")})
+    run.update_metrics(
+        status="completed", experiment=cfg.experiment, lr_find={k: v for k, v in result.as_dict().items() if k not in ("lrs", "losses", "smoothed")}
+    )
     return result

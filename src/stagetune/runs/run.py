@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Timer
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Timer
 
 from stagetune.app import PACKAGE_DIR
 from stagetune.build import build
@@ -31,8 +31,8 @@ from stagetune.engine.plan import StagePlan
 from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
 from stagetune.runs.checks import check_splits, check_training_checkpoint, unmeasured_metric
-from stagetune.runs.refit import check_refit, chosen_epochs, refit_and_test
 from stagetune.runs.mlflow_run import record_in_mlflow
+from stagetune.runs.refit import check_refit, chosen_epochs, refit_and_test
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
 
@@ -223,8 +223,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
 SETUP_INTERRUPTED = "{} received during set-up, before training started; nothing was trained or saved: start the run again"
 BEFORE_RESUMING = "{} received during set-up, before training went on; nothing new was trained. Continue with: stagetune resume={}"
 BEFORE_EVALUATION = (
-    "{} received after training finished, before the evaluation of the chosen checkpoint; the training is saved. "
-    "Continue with: stagetune resume={}"
+    "{} received after training finished, before the evaluation of the chosen checkpoint; the training is saved. Continue with: stagetune resume={}"
 )
 
 
