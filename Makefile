@@ -9,7 +9,7 @@ ARGS   ?=
 TEST_WORKERS ?= auto
 PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: help data train test test-slow lint sweep tensorboard bench bench-fastai bench-peers docs clean clean-outputs
+.PHONY: help data train test test-slow lint sweep tensorboard bench bench-fastai bench-peers docs site clean clean-outputs
 
 # `make help` lists every target whose line ends in a `## ` comment, with that comment.
 help: ## this list
@@ -51,6 +51,11 @@ bench: $(STAMP) ## the performance benchmarks (table under outputs/bench/)
 
 docs: data ## rerun the runs behind the docs' generated numbers, pictures and screenshots (ARGS='--only NAME --quick')
 	$(BIN)/python scripts/make_docs.py $(ARGS)
+
+# MkDocs with Material, offline; scripts/site_reference.py (a hook) writes the reference pages from the code.
+site: $(STAMP) ## build the documentation site into site/, offline, strict (reference pages generated from the code)
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=src $(BIN)/mkdocs build --strict --site-dir site $(ARGS)
+
 # fastai in a virtual environment of its own (no system site-packages), never in .venv: it is a
 # yardstick, not a dependency. The torch wheels are the ones .venv pins.
 FASTAI_ENV := outputs/bench/fastai-env
@@ -73,7 +78,7 @@ bench-peers: data $(FASTAI_ENV)/.installed $(SURPRISE_ENV)/.installed ## the rat
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.collab_peers $(ARGS)
 
 clean: ## remove caches and build files (keeps outputs/ and .venv)
-	rm -rf build dist .pytest_cache .hypothesis src/*.egg-info lightning_logs
+	rm -rf build dist site .pytest_cache .hypothesis src/*.egg-info lightning_logs
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 clean-outputs: ## delete every run under outputs/ (asks first)

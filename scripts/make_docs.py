@@ -1,9 +1,10 @@
-"""``make docs``: rerun the README's runs and rewrite its numbers and pictures from what they produced.
+"""``make docs``: rerun the runs of the documentation's results pages and rewrite their numbers and pictures.
 
-The README's generated parts sit between ``<!-- make docs: NAME -->`` and ``<!-- /make docs: NAME -->``;
-each NAME is a :class:`Section` here, which runs the commands the README shows (as a user would, in
-fresh run directories under ``outputs/docs/<time>/``), reads their ``metrics.json`` and writes the
-block: a table, the machine and the date. Pictures the runs draw are copied into ``docs/images/``;
+The pages' generated parts sit between ``<!-- make docs: NAME -->`` and ``<!-- /make docs: NAME -->``;
+each NAME is a :class:`Section` here, naming its page under ``docs/``, which runs the commands the page
+shows (as a user would, in fresh run directories under ``outputs/docs/<time>/``), reads their
+``metrics.json`` and writes the block: a table, the machine and the date. Pictures the runs draw are
+copied into ``docs/images/`` and linked from the page;
 TensorBoard screenshots go through ``scripts/screenshot_tensorboard.sh`` (headless Chromium), which
 fails loudly when TensorBoard does not come up. Nothing here types a number.
 
@@ -37,7 +38,7 @@ SCREENSHOT = ROOT / "scripts" / "screenshot_tensorboard.sh"
 
 
 class DocsError(RuntimeError):
-    """A run or a screenshot that failed, or a README without the block to rewrite."""
+    """A run or a screenshot that failed, or a page without the block to rewrite."""
 
 
 def machine() -> str:
@@ -69,11 +70,16 @@ def stagetune(*args: str) -> None:
 
 @dataclass
 class Runner:
-    """Runs the commands of the README into ``out`` and keeps what they wrote."""
+    """Runs the commands of the docs into ``out`` and keeps what they wrote; pictures are linked from ``page_dir``."""
 
     out: Path
     images: Path
     quick: bool
+    page_dir: Path | None = None
+
+    def link(self, target: Path) -> str:
+        """The path of a picture as the page being written links it."""
+        return os.path.relpath(target, self.page_dir or self.images.parent)
 
     def train(self, name: str, *overrides: str) -> dict:
         """``stagetune OVERRIDES`` into ``out/name``; its metrics.json, with ``wall_s`` (the whole command) added."""
@@ -105,30 +111,31 @@ class Runner:
         return json.loads(results.read_text())
 
     def picture(self, source: Path, name: str) -> str:
-        """Copy a picture a run drew into the docs' images; its README path."""
+        """Copy a picture a run drew into the docs' images; its link from the page."""
         if not source.exists():
             raise DocsError(f"the run drew no {source}")
         self.images.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, self.images / name)
-        return f"docs/images/{name}"
+        return self.link(self.images / name)
 
     def screenshot(self, logdir: Path, view: str, name: str) -> str:
-        """TensorBoard on ``logdir`` at ``#view``, through headless Chromium; its README path."""
+        """TensorBoard on ``logdir`` at ``#view``, through headless Chromium; its link from the page."""
         self.images.mkdir(parents=True, exist_ok=True)
         target = self.images / name
         env = {**os.environ, "TENSORBOARD": str(Path(sys.executable).parent / "tensorboard")}  # this environment's
         done = subprocess.run(["bash", str(SCREENSHOT), str(logdir), str(target), "6123", view], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise DocsError(f"screenshot of {logdir} #{view} failed: {done.stderr.strip()}")
-        return f"docs/images/{name}"
+        return self.link(target)
 
 
 @dataclass
 class Section:
-    """One generated block of the README: what it runs and the markdown it writes from the results."""
+    """One generated block of the docs: its page (under ``docs/``), what it runs and the markdown it writes from the results."""
 
     name: str
     build: Callable[[Runner], str]
+    page: str
 
 
 def universal_approx(runner: Runner) -> str:
@@ -205,7 +212,7 @@ def job_metrics(sweep_dir: Path, job: str) -> dict:
 
 
 def short(value: float) -> str:
-    """A swept value as the README writes it: ``1e-4``, ``5e-3``, ``0.1``, ``50``."""
+    """A swept value as the docs write it: ``1e-4``, ``5e-3``, ``0.1``, ``50``."""
     if value == 0 or abs(value) >= 0.1:
         return f"{value:g}"
     return f"{value:.0e}".replace("e-0", "e-")
@@ -280,7 +287,7 @@ def wd_l2_sweep(runner: Runner) -> str:
     )
 
 
-# The SVD++ rows of the README: the reference and the variants tried, all on experiment=movielens's recipe.
+# The SVD++ rows of the MovieLens results: the reference and the variants tried, all on experiment=movielens's recipe.
 SVDPP_RECIPES = {
     "`dot_bias` (`experiment=movielens`), reference": ["experiment=movielens"],
     "`svdpp`, wd 1e-4 on `y` too": ["experiment=movielens_svdpp", "plan.stages.all.wd.implicit=1e-4"],
@@ -349,7 +356,7 @@ def movielens_folds(runner: Runner) -> str:
     )
 
 
-# The synthetic-ratings rows of the README: fastai's recipe, the experiment's default and the L2 variants.
+# The synthetic-ratings rows of the MovieLens results: fastai's recipe, the experiment's default and the L2 variants.
 SYNTHETIC_RECIPES = {
     "fastai's (batch 64, `fit_one_cycle(5, 5e-3)`, decoupled wd 0.1: `data.batch_size=64 plan.lr=5e-3 optim.wd=0.1`)": ["data.batch_size=64", "plan.lr=5e-3", "optim.wd=0.1"],
     "batch 1024, lr 1e-2, decoupled wd 1.0 (the experiment's default)": [],
@@ -395,18 +402,18 @@ def bench(runner: Runner) -> str:
 SECTIONS = {
     s.name: s
     for s in (
-        Section("digits_transfer", digits_transfer),
-        Section("movielens_svdpp", movielens_svdpp),
-        Section("recipe_movielens", recipe_movielens),
-        Section("recipe_movielens_nn", recipe_movielens_nn),
-        Section("movielens_folds", movielens_folds),
-        Section("ratings_synthetic", ratings_synthetic),
-        Section("sgd_line", sgd_line),
-        Section("universal_approx", universal_approx),
-        Section("wd_lr_sweep", wd_lr_sweep),
-        Section("wd_l2_sweep", wd_l2_sweep),
-        Section("tensorboard", tensorboard),
-        Section("bench", bench),
+        Section("digits_transfer", digits_transfer, "results/digits.md"),
+        Section("movielens_svdpp", movielens_svdpp, "results/movielens.md"),
+        Section("recipe_movielens", recipe_movielens, "results/movielens.md"),
+        Section("recipe_movielens_nn", recipe_movielens_nn, "results/movielens.md"),
+        Section("movielens_folds", movielens_folds, "results/movielens.md"),
+        Section("ratings_synthetic", ratings_synthetic, "results/movielens.md"),
+        Section("sgd_line", sgd_line, "results/optimizer.md"),
+        Section("universal_approx", universal_approx, "results/optimizer.md"),
+        Section("wd_lr_sweep", wd_lr_sweep, "results/sweeps.md"),
+        Section("wd_l2_sweep", wd_l2_sweep, "results/sweeps.md"),
+        Section("tensorboard", tensorboard, "results/sweeps.md"),
+        Section("bench", bench, "results/performance.md"),
     )
 }
 
@@ -419,39 +426,41 @@ def rewrite(text: str, name: str, body: str, stamp: str) -> str:
     """``text`` with block ``name`` replaced by ``body`` and the stamp (machine, date)."""
     pattern = block_pattern(name)
     if not pattern.search(text):
-        raise DocsError(f"the README has no block <!-- make docs: {name} --> ... <!-- /make docs: {name} -->")
+        raise DocsError(f"the page has no block <!-- make docs: {name} --> ... <!-- /make docs: {name} -->")
     return pattern.sub(lambda m: f"{m.group(1)}{body}\n\n_{stamp}_\n{m.group(3)}", text, count=1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make docs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="regenerate only these blocks")
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the machinery; the numbers are not the README's")
-    parser.add_argument("--readme", type=Path, help="the README to rewrite (default: the project's; with --quick, a copy in the output directory)")
-    parser.add_argument("--images", type=Path, help="where pictures go (default: docs/images; with --quick, beside the copy)")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the machinery; the numbers are not the docs'")
+    parser.add_argument("--docs", type=Path, help="the docs folder whose pages to rewrite (default: the project's; with --quick, copies in the output directory)")
+    parser.add_argument("--images", type=Path, help="where pictures go (default: the docs folder's images/)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "docs")
     args = parser.parse_args(argv)
     now = datetime.datetime.now()
     out = args.out / now.strftime("%Y-%m-%d_%H-%M-%S")
-    if args.readme is None:  # a quick check never touches the project's README or pictures
-        args.readme = out / "README.md" if args.quick else ROOT / "README.md"
+    names = args.only or list(SECTIONS)
+    if args.docs is None:  # a quick check never touches the project's pages or pictures
+        args.docs = out / "docs" if args.quick else ROOT / "docs"
         if args.quick:
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ROOT / "README.md", args.readme)
-    images = args.images or (out / "images" if args.quick else ROOT / "docs" / "images")
-    runner = Runner(out, images, args.quick)
-    text = args.readme.read_text()
-    for name in args.only or list(SECTIONS):
+            for page in {SECTIONS[name].page for name in names}:
+                (args.docs / page).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ROOT / "docs" / page, args.docs / page)
+    runner = Runner(out, args.images or args.docs / "images", args.quick)
+    for name in names:
         print(f"make docs: {name}", file=sys.stderr, flush=True)
-        kind = "quick check (tiny budgets), not the README's numbers" if args.quick else "measured"
+        page = args.docs / SECTIONS[name].page
+        runner.page_dir = page.parent
+        kind = "quick check (tiny budgets), not the docs' numbers" if args.quick else "measured"
         stamp = f"Generated by `make docs` on {now:%Y-%m-%d}, {kind}, on a {machine()}."
         try:
-            text = rewrite(text, name, SECTIONS[name].build(runner), stamp)
+            text = rewrite(page.read_text(), name, SECTIONS[name].build(runner), stamp)
         except DocsError as err:
             print(f"make docs: error: {err}", file=sys.stderr)
             return 1
-        args.readme.write_text(text)  # each block lands as soon as it is made
-    print(f"make docs: wrote {args.readme}", file=sys.stderr)
+        page.write_text(text)  # each block lands as soon as it is made
+        print(f"make docs: wrote {page}", file=sys.stderr)
     return 0
 
 

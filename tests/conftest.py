@@ -14,7 +14,7 @@ from stagetune.runs.targets import TRUST_ENV
 from tests.tiny import TinyData, TinyNet
 
 # The tiny model, data and callbacks are rebuilt from run directories (resume, predict): trust them
-# the way a user trusts their own code (README, "Security"); every other foreign target stays refused.
+# the way a user trusts their own code (docs/howto/security.md); every other foreign target stays refused.
 os.environ.setdefault(TRUST_ENV, "tests.tiny")
 
 

@@ -1,4 +1,4 @@
-"""make docs rewrites the README's generated blocks from real runs, names the machine, and fails loudly."""
+"""make docs rewrites the generated blocks of the docs' results pages from real runs, names the machine, and fails loudly."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from scripts import make_docs
 from scripts.make_docs import DocsError, rewrite
 
-README = """# x
+PAGE = """# x
 intro
 <!-- make docs: universal_approx -->
 old numbers typed by hand
@@ -18,34 +18,43 @@ tail
 
 
 def test_a_block_is_replaced_with_its_body_and_stamp_and_the_rest_kept():
-    out = rewrite(README, "universal_approx", "| a | b |", "Generated on a 2-core CPU")
-    assert out == README.replace("old numbers typed by hand\n", "| a | b |\n\n_Generated on a 2-core CPU_\n")
+    out = rewrite(PAGE, "universal_approx", "| a | b |", "Generated on a 2-core CPU")
+    assert out == PAGE.replace("old numbers typed by hand\n", "| a | b |\n\n_Generated on a 2-core CPU_\n")
     assert rewrite(out, "universal_approx", "new", "stamp").count("<!-- make docs: universal_approx -->") == 1
 
 
-def test_a_readme_without_the_block_is_an_error_naming_it():
+def test_a_page_without_the_block_is_an_error_naming_it():
     with pytest.raises(DocsError, match="no block <!-- make docs: tensorboard -->"):
-        rewrite(README, "tensorboard", "x", "y")
+        rewrite(PAGE, "tensorboard", "x", "y")
 
 
-def test_every_block_the_readme_has_is_a_section_and_every_section_is_in_the_readme():
-    text = (Path(make_docs.ROOT) / "README.md").read_text()
-    blocks = set(make_docs.re.findall(r"<!-- make docs: (\w+) -->", text))
-    assert blocks == set(make_docs.SECTIONS)
+def test_every_block_of_the_docs_is_a_section_on_its_page_and_the_readme_has_none():
+    docs = Path(make_docs.ROOT) / "docs"
+    found = {(name, page.relative_to(docs).as_posix()) for page in docs.rglob("*.md") for name in make_docs.re.findall(r"<!-- make docs: (\w+) -->", page.read_text())}
+    assert found == {(s.name, s.page) for s in make_docs.SECTIONS.values()}
+    assert "<!-- make docs:" not in (Path(make_docs.ROOT) / "README.md").read_text()
+
+
+def write_page(tmp_path: Path, page: str, text: str) -> Path:
+    """A docs folder holding one page, as the project's docs/ holds it."""
+    path = tmp_path / "docs" / page
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    return path
 
 
 def test_quick_universal_approx_writes_the_runs_numbers_into_a_copy(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(README)
-    code = make_docs.main(["--only", "universal_approx", "--quick", "--readme", str(readme), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
+    page = write_page(tmp_path, "results/optimizer.md", PAGE)
+    code = make_docs.main(["--only", "universal_approx", "--quick", "--docs", str(tmp_path / "docs"), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
     assert code == 0
     (metrics,) = (tmp_path / "out").glob("*/universal_approx/metrics.json")
     run = json.loads(metrics.read_text())
-    text = readme.read_text()
+    text = page.read_text()
     for width in (2, 8, 32, 128):
         assert f"| {width} | {run['valid'][f'val/mse/w{width}']:.1e} | {run['test'][f'test/mse/w{width}']:.1e} |" in text
     assert "old numbers typed by hand" not in text and f"on a {make_docs.machine()}" in text and "quick check" in text
     assert (tmp_path / "img" / "universal_approx.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](../../img/universal_approx.png)" in text  # linked from the page's own folder
 
 
 def fake_sweep(root: Path, jobs: list[dict[str, str]], wall: float = 42.0, common: list[str] = ()) -> Path:
@@ -149,13 +158,12 @@ def test_bench_writes_every_figure_and_marks_a_missed_target(tmp_path, monkeypat
 
 
 def test_quick_sgd_line_writes_the_fitted_and_least_squares_lines_and_both_pictures(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(README.replace("universal_approx", "sgd_line"))
-    code = make_docs.main(["--only", "sgd_line", "--quick", "--readme", str(readme), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
+    page = write_page(tmp_path, "results/optimizer.md", PAGE.replace("universal_approx", "sgd_line"))
+    code = make_docs.main(["--only", "sgd_line", "--quick", "--docs", str(tmp_path / "docs"), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
     assert code == 0
     (metrics,) = (tmp_path / "out").glob("*/sgd_line/metrics.json")
     run = json.loads(metrics.read_text())
-    text = readme.read_text()
+    text = page.read_text()
     assert f"| SGD's (the checkpoint valid chose) | {run['valid']['fit/a']:.2f} | {run['valid']['fit/b']:.2f} |" in text
     assert f"| least squares on the 100 points | {run['data']['least_squares_a']:.2f} | {run['data']['least_squares_b']:.2f} |" in text
     assert f"valid {run['valid']['val/loss']:.5f}, test {run['test']['test/loss']:.5f}" in text

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stagetune.engine.learning_rate import check_base_lr
 from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, Stage
@@ -48,9 +49,9 @@ class MLflowConfig:
 class LoggerConfig:
     """Which of Lightning's loggers a run writes to; any combination (TensorBoard and CSV in the run directory)."""
 
-    tensorboard: bool = True
-    csv: bool = False
-    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    tensorboard: bool = True  # TensorBoardLogger, RUN_DIR/tensorboard/
+    csv: bool = False  # CSVLogger, RUN_DIR/csv/metrics.csv
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)  # MLFlowLogger (the mlflow extra)
 
 
 @dataclass
@@ -71,34 +72,34 @@ class CheckpointConfig:
 class PathsConfig:
     """Where runs, data and made-once artifacts live; absolute paths, set by ``paths=`` (``conf/paths/``)."""
 
-    root: str = MISSING
-    outputs: str = MISSING
-    data: str = MISSING
-    cache: str = MISSING
+    root: str = MISSING  # the project root: $STAGETUNE_ROOT, else the checkout above the working directory
+    outputs: str = MISSING  # run directories: outputs/<experiment>/<time>/
+    data: str = MISSING  # datasets read from files (pets)
+    cache: str = MISSING  # made-once artifacts (source models): $STAGETUNE_CACHE, else ~/.cache/stagetune
 
 
 @dataclass
 class RunConfig:
-    """A run: a model, its data and a plan of stages, with everything that says how it is trained and kept."""
+    """The whole run: what it trains (model, data, plan, optim), how (trainer), and what it records."""
 
-    experiment: str = "default"  # set by the experiment recipe; names the outputs/ folder
-    seed: int = 42
-    metric: str = "val/loss"  # what the run returns to sweepers and what picks the best checkpoint
-    metric_mode: MetricMode = MetricMode.min
-    resume: str | None = None  # a run directory to continue (same directory, same TensorBoard run)
-    ckpt_path: str | None = None  # or a checkpoint file to continue from
-    test: bool = True  # evaluate the best checkpoint on the test split when the data has one
+    experiment: str = "default"  # set by experiment=NAME; names the outputs/ folder
+    seed: int = 42  # the initialisation and the batch order
+    metric: str = "val/loss"  # what picks the best checkpoint and what the run returns to sweepers
+    metric_mode: MetricMode = MetricMode.min  # whether metric is better lower or higher
+    resume: str | None = None  # a run directory to continue in place (takes no other overrides)
+    ckpt_path: str | None = None  # a checkpoint file to start a new run from
+    test: bool = True  # evaluate the chosen checkpoint on the test split once, at the end
     print_config: bool = False  # print the composed config as a tree before the run starts
-    debug: str | None = None  # set by debug=NAME: the run is a check, never a result (README, "Debug runs")
-    callbacks: Any = field(default_factory=dict)  # extra Lightning callbacks by name, each a _target_ with its arguments (callbacks=)
-    model: Any = None
-    data: Any = None
-    plan: Plan = field(default_factory=Plan)
-    optim: Optim = field(default_factory=Optim)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    debug: str | None = None  # set by debug=NAME: the run is a check, never a result (docs: howto/running.md, "Debug runs")
+    callbacks: Any = field(default_factory=dict)  # extra Lightning callbacks by name, each a _target_ with its arguments (callbacks=NAME)
+    model: Any = None  # the model, a _target_ with its arguments (model=NAME)
+    data: Any = None  # the data module, a _target_ with its arguments (data=NAME)
+    plan: Plan = field(default_factory=Plan)  # the stages (plan=NAME)
+    optim: Optim = field(default_factory=Optim)  # the optimizer every stage builds (optim=NAME)
+    trainer: dict[str, Any] = field(default_factory=dict)  # any pytorch_lightning.Trainer argument (trainer=NAME)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # which loggers (logger=NAME)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # the best checkpoints kept beside last.ckpt
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where runs, data and the cache live (paths=NAME)
 
 
 @dataclass
@@ -154,7 +155,7 @@ def typed(cfg: DictConfig) -> DictConfig:
     with omegaconf_errors():
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         check_stage_names(merged.plan)
-        Plan.check_base_lr(merged.plan.lr)
+        check_base_lr(merged.plan.lr)
         OmegaConf.resolve(merged)
     return merged
 

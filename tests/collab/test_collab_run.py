@@ -11,7 +11,7 @@ from stagetune.app import conf_dir
 from stagetune.runs.run import train
 
 # Dense enough (300 x 300, 80,000 ratings, rank 2) that a fitted model can come close to the truth;
-# the MovieLens-shaped default is harder: see the README for its numbers.
+# the MovieLens-shaped default is harder: see docs/results/movielens.md for its numbers.
 DENSE = [
     "data.n_users=300", "data.n_items=300", "data.n_ratings=80000", "data.rank=2", "data.factor_scale=0.5",
     "data.noise=0.5", "data.round_stars=false", "data.popularity_exponent=0", "data.activity_exponent=0",

@@ -46,12 +46,12 @@ class RangeTestSettings:
     bias-corrected) exceeds ``diverge`` times its minimum.
     """
 
-    start_lr: float = 1e-7
-    end_lr: float = 10.0
-    steps: int = 100
-    beta: float = 0.98
-    diverge: float = 4.0
-    suggest: Suggest = Suggest.valley
+    start_lr: float = 1e-7  # LR of the first step (of the stage's highest group; the others keep the slice's ratio)
+    end_lr: float = 10.0  # LR of the last step; it grows exponentially in between
+    steps: int = 100  # batches in the test (the loader repeats when shorter)
+    beta: float = 0.98  # smoothing of the loss: exponential moving average, bias-corrected
+    diverge: float = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
+    suggest: Suggest = Suggest.valley  # the rule that picks the rate from the curve
 
     def __post_init__(self) -> None:
         self.suggest = Suggest(self.suggest)

@@ -40,15 +40,15 @@ class Schedule(StrEnum):
 class Optim:
     """The optimizer every stage of a plan builds afresh (fastai's defaults)."""
 
-    name: OptimizerName = OptimizerName.adam
-    wd: float = 0.01
-    wd_kind: WdKind = WdKind.decoupled
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-5
-    momentum: float = 0.9
-    nesterov: bool = False
-    bn_wd: bool = False
-    bias_wd: bool = False
+    name: OptimizerName = OptimizerName.adam  # adam (AdamW when decoupled), sgd (torch's), sgd_scratch (ScratchSGD)
+    wd: float = 0.01  # weight decay of every group a stage does not set otherwise
+    wd_kind: WdKind = WdKind.decoupled  # decoupled: w *= 1 - lr*wd; l2: the loss gains wd * sum(w^2)
+    betas: tuple[float, float] = (0.9, 0.99)  # Adam's moment decays (fastai's; torch's beta2 is 0.999)
+    eps: float = 1e-5  # Adam's epsilon (fastai's; torch's is 1e-8)
+    momentum: float = 0.9  # SGD's momentum (buf = momentum * buf + g)
+    nesterov: bool = False  # SGD with Nesterov momentum
+    bn_wd: bool = False  # decay normalisation layers' weights too
+    bias_wd: bool = False  # decay biases too
 
     def __post_init__(self) -> None:
         self.name, self.wd_kind = OptimizerName(self.name), WdKind(self.wd_kind)
