@@ -20,8 +20,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.services.slurm import SlurmCluster
 
 PG_BIN = Path("/usr/lib/postgresql")
 SERVER_USER = "postgres"  # PostgreSQL refuses to run as root; Debian's package creates this user
@@ -118,7 +122,7 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture(scope="session")
-def slurm() -> Iterator["SlurmCluster"]:
+def slurm() -> Iterator[SlurmCluster]:
     """A one-node SLURM cluster on loopback (:mod:`tests.services.slurm`), its daemons stopped after."""
     from tests.services.slurm import SlurmCluster, missing
 
@@ -152,10 +156,24 @@ def mlflow_server() -> Iterator[MlflowServer]:
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
         ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         try:

@@ -76,12 +76,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.socket},cred_expire=10
-StateSaveLocation={d / 'state'}
-SlurmdSpoolDir={d / 'spool'}
-SlurmctldPidFile={d / 'slurmctld.pid'}
-SlurmdPidFile={d / 'slurmd.pid'}
-SlurmctldLogFile={d / 'slurmctld.log'}
-SlurmdLogFile={d / 'slurmd.log'}
+StateSaveLocation={d / "state"}
+SlurmdSpoolDir={d / "spool"}
+SlurmctldPidFile={d / "slurmctld.pid"}
+SlurmdPidFile={d / "slurmd.pid"}
+SlurmctldLogFile={d / "slurmctld.log"}
+SlurmdLogFile={d / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -110,8 +110,13 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         key.chmod(0o400)
         munge.chmod(0o755)
         cmd = [
-            _program("munged"), "--foreground", f"--key-file={key}", f"--socket={self.socket}", f"--pid-file={munge / 'munged.pid'}",
-            f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'munged.seed'}",
+            _program("munged"),
+            "--foreground",
+            f"--key-file={key}",
+            f"--socket={self.socket}",
+            f"--pid-file={munge / 'munged.pid'}",
+            f"--log-file={munge / 'munged.log'}",
+            f"--seed-file={munge / 'munged.seed'}",
         ]
         self.procs.append(subprocess.Popen(["runuser", "-u", MUNGE_USER, "--", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self._wait(lambda: self.socket.exists(), "munged's socket", munge / "munged.log")
@@ -122,10 +127,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._write_conf()
         self._start_munge()
         env = self.env()
-        for daemon, log in (("slurmctld", "slurmctld.log"), ("slurmd", "slurmd.log")):
-            self.procs.append(
-                subprocess.Popen([_program(daemon), "-D", "-f", str(self.conf)], env=env, stdout=open(self.folder / f"{daemon}.out", "w"), stderr=subprocess.STDOUT)
-            )
+        for daemon in ("slurmctld", "slurmd"):
+            out = open(self.folder / f"{daemon}.out", "w")
+            self.procs.append(subprocess.Popen([_program(daemon), "-D", "-f", str(self.conf)], env=env, stdout=out, stderr=subprocess.STDOUT))
         self._wait(lambda: self.node_state() in ("idle", "mixed", "allocated"), "the node to be idle", self.folder / "slurmd.log", timeout)
         return self
 

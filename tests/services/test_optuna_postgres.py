@@ -65,8 +65,16 @@ def test_a_bad_trial_is_recorded_pruned_on_postgres(postgres, tmp_path):
     url = postgres.create_database("pruning")
     enqueue = "hydra.sweeper.enqueue=[{plan.lr:0.03,optim.wd:0.01},{plan.lr:0.02,optim.wd:0.01},{plan.lr:1e-6,optim.wd:0.01}]"
     proc = stagetune(
-        "-m", *TINY, "data.n_ratings=2000", "plan.stages.all.epochs=3", "sweep=optuna", "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.pruner.n_startup_trials=2", enqueue, f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "-m",
+        *TINY,
+        "data.n_ratings=2000",
+        "plan.stages.all.epochs=3",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        enqueue,
+        f"hydra.sweeper.storage={url}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         cwd=tmp_path,
     )
     log = finish(proc)

@@ -48,8 +48,15 @@ def test_a_two_job_sweep_runs_as_two_slurm_jobs_and_both_runs_complete(slurm, tm
 def test_a_two_task_ddp_job_keeps_its_ranks_in_sync(slurm, tmp_path):
     sweep, dumps = tmp_path / "sweep", tmp_path / "dumps"
     done = submit(
-        slurm, *TINY, "trainer=ddp_cpu", "hydra.launcher.tasks_per_node=2", "optim.wd=0.1", f"hydra.sweep.dir={sweep}",
-        "+callbacks.weights._target_=tests.tiny.StateDump", f"+callbacks.weights.out={dumps}", cwd=tmp_path,
+        slurm,
+        *TINY,
+        "trainer=ddp_cpu",
+        "hydra.launcher.tasks_per_node=2",
+        "optim.wd=0.1",
+        f"hydra.sweep.dir={sweep}",
+        "+callbacks.weights._target_=tests.tiny.StateDump",
+        f"+callbacks.weights.out={dumps}",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:] + job_logs(sweep)[-3000:]
 
@@ -74,14 +81,20 @@ def wait_for(what: str, ready, timeout: float = 240) -> None:
 
 def test_a_job_requeued_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(slurm, tmp_path):
     hold = [  # held at step 20 (the middle of epoch 2) until the requeue's SIGTERM has reached the run
-        "model.dropout=0.3", "+callbacks.hold._target_=tests.tiny.HoldUntilSignalled", f"+callbacks.hold.step={2 * 8 + 4}",
+        "model.dropout=0.3",
+        "+callbacks.hold._target_=tests.tiny.HoldUntilSignalled",
+        f"+callbacks.hold.step={2 * 8 + 4}",
         f"+callbacks.hold.marker={tmp_path / 'holding'}",
     ]
     sweep = tmp_path / "sweep"
     env = {**slurm.env(), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     submitter = subprocess.Popen(
         [sys.executable, "-m", "stagetune", "-m", *TINY, *hold, "optim.wd=0.1", f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         wait_for("the job to reach the middle of epoch 2", (tmp_path / "holding").exists)
