@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,9 +11,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers.cli import ROOT, run_cli
+from tests.services.conftest import unavailable
 
-mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed: pip install 'stagetune[mlflow]'")
-from mlflow.tracking import MlflowClient  # noqa: E402
+if importlib.util.find_spec("mlflow") is None:
+    unavailable("mlflow is not installed: pip install 'stagetune[mlflow]'")
+from mlflow.tracking import MlflowClient
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "logger=mlflow", "logger.tensorboard=true"]
 EPOCHS = 5  # tests/conf/plan/tiny.yaml: two frozen epochs, three unfrozen
