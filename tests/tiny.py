@@ -217,3 +217,22 @@ class SignalOnBuild(pl.Callback):
     def __init__(self, signum: str = "SIGTERM") -> None:
         os.kill(os.getpid(), getattr(signal, signum))
         time.sleep(1)  # the signal is delivered here
+
+
+class HoldUntilSignalled(pl.Callback):
+    """Holds the run at a global step (writing ``marker``) until stagetune's signal handler has a signal: a
+    run to interrupt at a known step from outside (a scheduler's SIGTERM), however late the signal arrives."""
+
+    def __init__(self, step: int, marker: str, timeout_s: float = 120) -> None:
+        self.step, self.marker, self.timeout_s = step, Path(marker), timeout_s
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from stagetune.engine.faults import Interruption
+
+        interruption = Interruption.of(trainer)
+        if trainer.global_step != self.step or interruption is None:
+            return
+        self.marker.write_text("holding")
+        deadline = time.monotonic() + self.timeout_s
+        while interruption.received is None and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -35,7 +35,7 @@ def unavailable(reason: str) -> None:
     """Skip with ``reason``, or fail where services are required (CI)."""
     if os.environ.get("STAGETUNE_SERVICES") == "required":
         pytest.fail(f"service required but unavailable: {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 def free_port() -> int:

@@ -127,12 +127,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._write_conf()
         self._start_munge()
         env = self.env()
-        for daemon, log in (("slurmctld", "slurmctld.log"), ("slurmd", "slurmd.log")):
-            self.procs.append(
-                subprocess.Popen(
-                    [_program(daemon), "-D", "-f", str(self.conf)], env=env, stdout=open(self.folder / f"{daemon}.out", "w"), stderr=subprocess.STDOUT
-                )
-            )
+        for daemon in ("slurmctld", "slurmd"):
+            out = open(self.folder / f"{daemon}.out", "w")
+            self.procs.append(subprocess.Popen([_program(daemon), "-D", "-f", str(self.conf)], env=env, stdout=out, stderr=subprocess.STDOUT))
         self._wait(lambda: self.node_state() in ("idle", "mixed", "allocated"), "the node to be idle", self.folder / "slurmd.log", timeout)
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,9 +11,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers.cli import ROOT, run_cli
+from tests.services.conftest import unavailable
 
-mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed: pip install 'stagetune[mlflow]'")
-from mlflow.tracking import MlflowClient  # noqa: E402
+if importlib.util.find_spec("mlflow") is None:
+    unavailable("mlflow is not installed: pip install 'stagetune[mlflow]'")
+from mlflow.tracking import MlflowClient
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "logger=mlflow", "logger.tensorboard=true"]
 EPOCHS = 5  # tests/conf/plan/tiny.yaml: two frozen epochs, three unfrozen
@@ -80,6 +83,21 @@ def test_by_default_the_store_is_sqlite_in_the_outputs_folder(tmp_path):
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "metrics.json"}
     assert list((outputs / "mlartifacts").rglob("metrics.json")), "artifacts beside the database"
     assert not list(tmp_path.rglob("mlruns")), "no ./mlruns file store (MLflow 3 refuses it)"
+
+
+def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
+    outputs, run_dir = tmp_path / "outputs", tmp_path / "outputs" / "run"
+    stop = ["+callbacks.stop._target_=tests.tiny.SignalAt", "+callbacks.stop.step=20", f"+callbacks.stop.marker={tmp_path / 'stopped'}"]
+    stopped = run_cli(*TINY, *stop, f"paths.outputs={outputs}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert stopped.returncode != 0 and json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted", stopped.stderr[-3000:]
+    resumed = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+    (run,) = runs_under(client, run_dir)
+    assert run.data.tags["stagetune.status"] == "completed" and run.info.run_id == json.loads((run_dir / "metrics.json").read_text())["mlflow"]["run_id"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss_step")]
+    assert len(steps) == len(set(steps)) == 8 * EPOCHS, "every step once, before and after the stop, in one MLflow run"
 
 
 def test_a_tracking_server_that_is_down_is_one_line_before_training(tmp_path):

@@ -80,12 +80,11 @@ def wait_for(what: str, ready, timeout: float = 240) -> None:
 
 
 def test_a_job_requeued_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(slurm, tmp_path):
-    hold = [
+    hold = [  # held at step 20 (the middle of epoch 2) until the requeue's SIGTERM has reached the run
         "model.dropout=0.3",
-        "+callbacks.hold._target_=tests.tiny.HoldAt",
+        "+callbacks.hold._target_=tests.tiny.HoldUntilSignalled",
         f"+callbacks.hold.step={2 * 8 + 4}",
         f"+callbacks.hold.marker={tmp_path / 'holding'}",
-        f"+callbacks.hold.release={tmp_path / 'release'}",
     ]
     sweep = tmp_path / "sweep"
     env = {**slurm.env(), "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
@@ -101,7 +100,6 @@ def test_a_job_requeued_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run
         wait_for("the job to reach the middle of epoch 2", (tmp_path / "holding").exists)
         (job,) = [line.split()[0] for line in squeue(slurm)]
         subprocess.run(["scontrol", "requeue", job], env=slurm.env(), check=True, capture_output=True)
-        (tmp_path / "release").write_text("go")
         out, _ = submitter.communicate(timeout=400)
     finally:
         submitter.kill()

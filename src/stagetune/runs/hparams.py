@@ -148,10 +148,11 @@ class HParamsSummary(Callback):
         mlflow = [lg for lg in trainer.loggers if isinstance(lg, RunMLflowLogger)]
         if not (loggers or mlflow) or not trainer.is_global_zero:
             return
+        stages = StagePlan.of(trainer).stages
         n_params = sum(p.numel() for p in pl_module.parameters())
-        params = run_hparams(self.cfg, StagePlan.of(trainer).stages, n_params, self.overrides, self.swept)
+        params = run_hparams(self.cfg, stages, n_params, self.overrides, self.swept)
         for logger in mlflow:  # a sweep job's swept keys and, always, the plan
-            logger.summary({**params, **stage_hparams(StagePlan.of(trainer).stages)}, status, metrics, step=trainer.global_step)
+            logger.summary({**params, **stage_hparams(stages)}, status, metrics, step=trainer.global_step)
         params["status"] = status
         metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **metrics}
         for logger in loggers:

@@ -97,7 +97,7 @@ def mlflow_logger(cfg: DictConfig, run: RunDir) -> RunMLflowLogger:
         raise ConfigError("logger.mlflow.enabled", True, "needs mlflow: pip install 'stagetune[mlflow]'") from None
     uri = tracking_uri(cfg)
     check_server(uri)
-    local = uri.startswith("sqlite:///") and not cfg.logger.mlflow.get("tracking_uri")
+    local = not cfg.logger.mlflow.get("tracking_uri")  # the default store keeps its artifacts beside it; a server has its own
     artifacts = (Path(cfg.paths.outputs).resolve() / "mlartifacts").as_uri() if local else None
     previous = run.metrics().get(RUN_ID, {}).get("run_id")  # a resumed run continues its MLflow run
     name = run.tensorboard.name if run.swept() else run.path.name

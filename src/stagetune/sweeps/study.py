@@ -34,7 +34,7 @@ from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBSto
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from stagetune.errors import ConfigError, StagetuneError
 
@@ -109,7 +109,7 @@ def _database(spec: str) -> RDBStorage:
     # SQLite serialises writers: wait for the lock rather than fail when workers write at once.
     engine = {"connect_args": {"timeout": 60}} if url.get_backend_name() == "sqlite" else None
     try:
-        return RDBStorage(url.render_as_string(hide_password=False), engine_kwargs=engine)
+        return _rdb_storage(url.render_as_string(hide_password=False), engine)
     except ImportError as err:
         extra = " (pip install 'stagetune[postgres]')" if url.get_backend_name() == "postgresql" else ""
         raise ConfigError("hydra.sweeper.storage", hidden, f"cannot open this database: {err}{extra}") from None
@@ -118,6 +118,17 @@ def _database(spec: str) -> RDBStorage:
     except SQLAlchemyError as err:
         cause = str(getattr(err, "orig", None) or err).strip().splitlines()
         raise ConfigError("hydra.sweeper.storage", hidden, f"cannot reach this database: {cause[0] if cause else type(err).__name__}") from None
+
+
+def _rdb_storage(url: str, engine: dict | None, attempts: int = 5) -> RDBStorage:
+    """Optuna's RDB storage; workers started together on a new database race to create its tables
+    (PostgreSQL: a duplicate key in ``pg_type``), and the losers open it again once the tables exist."""
+    for attempt in range(attempts - 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine)
+        except IntegrityError:
+            time.sleep(0.5 * (attempt + 1))
+    return RDBStorage(url, engine_kwargs=engine)
 
 
 def _is_journal(path: Path) -> bool:
