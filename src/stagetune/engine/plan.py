@@ -128,8 +128,8 @@ class Stage:
     div: float = 25.0  # one-cycle: the rise starts at peak / div
     div_final: float = 1e5  # one-cycle: the fall ends at peak / div_final
     train_bn: bool = True  # normalisation layers of frozen groups keep training (fastai's train_bn)
-    until: Until | None = None  # null: none; {monitor, patience, mode, min_delta, max_epochs}: the stage ends once monitor stops improving
-    restore_best: bool = False  # with until: the stage's best weights come back before the next stage starts
+    until: Until | None = None  # null: the stage runs its epochs; else it may end early on a monitored metric
+    restore_best: bool = False  # with until: the stage's best weights are restored before the next stage
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
@@ -251,7 +251,7 @@ class Plan:
 
     lr: Any = 2e-3  # a number, or find: every stage whose lr comes from plan.lr runs the range test when it starts
     stages: dict[str, Stage] = field(default_factory=dict)  # the stages by name, in the order they run
-    gradual: Gradual | None = None  # set: one stage per layer group of the model, generated from this template (plan=gradual)
+    gradual: Gradual | None = None  # set: the stages are generated from the model's layer groups (plan=gradual)
     cache: CacheMode = CacheMode.auto  # train a frozen prefix from its cached outputs: when exact (auto), always (on), never (off)
     find: RangeTestSettings = field(default_factory=RangeTestSettings)  # the range test of lr=find
 
