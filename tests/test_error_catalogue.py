@@ -302,6 +302,7 @@ RATINGS_FILES = [
     ({"ratings.csv": "userId,movieId,rating,timestamp\n1,10,4,5\n"}, "u1", ConfigError, "ml-100k's own fold; {d} holds ratings.csv: use random or time"),
     ({"u.data": GOOD, "u1.base": GOOD}, "u1", DataError, "{d}/u1.test not found beside its pair"),
     ({"u.data": GOOD, "u1.base": GOOD, "u1.test": "1\t2\n"}, "u1", DataError, "{d}/u1.test:1: expected"),
+    ({"u.data": "1\t10\t4\t881250949\n"}, "u1", DataError, "{d}: the training split is empty (1 rating(s): 0 valid, 1 test); give more ratings"),
     ({"notes.txt": "nothing here"}, "random", DataError, "no MovieLens ratings file (u.data, ratings.dat or ratings.csv) in {d}"),
 ]
 

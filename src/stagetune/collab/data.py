@@ -116,6 +116,11 @@ class RatingsDataModule(pl.LightningDataModule):
 
     def index_parts(self, table: Ratings, parts: Parts) -> None:
         """Index users and items from the training part (1..n), encode the three parts, count unseen ids."""
+        if len(parts.train) == 0:
+            raise DataError(
+                f"{getattr(self, 'source', 'the ratings')}: the training split is empty ({len(table)} rating(s): {len(parts.valid)} valid, {len(parts.test)} test); "
+                "give more ratings, or lower data.valid_pct and data.test_pct"
+            )
         train = table.take(parts.train)
         users, items = Vocabulary(train.users), Vocabulary(train.items)
         self.n_users, self.n_items = len(users), len(items)
