@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 
 from scripts import site_reference
-from tests.conftest import ROOT
+from tests.helpers.cli import ROOT
 
 DOCS = ROOT / "docs"
 SCREENSHOTS = ROOT / "outputs" / "docs-site"

@@ -1,15 +1,20 @@
 """The engine's one-owner rules: any Trainer argument, plans that compose exactly, one stage accessor."""
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from pytorch_lightning.strategies import DDPStrategy
+from torch.utils.data import DataLoader, TensorDataset
 
 from stagetune.app import conf_dir
 from stagetune.config import plan_of, validate
+from stagetune.engine.cache import set_training_source, training_source
 from stagetune.engine.plan import StagePlan
 from stagetune.errors import ConfigError
 from tests.helpers.cli import run_cli
@@ -105,3 +110,57 @@ def test_the_private_lightning_hooks_stagetune_relies_on_still_exist(tmp_path):
     trainer = quiet_trainer(max_epochs=1, default_root_dir=tmp_path)
     loop = trainer.fit_loop
     assert hasattr(loop, "_data_source") and hasattr(loop, "_combined_loader") and callable(loop.setup_data)
+
+
+def test_the_training_loader_swaps_mid_fit_and_comes_back(tmp_path):
+    """engine/cache.py's two private-Lightning functions (pytorch-lightning 2.6): a loader set mid-fit feeds that epoch, the original the next."""
+    zeros = DataLoader(TensorDataset(torch.zeros(16, 6), torch.zeros(16, dtype=torch.long)), batch_size=4)
+    seen = []
+
+    class Swap(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.original = training_source(trainer)
+                set_training_source(trainer, zeros, reload=True)
+            elif trainer.current_epoch == 2:
+                set_training_source(trainer, self.original, reload=True)
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.current_epoch, bool(batch[0].abs().sum() == 0)))
+
+    trainer = quiet_trainer(max_epochs=3, callbacks=[StagePlan(make_plan(train_bn=True)), Swap()], default_root_dir=tmp_path)
+    trainer.fit(TinyNet(), datamodule=TinyData())
+    assert seen == [(0, False)] * 8 + [(1, True)] * 4 + [(2, False)] * 8
+
+
+class ViewProbe(pl.Callback):
+    def __init__(self):
+        self.seen = {}
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.seen[trainer.current_epoch] = StagePlan.of(trainer).active
+
+
+def test_the_active_stage_reads_as_a_read_only_view(tmp_path):
+    probe = ViewProbe()
+    trainer = quiet_trainer(max_epochs=4, callbacks=[StagePlan(make_plan(train_bn=True)), probe], default_root_dir=tmp_path)
+    trainer.fit(TinyNet(), datamodule=TinyData())
+    frozen, unfrozen = probe.seen[1], probe.seen[2]
+    assert (frozen.name, frozen.index, frozen.first_epoch, frozen.last_epoch, frozen.groups) == ("frozen", 0, 0, 1, ("head",))
+    assert frozen.lrs == {"head": pytest.approx(1e-2)} and frozen.first_group == 2 and probe.seen[0] == frozen
+    assert (unfrozen.name, unfrozen.index, unfrozen.first_epoch, unfrozen.last_epoch) == ("unfrozen", 1, 2, 3)
+    assert unfrozen.groups == ("body_early", "body_late", "head") and unfrozen.first_group == 0
+    assert unfrozen.lrs == pytest.approx({"body_early": 1e-4, "body_late": 1e-3, "head": 1e-2})
+    assert [s.name for s in StagePlan.of(trainer).stages] == ["frozen", "unfrozen"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        unfrozen.index = 0
+
+
+def test_readers_outside_the_stage_plan_use_its_views():
+    """Only engine/plan.py reads the StagePlan's own state (plan, index, groups, found)."""
+    internal = re.compile(r"StagePlan\.of\([^)]*\)\.(plan|index|groups|found|stage)\b|\b(stage_plan|plan)\.(plan|index|groups|found)\b")
+    src = Path(__file__).resolve().parents[1] / "src" / "stagetune"
+    readers = [p for p in src.rglob("*.py") if p.name != "plan.py" and "StagePlan" in p.read_text()]
+    assert readers, "the scan found the readers"
+    offending = [f"{p.relative_to(src)}: {m.group(0)}" for p in readers for m in internal.finditer(p.read_text())]
+    assert offending == []

@@ -28,6 +28,7 @@ from PIL import Image
 
 from stagetune.app import conf_dir
 from stagetune.collab.movielens import MovieLens, read_ratings
+from stagetune.collab.ratings_file import RatingsFile
 from stagetune.commands import export, predict, recommend, report
 from stagetune.config import validate
 from stagetune.engine.faults import AtomicCheckpointIO
@@ -195,6 +196,8 @@ STARTUP = [
     (["experiment=sgd_line", "data.n_valid=0"], "data.n_valid", ">= 1"),
     (["experiment=universal_approx", "model.widths=[]"], "model.widths", "non-empty list"),
     (["experiment=ratings_synthetic", "model.sparse=true", "trainer.gradient_clip_val=1"], "model.sparse", "dense gradients"),
+    (["+model.groups={body_early: early, head: head}"], "model.groups", "2 parameter(s) match no pattern: late.0.weight, late.0.bias"),
+    (["experiment=digits_scratch", "model=torchvision", "model.arch=alexnet"], "model.arch", "a torchvision classification model of a supported family"),
 ]
 
 
@@ -293,6 +296,44 @@ def test_ratings_files(tmp_path, files, split, kind, fragment):
     with pytest.raises(kind) as err:
         MovieLens(path=str(folder), split=split).load()
     assert fragment.format(d=folder) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+HEADER = "customer,product,stars,when\n"
+TABLES = [
+    # (file name, content; None: a directory, absent: no file), extra RatingsFile settings, error type, fragment ("{f}": the file)
+    ("shop.csv", "customer,product,score\na,x,4\n", {}, DataError, "{f}: no column 'stars' (data.rating_col); its header has: customer, product, score"),
+    ("shop.csv", HEADER + "a,x,4,1\nb,y,3\n", {}, DataError, "{f}:3: expected 4 fields as the header has"),
+    ("shop.csv", HEADER + "a,x,five,1\n", {}, DataError, "{f}:2: rating 'five' is not a number"),
+    ("shop.csv", HEADER + "a,x,7,1\n", {}, DataError, "{f}:2: rating 7 is outside model.y_range [0, 5.5]"),
+    ("shop.csv", HEADER + "a,x,nan,1\n", {}, DataError, "{f}:2: rating nan is outside model.y_range"),
+    ("shop.csv", HEADER + ",x,4,1\n", {}, DataError, "{f}:2: empty user id"),
+    ("shop.csv", HEADER + "a,x,4,yesterday\n", {"time_col": "when", "split": "time"}, DataError, "{f}:2: time 'yesterday' is neither a number nor an ISO date"),
+    ("shop.csv", "customer,product,stars,part\na,x,4,holdout\n", {"split": "file", "split_col": "part"}, DataError, "{f}:2: split 'holdout' is not one of train, valid, test"),
+    ("shop.csv", "customer,product,stars,part\na,x,4,train\n", {"split": "file", "split_col": "part"}, DataError, "{f}: no rating is marked test in column 'part'"),
+    ("shop.csv", HEADER, {}, DataError, "{f}: no ratings in the file"),
+    ("shop.csv", "", {}, DataError, "{f}: no ratings in the file"),
+    ("shop.csv", HEADER.encode() + "b\xe9a,x,4,1\n".encode("latin-1"), {}, DataError, "{f}: not UTF-8 text (byte 0xe9; a Latin-1 file?)"),
+    ("shop.csv", None, {}, DataError, "{f} is a directory, not a ratings file"),
+    ("shop.csv", "absent", {}, DataError, "data.path={f}: no such file"),
+    ("shop.txt", HEADER, {}, ConfigError, "data.separator=None: shop.txt is not .csv, .tsv or .parquet"),
+    ("shop.parquet", b"PK\x03\x04 not parquet", {}, DataError, "{f}: not a readable Parquet file"),
+]
+
+
+@pytest.mark.parametrize("name,content,settings,kind,fragment", TABLES, ids=[f"{c[0]}-{k}" for k, c in enumerate(TABLES)])
+def test_ratings_tables(tmp_path, name, content, settings, kind, fragment):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content != "absent":
+        path.write_text(content)
+    data = RatingsFile(path=str(path), user_col="customer", item_col="product", rating_col="stars", **settings)
+    with pytest.raises(kind) as err:
+        data.load()
+    assert fragment.format(f=path) in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -667,7 +708,7 @@ COMMANDS = [
     (recommend, ["{ratings}", "--user", "1", "-k", "0"], 1, "stagetune-recommend: error: -k 0: must be >= 1"),
     (recommend, ["{ratings}"], 2, "stagetune-recommend: error: one of the arguments --user --similar is required"),
     (recommend, ["{ratings}", "--user", "1", "--similar", "2"], 2, "stagetune-recommend: error: argument --similar: not allowed with argument --user"),
-    (recommend, ["{ratings}", "--user", "one"], 2, "stagetune-recommend: error: argument --user: invalid int value: 'one'"),
+    (recommend, ["{ratings}", "--user", "one"], 1, "stagetune-recommend: error: unknown user one: it has no ratings in the run's training data"),
     (recommend, ["{ratings}", "--user", "1", "--ckpt", "first"], 2, "stagetune-recommend: error: argument --ckpt: invalid choice: 'first'"),
     (export, ["{tmp}/nowhere", "--format", "torchscript"], 1, "stagetune-export: error: {tmp}/nowhere: no such run directory"),
     (export, ["{tiny}", "--format", "pdf"], 2, "stagetune-export: error: argument --format: invalid choice: 'pdf'"),

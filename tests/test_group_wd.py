@@ -71,7 +71,7 @@ def test_hparams_carry_one_wd_per_named_group():
     from stagetune.runs.hparams import stage_hparams
 
     plan = Plan(stages={"one": Stage(freeze_to=0, lr=1e-3, wd={"biases": 0.5})})
-    out = stage_hparams(plan, 2, 0.01)
+    out = stage_hparams(plan.views(["factors", "biases"], 0.01))
     assert out["plan.stages.one.wd.biases"] == 0.5 and "plan.stages.one.wd" not in out
 
 

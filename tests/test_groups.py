@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from stagetune.engine.groups import LayerGroup, check_partition, param_groups, set_trainable, slice_lrs
+from stagetune.engine.groups import LayerGroup, check_partition, param_groups, set_trainable
+from stagetune.engine.learning_rate import slice_lrs
 from tests.tiny import TinyNet
 
 

@@ -27,6 +27,8 @@ def run(tmp_path_factory):
 def test_output_to_a_file_is_one_line_per_epoch_under_a_header(run):
     out, _ = run
     lines = out.stdout.splitlines()
+    assert lines[0].startswith("plan: 1 stage(s)"), "the plan's table comes first"
+    lines = lines[next(k for k, line in enumerate(lines) if line.startswith("epoch ")) :]
     assert lines[0].split() == ["epoch", "stage", "train/loss", "val/loss", "val/mae", "val/rmse", "time"]
     assert [line.split()[:2] for line in lines[1:]] == [["1", "all"], ["2", "all"], ["3", "all"]]
     assert "\r" not in out.stdout and "it/s" not in out.stdout, "no progress bar is written into a log file"

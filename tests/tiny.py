@@ -58,6 +58,33 @@ class TinyNet(StagedModule):
         self.log("val/loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
 
 
+class UngroupedNet(StagedModule):
+    """A model stagetune knows nothing about (no ``layer_groups()``), named as a ResNet is: for ``model.groups`` patterns.
+
+    ``scale`` sits on the model itself beside its children, as ViT's ``class_token`` does.
+    """
+
+    def __init__(self, n_in: int = 6, n_classes: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Linear(n_in, 8)
+        self.bn1 = nn.BatchNorm1d(8)
+        self.layer1 = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.layer3 = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.scale = nn.Parameter(torch.ones(8))
+        self.fc = nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.layer3(self.layer1(self.bn1(self.conv1(x)))) * self.scale)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
+
+
 class TinyData(pl.LightningDataModule):
     def __init__(
         self, n: int = 64, n_in: int = 6, n_classes: int = 3, batch_size: int = 8, seed: int = 0, shuffle: bool = True

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from stagetune.engine.learning_rate import mul
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -30,6 +32,7 @@ def conf_dir() -> Path:
 COMMANDS = {
     "stagetune": "train a run, or a sweep with -m (this command)",
     "stagetune-lr-find": "the LR range test for one stage of an experiment's plan",
+    "stagetune-plan": "the plan of a config as a table: stages, epochs, each layer group's params, LR and wd",
     "stagetune-report": "summary.csv/md/png of a sweep directory",
     "stagetune-eval": "evaluate a trained run's checkpoint on its valid or test split",
     "stagetune-show": "pictures of a run's data and results (batch, results, confused, biases, user)",
@@ -129,17 +132,9 @@ def _debug_prefix(debug: str | None) -> str:
     return "debug/" if debug else ""
 
 
-def _mul(a, b) -> float | str:
-    """``${mul:a,b}``; with ``plan.lr=find``, ``${mul:${plan.lr},K}`` is ``find*K``: K times the rate the range test finds."""
-    if isinstance(a, str) and a.split("*")[0] == "find":
-        factor = float(a.split("*", 1)[1]) if "*" in a else 1.0
-        return f"find*{factor * float(b)!r}"
-    return float(a) * float(b)
-
-
 def register_resolvers() -> None:
     resolvers = {
-        "mul": _mul,
+        "mul": mul,
         "stagetune.run_dir": _run_dir,
         "stagetune.config_subdir": _config_subdir,
         "stagetune.writable": _writable,

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from stagetune.engine.learning_rate import check_base_lr
 from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import Optim
 from stagetune.engine.plan import Plan, Stage
@@ -147,7 +148,7 @@ def typed(cfg: DictConfig) -> DictConfig:
     with omegaconf_errors():
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         check_stage_names(merged.plan)
-        Plan.check_base_lr(merged.plan.lr)
+        check_base_lr(merged.plan.lr)
         OmegaConf.resolve(merged)
     return merged
 

@@ -134,7 +134,7 @@ def test_weights_from_a_stagetune_checkpoint_keep_the_body_drop_the_head(digits,
 
 def test_a_file_that_is_not_a_resnet34_is_a_clear_error(tmp_path):
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "linear.pth")
-    with pytest.raises(DataError, match="not a ResNet34 body"):
+    with pytest.raises(DataError, match="not a resnet34 body"):
         ResNet34Classifier(n_classes=3, weights=str(tmp_path / "linear.pth"))
     with pytest.raises(DataError, match="no such file"):
         ResNet34Classifier(n_classes=3, weights=str(tmp_path / "absent.pth"))

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stagetune.collab.side import RawSide, tables
-from stagetune.collab.splits import check_fraction, split_random
-from stagetune.errors import ConfigError, StagetuneError
+from stagetune.collab.splits import Parts, Ratings, check_fraction, split_random
+from stagetune.errors import ConfigError, DataError, StagetuneError
 from stagetune.engine.loaders import epoch_loader, eval_loader
 
 UNKNOWN = 0
@@ -69,6 +69,21 @@ def ratings_tensor(users: np.ndarray, items: np.ndarray, ratings: np.ndarray) ->
     )
 
 
+class Vocabulary:
+    """Raw ids seen in training -> indices 1..n; anything else -> 0 (unknown). Ids of any one type: integers or text."""
+
+    def __init__(self, train_ids: np.ndarray) -> None:
+        self.ids = np.unique(train_ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.ids, raw)
+        known = (pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == raw)
+        return np.where(known, pos + 1, UNKNOWN)
+
+
 class RatingsDataModule(pl.LightningDataModule):
     """What every ratings source shares: the three parts, loaders, model sizes, titles, counts.
 
@@ -99,6 +114,37 @@ class RatingsDataModule(pl.LightningDataModule):
     def load(self) -> None:
         raise NotImplementedError
 
+    def index_parts(self, table: Ratings, parts: Parts) -> None:
+        """Index users and items from the training part (1..n), encode the three parts, count unseen ids."""
+        train = table.take(parts.train)
+        users, items = Vocabulary(train.users), Vocabulary(train.items)
+        self.n_users, self.n_items = len(users), len(items)
+        self.user_ids, self.item_ids = users.ids, items.ids
+        sets = []
+        for part, idx in (("train", parts.train), ("valid", parts.valid), ("test", parts.test)):
+            r = table.take(idx)
+            u, i = users.encode(r.users), items.encode(r.items)
+            if part != "train":
+                self.unseen[part] = unseen_counts(r.users, r.items, u == UNKNOWN, i == UNKNOWN)
+            sets.append(ratings_tensor(u, i, r.ratings))
+        self.train_set, self.val_set, self.test_set = sets
+
+    def state_dict(self) -> dict:
+        """The id maps, saved in every checkpoint (Lightning's hook): the model's index k+1 is ``user_ids[k]``."""
+        self.setup()
+        return {"user_ids": self.user_ids.tolist(), "item_ids": self.item_ids.tolist()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Refuse a checkpoint whose id maps differ from the data's: its indices would name other users and items."""
+        self.setup()
+        for kind, ids in (("user", self.user_ids), ("item", self.item_ids)):
+            saved = state_dict.get(f"{kind}_ids")
+            if saved is not None and saved != ids.tolist():
+                raise DataError(
+                    f"{getattr(self, 'source', '') or 'the data'}: its {kind} ids are no longer those the checkpoint was trained on "
+                    f"({len(saved)} saved, {len(ids)} now): use the ratings file the run trained on"
+                )
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.load()
@@ -117,13 +163,18 @@ class RatingsDataModule(pl.LightningDataModule):
             return self.item_titles
         return ["unknown"] + [f"item {k}" for k in range(1, self.n_items + 1)]
 
-    def index_of(self, kind: str, raw: int) -> int:
-        """The index (1..n) of a raw user or item id as the data wrote it; 0 when training never saw it."""
+    def index_of(self, kind: str, raw: int | str) -> int:
+        """The index (1..n) of a raw user or item id as the data wrote it (``"42"`` is 42 for integer ids); 0 when training never saw it."""
         ids = self.user_ids if kind == "user" else self.item_ids
-        pos = np.flatnonzero(ids == raw)
+        if ids.dtype.kind in "iu":
+            try:
+                raw = int(raw)
+            except ValueError:
+                return UNKNOWN
+        pos = np.flatnonzero(ids == (raw if ids.dtype.kind in "iu" else str(raw)))
         return int(pos[0]) + 1 if len(pos) else UNKNOWN
 
-    def trained_index(self, kind: str, raw: int) -> int:
+    def trained_index(self, kind: str, raw: int | str) -> int:
         """The index of a raw user or item id that training saw; else one line saying it has no training ratings."""
         index = self.index_of(kind, raw)
         seen = self.train_set.users if kind == "user" else self.train_set.items

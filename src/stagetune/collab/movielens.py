@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from stagetune.collab import bundled
-from stagetune.collab.data import UNKNOWN, RatingsDataModule, ratings_tensor, unseen_counts
+from stagetune.collab.data import RatingsDataModule
 from stagetune.collab.models import check_y_range
 from stagetune.collab.side import read_grouplens
 from stagetune.collab.splits import (
@@ -189,21 +189,6 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
-class Vocabulary:
-    """Raw ids seen in training -> indices 1..n; anything else -> 0 (unknown)."""
-
-    def __init__(self, train_ids: np.ndarray) -> None:
-        self.ids = np.unique(train_ids)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def encode(self, raw: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self.ids, raw)
-        known = (pos < len(self.ids)) & (self.ids[np.minimum(pos, len(self.ids) - 1)] == raw)
-        return np.where(known, pos + 1, UNKNOWN)
-
-
 class MovieLens(RatingsDataModule):
     """MovieLens ratings in three parts: ML-100k's own fold (default ``u1``), a random or a by-time split."""
 
@@ -242,7 +227,8 @@ class MovieLens(RatingsDataModule):
             self.source = f"bundled ML-100k ({bundled.folder()})"
             self.read_side = bundled.read_side
         table, parts = self._parts(every, folder, fmt, y_range)
-        self._index(table, parts, titles)
+        self.index_parts(table, parts)
+        self.item_titles = ["unknown"] + [titles.get(int(k), f"movie {k}") for k in self.item_ids]
 
     def _from_folder(self, path: Path, y_range) -> tuple[Ratings, Path, RatingsFormat, dict[int, str]]:
         h = self.hparams
@@ -289,21 +275,6 @@ class MovieLens(RatingsDataModule):
             table, (base_idx, test_idx) = every, mku_fold(every, h.split)
         train, valid = carve_valid(len(base_idx), h.valid_pct, h.split_seed)
         return table, Parts(base_idx[train], base_idx[valid], test_idx)
-
-    def _index(self, table: Ratings, parts: Parts, titles: dict[int, str]) -> None:
-        train = table.take(parts.train)
-        users, items = Vocabulary(train.users), Vocabulary(train.items)
-        self.n_users, self.n_items = len(users), len(items)
-        self.user_ids, self.item_ids = users.ids, items.ids
-        self.item_titles = ["unknown"] + [titles.get(int(k), f"movie {k}") for k in items.ids]
-        sets = []
-        for part, idx in (("train", parts.train), ("valid", parts.valid), ("test", parts.test)):
-            r = table.take(idx)
-            u, i = users.encode(r.users), items.encode(r.items)
-            if part != "train":
-                self.unseen[part] = unseen_counts(r.users, r.items, u == UNKNOWN, i == UNKNOWN)
-            sets.append(ratings_tensor(u, i, r.ratings))
-        self.train_set, self.val_set, self.test_set = sets
 
     def summary(self) -> dict:
         """The run's record of its data: the source, the split and, where it shuffles (random, a fold's valid), its ``split_seed``."""

@@ -1,7 +1,8 @@
 """``stagetune-recommend``: what a rating run's model suggests to a user, and which items it finds alike.
 
-Users and items are named by the ids the data used (MovieLens's ``userId``/``movieId``; 0-based
-for synthetic ratings). Recommendations are the items with the highest predicted rating among
+Users and items are named by the ids the data used (MovieLens's ``userId``/``movieId``; a ratings
+file's own ids, text included; 0-based for synthetic ratings). Recommendations are the items with
+the highest predicted rating among
 those the user has not rated (neither in the training nor the validation split) and that training
 saw at least once: an item nobody rated has only its initial factors. ``--similar`` ranks items by
 the cosine similarity of their learned vectors (the factors plus any side embeddings).
@@ -32,8 +33,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stagetune-recommend", description="Recommend items with a trained rating model.")
     ap.add_argument("run_dir", help="the run directory of a rating experiment (ratings_synthetic, movielens, ...)")
     who = ap.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", type=int, help="recommend to this user id (as in the data)")
-    who.add_argument("--similar", type=int, metavar="ITEM", help="list the items nearest to this item id")
+    who.add_argument("--user", help="recommend to this user id, as the data writes it (a number or text)")
+    who.add_argument("--similar", metavar="ITEM", help="list the items nearest to this item id, as the data writes it")
     ap.add_argument("-k", type=int, default=10, help="how many items (default: 10)")
     ap.add_argument("--ckpt", default="best", choices=["best", "last"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("view", choices=sorted({*IMAGE_VIEWS, *RATING_VIEWS}), help="image runs: batch, results, confused; rating runs: batch, results, biases")
     ap.add_argument("-n", type=int, default=9, help="images, class pairs or items shown (default: 9)")
     ap.add_argument("--split", default="valid", choices=list(SPLITS), help="the split results and confused read (default: valid)")
-    ap.add_argument("--user", type=int, help="rating runs, results: this user id (default: the one with most ratings in the split)")
+    ap.add_argument("--user", help="rating runs, results: this user id as the data writes it (default: the one with most ratings in the split)")
     ap.add_argument("--ckpt", default="best", help="best (default), last, or the path of a checkpoint file")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", help="the PNG to write (default: RUN/show-VIEW.png); never an existing file")

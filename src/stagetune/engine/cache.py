@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.trainer.connectors.data_connector import _DataLoaderSource
-from lightning_fabric.utilities.data import _set_sampler_epoch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stagetune.errors import ConfigError
 from stagetune.engine.loaders import epoch_loader
-from stagetune.engine.plan import CacheMode, StagePlan
+from stagetune.engine.groups import LayerGroup
+from stagetune.engine.plan import CacheMode, StagePlan, StageView
 
 log = logging.getLogger("stagetune")
 
@@ -47,11 +47,9 @@ def opts_in(module: nn.Module) -> bool:
     return all(hasattr(module, name) for name in ("features", "forward_from", "input_group"))
 
 
-def inexact_reason(trainer: pl.Trainer, pl_module: nn.Module, plan: StagePlan, index: int) -> str | None:
-    """Why caching the frozen prefix of stage ``index`` would change training; None when exact."""
-    stage = plan.plan.ordered[index]
-    groups = plan.groups
-    first = stage.trainable_groups(len(groups))[0]
+def inexact_reason(trainer: pl.Trainer, pl_module: nn.Module, stage: StageView, groups: Sequence[LayerGroup]) -> str | None:
+    """Why caching the frozen prefix of ``stage`` (``groups``: the model's layer groups) would change training; None when exact."""
+    first = stage.first_group
     if not opts_in(pl_module):
         return f"{type(pl_module).__name__} does not implement features()/forward_from()"
     if trainer.world_size > 1:
@@ -77,16 +75,16 @@ class FeatureCache(Callback):
         self.mode = CacheMode(mode)
         self._cached_stage: int | None = None
         self._decided: set[int] = set()
-        self._original: _DataLoaderSource | None = None
+        self._original: object | None = None  # the fit loop's own training source, while a cached one stands in
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.mode is not CacheMode.on or stage != "fit":
             return
         plan = StagePlan.of(trainer)
-        for index, s in enumerate(plan.plan.ordered):
-            if s.trainable_groups(len(plan.groups))[0] == 0:
+        for s in plan.stages:
+            if s.first_group == 0:
                 continue
-            reason = inexact_reason(trainer, pl_module, plan, index)
+            reason = inexact_reason(trainer, pl_module, s, plan.layer_groups)
             if reason:
                 raise ConfigError("plan.cache", "on", f"stage {s.name!r} cannot be cached exactly: {reason}; use auto or off")
 
@@ -94,22 +92,23 @@ class FeatureCache(Callback):
         if self.mode is CacheMode.off:
             return
         plan = StagePlan.of(trainer)
-        index = plan.index
+        active = plan.active
+        index = active.index
         if self._cached_stage is not None and self._cached_stage != index:
             self._restore(trainer, pl_module, reload=True)
         if self._cached_stage == index or index in self._decided:
             return
         self._decided.add(index)
-        first = plan.stage.trainable_groups(len(plan.groups))[0]
+        first = active.first_group
         if first == 0:
             return
-        name = plan.stage.name
-        reason = inexact_reason(trainer, pl_module, plan, index)
+        name = active.name
+        reason = inexact_reason(trainer, pl_module, active, plan.layer_groups)
         if reason is None:
             loader = self._cached_loader(trainer, pl_module, first, name)
             if loader is None:
                 return
-            self._swap(trainer, _DataLoaderSource(loader, "train_dataloader"))
+            self._swap(trainer, loader)
             pl_module.input_group = first
             self._cached_stage = index
             return
@@ -153,10 +152,10 @@ class FeatureCache(Callback):
             seed=getattr(sampler, "seed", None),
         )
 
-    def _swap(self, trainer: pl.Trainer, source: _DataLoaderSource, reload: bool = True) -> None:
+    def _swap(self, trainer: pl.Trainer, source: DataLoader, reload: bool = True) -> None:
         """Point the fit loop at another training loader (now when ``reload``, else at the next fit)."""
         if self._original is None:
-            self._original = trainer.fit_loop._data_source
+            self._original = training_source(trainer)
         set_training_source(trainer, source, reload)
 
     def _restore(self, trainer: pl.Trainer, pl_module: nn.Module, reload: bool) -> None:
@@ -167,15 +166,27 @@ class FeatureCache(Callback):
         self._original = None
 
 
-def set_training_source(trainer: pl.Trainer, source: _DataLoaderSource, reload: bool) -> None:
-    """Swap the fit loop's training loader mid-fit, positioned at the current epoch.
+def training_source(trainer: pl.Trainer) -> object:
+    """The fit loop's training loader source (opaque), to put back after a swap with :func:`set_training_source`.
 
-    Lightning has no public API for this: it uses ``fit_loop._data_source``,
-    ``_combined_loader`` and ``setup_data`` as they are in pytorch-lightning 2.6
-    (tests/vision/test_feature_cache.py fails loudly if they change).
+    Lightning has no public API for it: ``fit_loop._data_source``, as in pytorch-lightning 2.6
+    (tests/test_engine_shape.py fails loudly if it changes).
     """
+    return trainer.fit_loop._data_source
+
+
+def set_training_source(trainer: pl.Trainer, source: DataLoader | object, reload: bool) -> None:
+    """Point the fit loop at ``source`` (a loader, or what :func:`training_source` returned) mid-fit, positioned at the current epoch.
+
+    Lightning has no public API for this: it uses ``fit_loop._data_source``, ``_combined_loader``,
+    ``setup_data``, ``_DataLoaderSource`` and lightning_fabric's ``_set_sampler_epoch`` as they are
+    in pytorch-lightning 2.6 (tests/test_engine_shape.py fails loudly if they change).
+    """
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+    from pytorch_lightning.trainer.connectors.data_connector import _DataLoaderSource
+
     loop = trainer.fit_loop
-    loop._data_source = source
+    loop._data_source = _DataLoaderSource(source, "train_dataloader") if isinstance(source, DataLoader) else source
     loop._combined_loader = None
     if reload:
         loop.setup_data()

@@ -35,7 +35,7 @@ from stagetune.errors import Diverged, Interrupted, StagetuneError
 
 
 def _stage_name(trainer: pl.Trainer) -> str:
-    return StagePlan.of(trainer).stage.name
+    return StagePlan.of(trainer).active.name
 
 
 def _last_checkpoint(trainer: pl.Trainer) -> Path | None:

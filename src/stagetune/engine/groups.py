@@ -1,16 +1,21 @@
-"""Layer groups, learning-rate slices and optimizer param groups.
+"""Layer groups and the optimizer param groups a stage makes of them.
 
 A model is an ordered list of *layer groups* (fastai's split). Everything the pipeline does to a
 model by stage — freezing, discriminative learning rates, which tensors get weight decay — is
-expressed over those groups, so nothing else needs to know a model's insides.
+expressed over those groups, so nothing else needs to know a model's insides. How a learning
+rate spreads over them is :mod:`~stagetune.engine.learning_rate`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import nn
+
+from stagetune.engine.learning_rate import LearningRate, slice_lrs
+from stagetune.errors import ConfigError
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -19,30 +24,39 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
 )
 
-LearningRate = float | Sequence[float]
-
 
 @dataclass(frozen=True)
 class LayerGroup:
-    """An ordered slice of a model: a name and the modules that own its parameters."""
+    """An ordered slice of a model: a name, the modules it holds whole, and single tensors of others.
+
+    ``tensors`` are ``(owning module, parameter name in it)`` pairs: a group made by name patterns
+    (:func:`groups_by_pattern`) may hold some of a module's own parameters but not its children's
+    (ViT's ``class_token`` sits on the model itself).
+    """
 
     name: str
     modules: tuple[nn.Module, ...]
+    tensors: tuple[tuple[nn.Module, str], ...] = ()
+
+    def members(self) -> Iterator[tuple[nn.Module, str, nn.Parameter]]:
+        """``(owning module, name in it, parameter)`` for every parameter of the group once, in module order."""
+        seen: set[int] = set()
+        owned = ((sub, name, p) for module in self.modules for sub in module.modules() for name, p in sub.named_parameters(recurse=False))
+        single = ((owner, name, owner.get_parameter(name)) for owner, name in self.tensors)
+        for owner, name, p in (*owned, *single):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield owner, name, p
 
     def parameters(self) -> list[nn.Parameter]:
         """Every parameter of the group once, in module order."""
-        seen: set[int] = set()
-        params: list[nn.Parameter] = []
-        for module in self.modules:
-            for p in module.parameters():
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-        return params
+        return [p for _, _, p in self.members()]
 
     def norm_layers(self) -> list[nn.Module]:
         """The normalisation layers inside the group (kept trainable under ``train_bn``)."""
-        return [m for module in self.modules for m in module.modules() if isinstance(m, NORM_TYPES)]
+        inside = [m for module in self.modules for m in module.modules() if isinstance(m, NORM_TYPES)]
+        owners = [owner for owner, _ in self.tensors if isinstance(owner, NORM_TYPES)]
+        return list({id(m): m for m in inside + owners}.values())
 
 
 def check_partition(model: nn.Module, groups: Sequence[LayerGroup]) -> None:
@@ -58,26 +72,63 @@ def check_partition(model: nn.Module, groups: Sequence[LayerGroup]) -> None:
         raise ValueError(f"parameters in no layer group: {', '.join(missing[:5])}")
 
 
-def slice_lrs(lr: LearningRate, n: int) -> list[float]:
-    """Spread a learning rate over ``n`` groups, as fastai does.
+def groups_by_pattern(model: nn.Module, patterns: Mapping[str, str], key: str = "model.groups") -> list[LayerGroup]:
+    """Layer groups of any model from regular expressions on its parameter names, in order.
 
-    A number gives every group that rate; ``[hi]`` gives ``hi/10`` to all groups but the last;
-    ``[lo, hi]`` spaces the rates geometrically: group k gets ``lo * (hi/lo) ** (k / (n-1))``.
+    ``{"body_early": "conv1|bn1|layer1|layer2", "body_late": "layer3|layer4", "head": "fc"}``: a
+    pattern matches a name of ``model.named_parameters()`` from its start up to a dot or the end
+    (``layer1`` matches ``layer1.0.conv1.weight``, not ``layer10.weight``; ``re.match`` of
+    ``(?:PATTERN)(\\.|$)``). Every parameter must match exactly one pattern and every pattern at
+    least one parameter, else a :class:`~stagetune.errors.ConfigError` at ``key`` names the first
+    few offenders and the patterns. Each group holds whole the largest modules all of whose
+    parameters it owns (so its normalisation layers are found for ``train_bn``) and single tensors
+    of the rest. Plain Lightning: ``def layer_groups(self): return groups_by_pattern(self, PATTERNS)``.
     """
-    if n < 1:
-        raise ValueError(f"need at least one group, got {n}")
-    if isinstance(lr, (int, float)):
-        return [float(lr)] * n
-    values = [float(v) for v in lr]
-    if len(values) == 1:
-        hi = values[0]
-        return [hi / 10] * (n - 1) + [hi]
-    if len(values) != 2:
-        raise ValueError(f"a learning-rate slice has one or two ends, got {values}")
-    lo, hi = values
-    if n == 1:
-        return [hi]
-    return [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
+    if not isinstance(patterns, Mapping) or not patterns:
+        raise ConfigError(key, patterns, "give one or more layer groups as NAME: REGEX on parameter names")
+    compiled: dict[str, re.Pattern] = {}
+    for name, pattern in patterns.items():
+        try:
+            compiled[name] = re.compile(rf"(?:{pattern})(?:\.|$)")
+        except re.error as err:
+            raise ConfigError(f"{key}.{name}", pattern, f"not a regular expression ({err})") from None
+    owner: dict[int, int] = {}
+    unmatched: list[str] = []
+    doubly: list[str] = []
+    for pname, p in model.named_parameters():
+        hits = [k for k, regex in enumerate(compiled.values()) if regex.match(pname)]
+        if not hits:
+            unmatched.append(pname)
+        elif len(hits) > 1:
+            doubly.append(pname)
+        else:
+            owner[id(p)] = hits[0]
+    for what, names in (("match no pattern", unmatched), ("match several patterns", doubly)):
+        if names:
+            more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+            raise ConfigError(key, dict(patterns), f"{len(names)} parameter(s) {what}: {', '.join(names[:5])}{more}; each must match exactly one")
+    used = set(owner.values())
+    empty = [n for k, n in enumerate(compiled) if k not in used]
+    if empty:
+        first = next(iter(dict(model.named_parameters())), "none")
+        raise ConfigError(f"{key}.{empty[0]}", patterns[empty[0]], f"matches no parameter name (the names look like {first!r})")
+    modules: list[list[nn.Module]] = [[] for _ in compiled]
+    tensors: list[list[tuple[nn.Module, str]]] = [[] for _ in compiled]
+
+    def cover(module: nn.Module) -> None:
+        found = {owner[id(p)] for p in module.parameters()}
+        if not found:
+            return
+        if len(found) == 1:
+            modules[found.pop()].append(module)
+            return
+        for pname, p in module.named_parameters(recurse=False):
+            tensors[owner[id(p)]].append((module, pname))
+        for child in module.children():
+            cover(child)
+
+    cover(model)
+    return [LayerGroup(name, tuple(modules[k]), tuple(tensors[k])) for k, name in enumerate(compiled)]
 
 
 def is_no_decay(name: str, module: nn.Module, bn_wd: bool, bias_wd: bool) -> bool:
@@ -110,14 +161,9 @@ def param_groups(
     for k, group in enumerate(groups):
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
-        seen: set[int] = set()
-        for module in group.modules:
-            for sub in module.modules():
-                for pname, p in sub.named_parameters(recurse=False):
-                    if id(p) in seen or not p.requires_grad:
-                        continue
-                    seen.add(id(p))
-                    (no_decay if is_no_decay(pname, sub, bn_wd, bias_wd) else decay).append(p)
+        for owner, pname, p in group.members():
+            if p.requires_grad:
+                (no_decay if is_no_decay(pname, owner, bn_wd, bias_wd) else decay).append(p)
         suffix = "" if k in lrs else "/frozen_bn"
         decay_wd = wd[group.name] if isinstance(wd, Mapping) else wd
         for params, group_wd, kind in ((decay, decay_wd, ""), (no_decay, 0.0, "/no_wd")):

@@ -54,7 +54,7 @@ class History(pl.Callback):
     def row(self, trainer: pl.Trainer, seconds: float) -> dict[str, Any]:
         """The epoch that just ended: 1-based epoch, stage, training loss, this epoch's validation metrics, seconds."""
         metrics = trainer.callback_metrics
-        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "stage": StagePlan.of(trainer).stage.name}
+        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1, "stage": StagePlan.of(trainer).active.name}
         if TRAIN_LOSS in metrics:
             row[TRAIN_LOSS] = float(metrics[TRAIN_LOSS])
         if self._validated:

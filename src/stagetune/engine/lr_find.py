@@ -30,6 +30,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch.utils.tensorboard import SummaryWriter
 
+from stagetune.engine.learning_rate import shares
 from stagetune.engine.lr_suggest import RangeTest, RangeTestSettings
 from stagetune.engine.optim import Optim, Schedule
 from stagetune.engine.plan import Plan, Stage
@@ -102,10 +103,9 @@ def range_test(
     except Diverged:  # a non-finite loss is where the range test ends
         sweep.diverged = True
     trainable = stage.trainable_groups(len(groups))
-    lrs = stage.group_lrs(len(groups))
     result = RangeTest(
         stage=stage.name,
-        groups={groups[k].name: lr / max(lrs) for k, lr in zip(trainable, lrs)},
+        groups={groups[k].name: share for k, share in zip(trainable, shares(stage.lr, len(trainable)))},
         lrs=sweep.lrs[: len(sweep.losses)],
         losses=sweep.losses,
         smoothed=sweep.smoothed,

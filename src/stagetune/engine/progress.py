@@ -3,7 +3,8 @@
 On a terminal, Lightning's bar says which stage and epoch a run is in and the latest loss, and each
 finished epoch is printed above it as a row of the history table, so the epochs stay on screen.
 When the output is not a terminal (a log file, a pipe, a SLURM job), a bar would write every step;
-the same rows are printed instead, one line per epoch, and nothing else.
+the same rows are printed instead, one line per epoch, and nothing else. Either way the plan's
+table (:mod:`~stagetune.engine.preview`) comes first, when training starts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 
 from stagetune.engine.history import History, Table, columns
 from stagetune.engine.plan import StagePlan
+from stagetune.engine.preview import stages_table
 from stagetune.engine.training_loss import TrainingLoss
+
+
+def plan_text(trainer: pl.Trainer) -> str | None:
+    """The running plan's table, on rank 0 (None elsewhere)."""
+    if not trainer.is_global_zero:
+        return None
+    plan = StagePlan.of(trainer)
+    return stages_table(plan.stages, plan.layer_groups, plan.optim)
 
 
 class EpochRows:
@@ -32,7 +42,7 @@ class EpochRows:
         row = history.rows[-1]
         out = []
         if self.table is None or set(columns([row])) - set(self.table.keys):
-            self.table = Table(columns([row]), [s.name for s in StagePlan.of(trainer).plan.ordered])
+            self.table = Table(columns([row]), [s.name for s in StagePlan.of(trainer).stages])
             out.append(self.table.header())
         out.append(self.table.line(row))
         return out
@@ -46,11 +56,18 @@ class StageProgressBar(TQDMProgressBar):
         self.monitor = monitor
         self.rows = EpochRows()
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        text = plan_text(trainer)
+        if text is not None:
+            self.print(text)
+        super().on_train_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         plan = StagePlan.of(trainer)
+        active = plan.active
         self.train_progress_bar.set_description(
-            f"stage {plan.stage.name} ({plan.index + 1}/{len(plan.plan.stages)}) "
+            f"stage {active.name} ({active.index + 1}/{len(plan.stages)}) "
             f"· epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         )
 
@@ -84,6 +101,11 @@ class EpochLines(ProgressBar):
 
     def enable(self) -> None:
         self._enabled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        text = plan_text(trainer) if self._enabled else None
+        if text is not None:
+            print(text, file=self.stream or sys.stdout, flush=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._enabled:

@@ -17,6 +17,7 @@ def check_training_checkpoint(path: str, what: str, plan: Plan) -> int | None:
     if "state_dict" not in data or "StagePlan" not in data.get("callbacks", {}):
         raise StagetuneError(f"{what}: {path} is not a stagetune training checkpoint (no stage plan state in it)")
     state = data["callbacks"]["StagePlan"]
+    plan = plan.for_groups(len(state.get("stages", [])))  # plan.gradual: the stages it generated for the model, one per layer group
     names = [stage.name for stage in plan.ordered]
     if state.get("stages") != names:
         raise ConfigError(what, path, f"made with the stages {state.get('stages')}; this plan has {names}: continue it with the plan it was made with")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -32,30 +32,27 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from stagetune.engine.plan import Plan, StagePlan
+from stagetune.engine.plan import StagePlan, StageView
 
 HParam = int | float | str | bool
 
 
-def stage_hparams(plan: Plan, n_groups: int, default_wd: float, found: dict[str, float] | None = None) -> dict[str, HParam]:
-    """Per stage: epochs, weight decay and the LR given to its lowest and highest group.
+def stage_hparams(stages: Sequence[StageView]) -> dict[str, HParam]:
+    """Per stage: epochs, weight decay and the LR given to its lowest and highest group (the rates the optimizer holds).
 
-    An ``lr=find`` stage shows the rates its range test chose (``found``), or none before it ran.
+    An ``lr=find`` stage shows the rates its range test chose, or none before it ran.
     """
     out: dict[str, HParam] = {}
-    found = found or {}
-    for k, stage in enumerate(plan.ordered):
+    for stage in stages:
         prefix = f"plan.stages.{stage.name}"
         out[f"{prefix}.epochs"] = stage.epochs
-        if not stage.finds_lr or stage.name in found:
-            lrs = [lr * found.get(stage.name, 1.0) for lr in plan.group_lrs(k, n_groups)]
-            out[f"{prefix}.lr_lo"] = min(lrs)
-            out[f"{prefix}.lr_hi"] = max(lrs)
-        wd = stage.recorded_wd(None, default_wd)
-        if isinstance(wd, dict):
-            out.update({f"{prefix}.wd.{group}": value for group, value in wd.items()})
+        if stage.lrs is not None:
+            out[f"{prefix}.lr_lo"] = min(stage.lrs.values())
+            out[f"{prefix}.lr_hi"] = max(stage.lrs.values())
+        if isinstance(stage.wd, Mapping):
+            out.update({f"{prefix}.wd.{group}": value for group, value in stage.wd.items()})
         else:
-            out[f"{prefix}.wd"] = wd
+            out[f"{prefix}.wd"] = stage.wd
     return out
 
 
@@ -97,8 +94,7 @@ def swept_hparams(cfg: DictConfig, swept: Iterable[str], overrides: Iterable[str
 
 
 def run_hparams(
-    cfg: DictConfig, plan: Plan, n_groups: int, n_params: int, overrides: Iterable[str] = (),
-    swept: Iterable[str] = (), found: dict[str, float] | None = None,
+    cfg: DictConfig, stages: Sequence[StageView], n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()
 ) -> dict[str, HParam]:
     """The hyperparameters of one run as the HParams table shows them: a sweep job's swept keys, else the usual knobs."""
     swept = list(swept)
@@ -111,7 +107,7 @@ def run_hparams(
         "optim.wd_kind": cfg.optim.wd_kind,
         "model.n_params": n_params,
     }
-    out.update(stage_hparams(plan, n_groups, float(cfg.optim.wd), found))
+    out.update(stage_hparams(stages))
     if "batch_size" in cfg.data:
         out["data.batch_size"] = cfg.data.batch_size
     for key, value in cfg.model.items():
@@ -152,9 +148,8 @@ class HParamsSummary(Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or not trainer.is_global_zero:
             return
-        stage_plan = StagePlan.of(trainer)
         n_params = sum(p.numel() for p in pl_module.parameters())
-        params = run_hparams(self.cfg, stage_plan.plan, len(pl_module.layer_groups()), n_params, self.overrides, self.swept, stage_plan.found)
+        params = run_hparams(self.cfg, StagePlan.of(trainer).stages, n_params, self.overrides, self.swept)
         params["status"] = status
         metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **metrics}
         for logger in loggers:

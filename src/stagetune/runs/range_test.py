@@ -20,7 +20,8 @@ from stagetune.config import lr_find_settings, optim_of, plan_of, validate
 from stagetune.engine.faults import check_checkpoint
 from stagetune.engine.lr_find import range_test, write_result
 from stagetune.engine.lr_suggest import RangeTest
-from stagetune.engine.plan import Plan, find_shape
+from stagetune.engine.learning_rate import find_shape
+from stagetune.engine.plan import Plan
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.runs.rundir import RunDir
 

@@ -14,7 +14,7 @@ from stagetune.runs.trained import Trained
 
 @dataclass
 class Ranked:
-    item: int
+    item: int | str
     title: str
     score: float
 
@@ -34,14 +34,14 @@ def ratings_data(trained: Trained) -> RatingsDataModule:
 def _ranked(data: RatingsDataModule, indices: torch.Tensor, scores: torch.Tensor) -> list[Ranked]:
     titles = data.item_titles
     return [
-        Ranked(int(data.item_ids[i - 1]), titles[i] if titles else "", float(s))
+        Ranked(data.item_ids[i - 1].item(), titles[i] if titles else "", float(s))
         for i, s in zip(indices.tolist(), scores.tolist())
     ]
 
 
 
 @torch.no_grad()
-def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
+def recommend(trained: Trained, user: int | str, k: int = 10) -> list[Ranked]:
     """The ``k`` items with the highest predicted rating that ``user`` has not rated."""
     data = ratings_data(trained)
     u = data.trained_index("user", user)
@@ -59,7 +59,7 @@ def recommend(trained: Trained, user: int, k: int = 10) -> list[Ranked]:
 
 
 @torch.no_grad()
-def similar(trained: Trained, item: int, k: int = 10) -> list[Ranked]:
+def similar(trained: Trained, item: int | str, k: int = 10) -> list[Ranked]:
     """The ``k`` items whose learned vectors (factors plus side embeddings) point the most the same way as ``item``'s."""
     data = ratings_data(trained)
     i = data.trained_index("item", item)

@@ -36,13 +36,16 @@ ALLOWED = frozenset(
         "stagetune.collab.models.DotBias",
         "stagetune.collab.models.SVDpp",
         "stagetune.collab.movielens.MovieLens",
+        "stagetune.collab.ratings_file.RatingsFile",
         "stagetune.curvefit.data.CurvePoints",
         "stagetune.curvefit.line.LineFit",
         "stagetune.curvefit.relu_net.WidthLadder",
         "stagetune.vision.data.DigitsData",
+        "stagetune.vision.data.ImageCSVData",
         "stagetune.vision.data.ImageFolderData",
         "stagetune.vision.data.PetsData",
         "stagetune.vision.models.ResNet34Classifier",
+        "stagetune.vision.models.TorchvisionClassifier",
         "stagetune.vision.source.source_weights",
     }
 )

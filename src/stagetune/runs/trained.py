@@ -79,6 +79,9 @@ def load_trained(path: str | Path, which: str = "best", device: str = "cpu", any
     if not isinstance(state.get("state_dict"), dict):
         raise StagetuneError(f"--ckpt {which}: {checkpoint} holds no model state_dict")
     datamodule = build(cfg.data)
+    saved = state.get(type(datamodule).__qualname__)  # the datamodule's own state (ratings: the id maps), as Lightning saves it
+    if saved:
+        datamodule.load_state_dict(saved)
     model = build(without_start_weights(cfg).model, **datamodule.model_kwargs())
     try:
         model.load_state_dict(state["state_dict"])

@@ -55,17 +55,17 @@ def image_view(trained: Trained, view: str, split: str, n: int) -> Figure:
 
 
 
-def busiest_user(data: RatingsDataModule, split: str) -> int:
+def busiest_user(data: RatingsDataModule, split: str) -> int | str:
     """The raw id of the user with the most ratings in ``split``."""
     part = data.val_set if split == "valid" else data.test_set
     counts = np.bincount(part.users.numpy(), minlength=data.n_users + 1)
     counts[0] = 0
-    return int(data.user_ids[int(counts.argmax()) - 1])
+    return data.user_ids[int(counts.argmax()) - 1].item()
 
 
 
 @torch.no_grad()
-def user_results(trained: Trained, user: int, split: str, n: int) -> tuple[list[str], list[float], list[float]]:
+def user_results(trained: Trained, user: int | str, split: str, n: int) -> tuple[list[str], list[float], list[float]]:
     """The items ``user`` rated in ``split`` (up to ``n``, highest rating first): names, ratings, predictions."""
     data = trained.datamodule
     u = data.trained_index("user", user)
@@ -81,14 +81,14 @@ def user_results(trained: Trained, user: int, split: str, n: int) -> tuple[list[
 
 
 
-def rating_view(trained: Trained, view: str, split: str, n: int, user: int | None) -> Figure | None:
+def rating_view(trained: Trained, view: str, split: str, n: int, user: int | str | None) -> Figure | None:
     data = trained.datamodule
     names = data.item_names()
     if view == "batch":
         users, items, ratings = training_batch(trained)
         print(f"{'user':>8}  {'item':>8}  rating  title")
         for u, i, r in list(zip(users.tolist(), items.tolist(), ratings.tolist()))[:n]:
-            print(f"{int(data.user_ids[u - 1]):>8}  {int(data.item_ids[i - 1]):>8}  {r:>6.2f}  {names[i]}")
+            print(f"{data.user_ids[u - 1].item():>8}  {data.item_ids[i - 1].item():>8}  {r:>6.2f}  {names[i]}")
         return None
     if view == "results":
         user = busiest_user(data, split) if user is None else user

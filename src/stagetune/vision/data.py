@@ -1,4 +1,4 @@
-"""Image data for the ResNet34 classifier: scikit-learn's digits, any ImageFolder tree, Oxford Pets.
+"""Image data for the classifiers: scikit-learn's digits, any ImageFolder tree, images listed in a CSV, Oxford Pets.
 
 Every datamodule gives ``model_kwargs()`` (class count and names), a test split, the
 normalisation it applied (``mean``/``std``, so pictures can be shown as they were) and a
@@ -7,6 +7,7 @@ normalisation it applied (``mean``/``std``, so pictures can be shown as they wer
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -415,3 +416,122 @@ class PetsData(ImageDataModule):
             "val": Transformed(trainval, np.sort(order[:n_valid]).tolist(), eval_tf),
             "test": Transformed(test, range(len(test)), eval_tf),
         }
+
+
+class ListedImages(Dataset):
+    """Image files and their class indices, read and transformed per item."""
+
+    def __init__(self, files: Sequence[str], labels: Sequence[int], transform) -> None:
+        self.files, self.labels, self.transform = list(files), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.transform(open_image(self.files[i])), self.labels[i]
+
+
+SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test", "true": "val", "false": "train", "1": "val", "0": "train"}
+
+
+class ImageCSVData(ImageDataModule):
+    """Images listed in a table: a CSV with a file column and a label column (fastai's ``from_csv``).
+
+    ``path_col`` holds each image's file, relative to ``root`` (default: the CSV's folder);
+    ``label_col`` its class (the classes are the labels' sorted names). With ``split_col`` the
+    table says each image's part: ``train``, ``valid`` or ``test`` (or fastai's ``is_valid``:
+    true/1 is valid, false/0 train); without test rows a seeded ``test_pct`` of train is test.
+    Without ``split_col``, seeded and stratified: ``test_pct`` and ``valid_pct`` of each class.
+    Missing files are an error listing them; unreadable ones too, unless ``skip_bad_files``.
+    """
+
+    def __init__(
+        self, path: str, root: str | None = None, path_col: str = "path", label_col: str = "label", split_col: str | None = None,
+        valid_pct: float = 0.2, test_pct: float = 0.1, size: int = 224, augment: bool = True, skip_bad_files: bool = False,
+        batch_size: int = 64, num_workers: int | None = None, seed: int = 42,
+    ) -> None:
+        super().__init__(batch_size, num_workers)
+        check_size(size)
+        for key, value in (("data.valid_pct", valid_pct), ("data.test_pct", test_pct)):
+            if not 0 < value < 1:
+                raise ConfigError(key, value, "must be in (0, 1)")
+        self.path = Path(path).expanduser()
+        self.root = Path(root).expanduser() if root else self.path.parent
+        self.columns = {"data.path_col": path_col, "data.label_col": label_col} | ({"data.split_col": split_col} if split_col else {})
+        self.valid_pct, self.test_pct, self.size, self.augment = valid_pct, test_pct, size, augment
+        self.skip_bad_files, self.seed = skip_bad_files, seed
+
+    def _rows(self) -> tuple[dict[str, list[str]], list[str]]:
+        """The table's named columns, and where each row is (``FILE:LINE``)."""
+        if not self.path.is_file():
+            what = "is a directory" if self.path.is_dir() else "no such file"
+            raise DataError(f"data.path={self.path}: {what} (a CSV with {', '.join(self.columns.values())} columns)")
+        values: dict[str, list[str]] = {key: [] for key in self.columns}
+        where: list[str] = []
+        try:
+            with open(self.path, encoding="utf-8-sig", newline="") as f:
+                rows = csv.DictReader(f)
+                header = rows.fieldnames or []
+                for key, name in self.columns.items():
+                    if name not in header:
+                        raise DataError(f"{self.path}: no column {name!r} ({key}); its header has: {', '.join(header) or 'nothing'}")
+                for row in rows:
+                    if not any((v or "").strip() for v in row.values()):
+                        continue
+                    for key, name in self.columns.items():
+                        values[key].append((row[name] or "").strip())
+                    where.append(f"{self.path}:{rows.line_num}")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{self.path}: not UTF-8 text (byte {err.object[err.start]:#04x}; a Latin-1 file?): save it as UTF-8") from None
+        if not where:
+            raise DataError(f"{self.path}: no images listed")
+        return values, where
+
+    def _parts(self, labels: np.ndarray, named: list[str] | None, where: list[str]) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        if named is None:
+            test, val, train = stratified_split(labels, [self.test_pct, self.valid_pct], rng)
+            return {"train": train, "val": val, "test": test}
+        parts = []
+        for k, name in enumerate(named):
+            if name.lower() not in SPLIT_NAMES:
+                raise DataError(f"{where[k]}: split {name!r} is not train, valid or test (or true/false as fastai's is_valid) (data.split_col)")
+            parts.append(SPLIT_NAMES[name.lower()])
+        part = np.array(parts)
+        out = {split: np.flatnonzero(part == split) for split in ("train", "val", "test")}
+        if not len(out["val"]):
+            raise DataError(f"{self.path}: no image is marked valid in column {self.columns['data.split_col']!r}")
+        if not len(out["test"]):
+            order = rng.permutation(out["train"])
+            n_test = max(1, int(round(self.test_pct * len(order))))
+            out["train"], out["test"] = np.sort(order[n_test:]), np.sort(order[:n_test])
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        values, where = self._rows()
+        names = values["data.label_col"]
+        empty = next((k for k, v in enumerate(names) if not v), None)
+        if empty is not None:
+            raise DataError(f"{where[empty]}: empty label")
+        self.classes = sorted(set(names))
+        if len(self.classes) < 2:
+            raise DataError(f"{self.path}: one class only ({self.classes[0]!r}); a classifier needs two or more")
+        labels = np.array([self.classes.index(n) for n in names])
+        files = [str(self.root / v) for v in values["data.path_col"]]
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(f"{len(missing)} image file(s) listed in {self.path} are missing (data.root={self.root}): {shown}")
+        parts = self._parts(labels, values.get("data.split_col"), where)
+        bad = drop_unreadable(files, self.skip_bad_files, str(self.path))
+        train_tf, eval_tf = image_transforms(self.size, self.augment)
+        for split, idx in parts.items():
+            keep = [k for k in idx if files[k] not in bad]
+            if not keep:
+                raise DataError(f"{self.path}: the {split} part holds no images (data.split_col, data.valid_pct, data.test_pct)")
+            self.splits[split] = ListedImages([files[k] for k in keep], labels[keep].tolist(), train_tf if split == "train" else eval_tf)
+        unseen = sorted({self.classes[c] for split in ("val", "test") for c in self.splits[split].labels} - {self.classes[c] for c in self.splits["train"].labels})
+        if unseen:
+            raise DataError(f"{self.path}: class(es) {', '.join(unseen)} have no training image: list some as train")

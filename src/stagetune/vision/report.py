@@ -52,9 +52,8 @@ class StageReport(Callback):
         """The name of the stage whose last epoch this is, else None."""
         if trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
             return None
-        plan = StagePlan.of(trainer)
-        last_epoch = plan.plan.first_epoch(plan.index) + plan.stage.epochs - 1
-        return plan.stage.name if trainer.current_epoch == last_epoch else None
+        active = StagePlan.of(trainer).active
+        return active.name if trainer.current_epoch == active.last_epoch else None
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset()
