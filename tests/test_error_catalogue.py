@@ -723,6 +723,27 @@ def test_run_directories(tmp_path, tiny_run, which, code, fragment):
     assert (tiny_run / "metrics.json").read_bytes() == before
 
 
+def test_a_finished_run_leaves_no_lock_and_a_refused_run_leaves_the_holders_lock_as_it_was(tmp_path, tiny_run):
+    import fcntl
+
+    assert not (tiny_run / ".lock").exists(), "a finished run removes its .lock"
+    held = tmp_path / "held"
+    held.mkdir()
+    fd = os.open(held / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"pid 1 on elsewhere\n")
+        for args in (["experiment=tiny"], [f"resume={tiny_run}"]):
+            with pytest.raises(StagetuneError):
+                run_job(composed(*args), held, args)
+        assert (held / ".lock").read_text() == "pid 1 on elsewhere\n"
+    finally:
+        os.close(fd)
+    RunDir(held).claim_fresh()
+    RunDir(held).release()
+    assert not (held / ".lock").exists(), "the lock is taken over once its holder is gone, and removed by its new holder"
+
+
 # -- signals and faults ---------------------------------------------------------------------------
 
 
@@ -1059,3 +1080,25 @@ def test_resume_of_a_path_that_does_not_exist_makes_no_directory(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"stagetune: config error: resume='{tmp_path}/nowhere': no such file or directory"]
     assert not (tmp_path / "nowhere").exists()
+
+
+RESUME_COMMAND_LINES = [
+    # (arguments after resume={r}, exit code, the one line; "{r}" is the run, "{t}" the test's folder)
+    (["+foo=1"], 2, "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; refused: +foo=1"),
+    (["hydra.run.dir={t}/other"], 2, "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; "
+     "refused: hydra.run.dir={t}/other"),
+    ([], 1, "stagetune: error: {t}/notarun is not a stagetune run directory (no config.yaml)"),
+]
+
+
+@pytest.mark.parametrize("args,code,line", RESUME_COMMAND_LINES, ids=["unknown-key", "other-run-dir", "not-a-run"])
+def test_a_refused_resume_writes_nowhere(tmp_path, tiny_run, args, code, line):
+    (tmp_path / "notarun").mkdir()
+    run = tmp_path / "notarun" if not args else tiny_run
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    out = run_cli(f"resume={run}", *(a.format(t=tmp_path) for a in args), cwd=tmp_path)
+    assert out.returncode == code, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(line.format(r=run, t=tmp_path))
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "other").exists() and not any((tmp_path / "notarun").iterdir()), "nothing written, no train.log"
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before

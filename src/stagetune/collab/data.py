@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from stagetune.collab.side import RawSide, tables
 from stagetune.collab.splits import Parts, Ratings, check_fraction, split_random
-from stagetune.engine.loaders import epoch_loader, eval_loader
 from stagetune.errors import ConfigError, DataError, StagetuneError
+from stagetune.engine.loaders import epoch_loader, eval_loader
 
 UNKNOWN = 0
 LISTED_CELLS = 2**25  # up to this many (user, item) cells, synthetic data lists the free ones (256 MB)
@@ -118,8 +118,8 @@ class RatingsDataModule(pl.LightningDataModule):
         """Index users and items from the training part (1..n), encode the three parts, count unseen ids."""
         if len(parts.train) == 0:
             raise DataError(
-                f"{getattr(self, 'source', 'the ratings')}: the training split is empty ({len(table)} rating(s): {len(parts.valid)} valid, {len(parts.test)} test); "
-                "give more ratings, or lower data.valid_pct and data.test_pct"
+                f"{getattr(self, 'source', 'the ratings')}: the training split is empty ({len(table)} rating(s): {len(parts.valid)} valid, "
+                f"{len(parts.test)} test); give more ratings, or lower data.valid_pct and data.test_pct"
             )
         train = table.take(parts.train)
         users, items = Vocabulary(train.users), Vocabulary(train.items)
@@ -173,12 +173,10 @@ class RatingsDataModule(pl.LightningDataModule):
         ids = self.user_ids if kind == "user" else self.item_ids
         if ids.dtype.kind in "iu":
             try:
-                key: int | str = int(raw)
+                raw = int(raw)
             except ValueError:
                 return UNKNOWN
-        else:
-            key = str(raw)
-        pos = np.flatnonzero(ids == key)
+        pos = np.flatnonzero(ids == (raw if ids.dtype.kind in "iu" else str(raw)))
         return int(pos[0]) + 1 if len(pos) else UNKNOWN
 
     def trained_index(self, kind: str, raw: int | str) -> int:
@@ -216,14 +214,6 @@ class RatingsDataModule(pl.LightningDataModule):
                 f"{part}_ratings_with_unseen_id": counts["ratings"],
             }
         return out
-
-    def with_valid_in_train(self) -> None:
-        """Give valid back to training, for a refit (:mod:`stagetune.runs.refit`) after valid has chosen:
-        the training part becomes train + valid (ids keep the indices training gave them; one seen only
-        in valid stays unknown). Valid stays as it was, and is no longer held out."""
-        self.setup()
-        t, v = self.train_set, self.val_set
-        self.train_set = RatingsTensor(torch.cat([t.users, v.users]), torch.cat([t.items, v.items]), torch.cat([t.ratings, v.ratings]))
 
     def parts(self) -> tuple[RatingsTensor, RatingsTensor, RatingsTensor]:
         """Train, valid and test: every rating the data holds."""
@@ -321,7 +311,9 @@ class SyntheticRatings(RatingsDataModule):
         for part, idx in (("valid", parts.valid), ("test", parts.test)):
             self.unseen[part] = unseen_counts(u[idx], i[idx], ~seen_u[u[idx]], ~seen_i[i[idx]])
         users, items = np.where(seen_u[u], u + 1, UNKNOWN), np.where(seen_i[i], i + 1, UNKNOWN)
-        self.train_set, self.val_set, self.test_set = (ratings_tensor(users[idx], items[idx], ratings[idx]) for idx in (parts.train, parts.valid, parts.test))
+        self.train_set, self.val_set, self.test_set = (
+            ratings_tensor(users[idx], items[idx], ratings[idx]) for idx in (parts.train, parts.valid, parts.test)
+        )
 
     def _pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n_ratings`` distinct (user, item) cells: Zipf-weighted draws on both sides, ranks

@@ -14,7 +14,7 @@ from stagetune.engine import launch
 from stagetune.engine.trainer import check_trainer_overrides
 from stagetune.failures import hydra_command, hydra_job_log, in_multirun, task_started, task_wrapper
 from stagetune.runs.run import SETUP_INTERRUPTED, Outcome, train
-from stagetune.runs.rundir import RunDir
+from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.swept import keys_swept_by
 
 PROG = "stagetune"
@@ -74,7 +74,11 @@ def main() -> None:
 
 def command_line_checks(argv: list[str]) -> None:
     """What the command line alone can refuse, before Hydra makes a run directory (for ``resume=``, the resumed one)."""
-    check_paths(*(override_of(argv, key) for key in ("resume", "ckpt_path")))
+    resume = override_of(argv, "resume")
+    check_paths(resume, override_of(argv, "ckpt_path"))
+    if resume is not None and launch.global_rank() == 0:  # a started rank's own hydra.run.dir is its launcher's
+        check_resume_overrides(resume, [arg for arg in argv if "=" in arg and not arg.startswith("-")])
+        RunDir(resume).checked_config()  # not a run (no config.yaml, an unreadable one): refused before Hydra writes train.log in it
     check_output_overrides(argv)
     check_trainer_overrides(argv)
 

@@ -62,6 +62,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
     run = RunDir(run_dir)
     writer = launch.global_rank() == 0
     resuming = bool(cfg.resume)  # the run's own config, read below, says resume: null
+    if resuming:  # before the config is validated: an override it does not know is refused as any other
+        check_resume_overrides(cfg.resume, overrides or [])
     if writer and not resuming:
         run.claim_fresh()
     cfg = validate(cfg)
@@ -69,7 +71,6 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = No
         print_config_tree(cfg)
     ckpt_path = cfg.ckpt_path
     if resuming:
-        check_resume_overrides(cfg.resume, overrides or [])
         resumed = RunDir(cfg.resume)
         cfg = validate(resumed.checked_config())
         done = run.claim_resume() if writer else run.completed()

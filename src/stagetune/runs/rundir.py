@@ -260,6 +260,16 @@ class RunDir:
         if self.path in _writers:  # this process already writes it (an earlier call that failed)
             _writers[self.path].started = False
             return
+        fd = self._locked(advice)
+        while not self._is_lock_file(fd):  # the writer before removed it as it finished: lock the file that is there now
+            os.close(fd)
+            fd = self._locked(advice)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {platform.node()}\n".encode())
+        _writers[self.path] = _Writer(fd)
+
+    def _locked(self, advice: str) -> int:
+        """``.lock`` opened and exclusively locked, or the refusal naming its holder (read only: a refused run writes nothing there)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -271,13 +281,20 @@ class RunDir:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunDirTaken(f"{self.path} is being written by another stagetune run ({holder}); {advice}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {platform.node()}\n".encode())
-        _writers[self.path] = _Writer(fd)
+        return fd
+
+    def _is_lock_file(self, fd: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == os.stat(self.path / LOCK).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
+        """Stop writing the run: ``.lock`` is removed (while still held, so no run takes a file about to go) and closed."""
         writer = _writers.pop(self.path, None)
         if writer is not None:
+            if self._is_lock_file(writer.fd):
+                (self.path / LOCK).unlink()
             os.close(writer.fd)
 
     def claim_fresh(self) -> None:
