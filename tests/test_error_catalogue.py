@@ -1085,8 +1085,11 @@ def test_resume_of_a_path_that_does_not_exist_makes_no_directory(tmp_path):
 RESUME_COMMAND_LINES = [
     # (arguments after resume={r}, exit code, the one line; "{r}" is the run, "{t}" the test's folder)
     (["+foo=1"], 2, "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; refused: +foo=1"),
-    (["hydra.run.dir={t}/other"], 2, "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; "
-     "refused: hydra.run.dir={t}/other"),
+    (
+        ["hydra.run.dir={t}/other"],
+        2,
+        "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; refused: hydra.run.dir={t}/other",
+    ),
     ([], 1, "stagetune: error: {t}/notarun is not a stagetune run directory (no config.yaml)"),
 ]
 

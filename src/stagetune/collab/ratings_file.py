@@ -109,7 +109,7 @@ def _read_parquet(path: Path, columns: dict[str, str]) -> tuple[dict[str, list[s
         raise ConfigError("data.path", str(path), "a Parquet table needs pyarrow: pip install 'stagetune[parquet]'") from None
     try:
         table = pq.read_table(path)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as err:
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     _missing_columns(path, columns, table.column_names)
     values = {key: ["" if v is None else str(v) for v in table.column(name).to_pylist()] for key, name in columns.items()}
