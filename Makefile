@@ -74,7 +74,7 @@ $(SURPRISE_ENV)/.installed:
 	$(SURPRISE_ENV)/bin/python -m pip install --quiet 'numpy<2' scikit-surprise
 	touch $@
 
-bench-peers: data $(FASTAI_ENV)/.installed $(SURPRISE_ENV)/.installed ## the ratings recipes and ensembles against Surprise SVD/SVD++ and fastai (peers in their own venvs)
+bench-peers: data $(FASTAI_ENV)/.installed $(SURPRISE_ENV)/.installed ## the ratings recipes (refit) against Surprise SVD/SVD++/KNNBaseline, defaults and tuned on valid, and fastai (peers in their own venvs)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.collab_peers $(ARGS)
 
 clean: ## remove caches and build files (keeps outputs/ and .venv)

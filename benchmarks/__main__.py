@@ -44,9 +44,13 @@ def overhead(repeats: int, warmup: int, steps: int) -> list[Figure]:
             ],
             repeats,
         )
-        note = "throughput of the stagetune Trainer (StagePlan, default callbacks, TensorBoard logging as the experiment configures it) relative to a plain loop"
+        note = (
+            "throughput of the stagetune Trainer (StagePlan, default callbacks, TensorBoard logging as the experiment configures it) relative to a plain loop"
+        )
         figures.append(Figure(f"pipeline overhead, {name}", "plain s/step", "stagetune s/step", stagetune, target, True, note))
-        note = "reference: a bare Lightning Trainer (no callbacks, logger or checkpoints) relative to the same plain loop, the floor under any Lightning pipeline"
+        note = (
+            "reference: a bare Lightning Trainer (no callbacks, logger or checkpoints) relative to the same plain loop, the floor under any Lightning pipeline"
+        )
         figures.append(Figure(f"bare Lightning, {name}", "plain s/step", "bare Lightning s/step", bare, None, True, note))
         every = cfg.trainer.log_every_n_steps
         note = (
@@ -57,7 +61,9 @@ def overhead(repeats: int, warmup: int, steps: int) -> list[Figure]:
         figures.append(Figure(f"stagetune / bare Lightning, {name}", "bare Lightning s/step", "stagetune s/step", own, bare_target, True, note))
         note = "reference: the same with logger=none, so the callbacks alone: the difference from the row above is TensorBoard's writer (one event a scalar, written by a thread that contends for the GIL)"
         alone = [q / b for q, b in zip(quiet, bare)]
-        figures.append(Figure(f"stagetune without TensorBoard / bare Lightning, {name}", "bare Lightning s/step", "stagetune logger=none s/step", alone, None, True, note))
+        figures.append(
+            Figure(f"stagetune without TensorBoard / bare Lightning, {name}", "bare Lightning s/step", "stagetune logger=none s/step", alone, None, True, note)
+        )
     return figures
 
 
@@ -101,18 +107,35 @@ def loader(repeats: int, warmup: int, steps: int) -> list[Figure]:
     cfg = cases.config(cases.IMAGES + [f"trainer.limit_train_batches={warmup + steps}"])
     with tempfile.TemporaryDirectory() as tmp:
         root = cases.write_image_folder(Path(tmp), per_class=(warmup + steps) * cfg.data.batch_size // 4 + 1)
-        files = lambda: ImageFolderData(root=str(root), size=cfg.data.size, batch_size=cfg.data.batch_size, augment=True)
+
+        def files() -> ImageFolderData:
+            return ImageFolderData(root=str(root), size=cfg.data.size, batch_size=cfg.data.batch_size, augment=True)
+
         digits, jpegs = against(
             lambda: per_step(cases.stagetune_fit(cfg)[0].stamps, warmup),
             [lambda: cases.loader_batches(cfg, warmup, steps), lambda: cases.datamodule_batches(files(), warmup, steps)],
             repeats,
         )
     return [
-        Figure("data loader vs step, digits", "step s/batch", "loader s/batch", digits, 2, True,
-               "images/s of the digits training loader alone (in memory: no workers by default) relative to the ResNet34 training step's, 32 px, batch 32"),
-        Figure("data loader vs step, JPEG files", "step s/batch", "loader s/batch", jpegs, 2, True,
-               "the same step against an image-folder loader decoding 320x240 JPEGs with random crops and flips, "
-               f"with its default workers ({default_workers(decodes=True)} on this machine)"),
+        Figure(
+            "data loader vs step, digits",
+            "step s/batch",
+            "loader s/batch",
+            digits,
+            2,
+            True,
+            "images/s of the digits training loader alone (in memory: no workers by default) relative to the ResNet34 training step's, 32 px, batch 32",
+        ),
+        Figure(
+            "data loader vs step, JPEG files",
+            "step s/batch",
+            "loader s/batch",
+            jpegs,
+            2,
+            True,
+            "the same step against an image-folder loader decoding 320x240 JPEGs with random crops and flips, "
+            f"with its default workers ({default_workers(decodes=True)} on this machine)",
+        ),
     ]
 
 
@@ -145,20 +168,34 @@ def ratings_scale(repeats: int, sizes: tuple[int, ...]) -> list[Figure]:
                 + ("model.sparse=true: lazy Adam updates the rows a batch used" if sparse else "dense Adam updates every row of both tables each step")
             )
             # against() gives base / n; the figure is n / base
-            figures.append(Figure(f"ratings time per rating, {n:,} vs {base:,}, {kind}", f"{n:,} s/rating", f"{base:,} s/rating",
-                                  [1 / r for r in ratios], 1.25, False, note))
+            figures.append(
+                Figure(
+                    f"ratings time per rating, {n:,} vs {base:,}, {kind}", f"{n:,} s/rating", f"{base:,} s/rating", [1 / r for r in ratios], 1.25, False, note
+                )
+            )
     full = cases.config(cases.RATINGS + [f"data.n_ratings={base}"])
     epochs = [cases.stagetune_fit(full, datasets[base])[1].seconds[-1] for _ in range(repeats)]
     batches = len(datasets[base].train_dataloader())
-    figures.append(Figure(f"ratings epoch at {base:,}", "epoch s", "1 s", epochs, 1.0, False,
-                          f"absolute: one whole training epoch of {base:,} ratings ({batches} batches of 1024), validation excluded"))
+    figures.append(
+        Figure(
+            f"ratings epoch at {base:,}",
+            "epoch s",
+            "1 s",
+            epochs,
+            1.0,
+            False,
+            f"absolute: one whole training epoch of {base:,} ratings ({batches} batches of 1024), validation excluded",
+        )
+    )
     return figures
 
 
 def study_workers(repeats: int) -> list[Figure]:
     ratios = side_by_side(lambda: study.study_seconds(1), lambda: study.study_seconds(2), repeats)
-    note = (f"one Optuna study of {study.N_TRIALS} ratings trials (~8 s each) on a journal file: wall time of one worker "
-            "process over two (one torch thread each), worker start-up included")
+    note = (
+        f"one Optuna study of {study.N_TRIALS} ratings trials (~8 s each) on a journal file: wall time of one worker "
+        "process over two (one torch thread each), worker start-up included"
+    )
     return [Figure(f"study workers, {study.N_TRIALS} trials", "1 worker s", "2 workers s", ratios, 1.6, True, note)]
 
 

@@ -21,13 +21,13 @@ from torch.nn import functional as F
 
 from benchmarks.harness import StepClock, per_step
 from stagetune.app import conf_dir
+from stagetune.build import build
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.groups import param_groups, set_trainable
 from stagetune.engine.optim import Optim, build_optimizer, build_scheduler, has_sparse_gradients
 from stagetune.engine.plan import Plan
-from stagetune.runs.rundir import RunDir
-from stagetune.build import build
 from stagetune.runs.assemble import run_trainer
+from stagetune.runs.rundir import RunDir
 
 IMAGES = ["experiment=digits_scratch", "data.size=32", "data.classes=null", "data.train_per_class=null", "data.batch_size=32"]
 RATINGS = ["experiment=ratings_synthetic", "data.batch_size=1024"]
@@ -135,8 +135,14 @@ def bare_lightning_steps(cfg: DictConfig, loss: Callable, warmup: int, steps: in
     data, model, plan, spec = build_run(cfg)
     clock = StepClock()
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=warmup + steps, limit_val_batches=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        max_epochs=1,
+        limit_train_batches=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
     )
     trainer.fit(BareModule(model, plan, spec, loss, warmup + steps), datamodule=data)
     return per_step(clock.stamps, warmup)

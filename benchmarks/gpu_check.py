@@ -22,8 +22,17 @@ from stagetune.engine.optim import Optim, build_optimizer
 from stagetune.vision.models import ResNet34Classifier
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendor's data sheets.
-BF16_PEAK_TFLOPS = {"H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0,
-                    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+}
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (gradients for inputs and weights: twice the forward)
 
 

@@ -103,9 +103,7 @@ def table(figures: list[Figure]) -> str:
     ]
     for f in figures:
         r = f.row()
-        lines.append(
-            f"| {f.name} | {f.a} / {f.b} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['target_text']} | {MET[f.met]} |"
-        )
+        lines.append(f"| {f.name} | {f.a} / {f.b} | {r['median']:.3f} | {r['min']:.3f}-{r['max']:.3f} | {r['target_text']} | {MET[f.met]} |")
     notes = [f"- {f.name}: {f.note}" for f in figures if f.note]
     if any(f.indicative for f in figures):
         notes.insert(0, "- indicative only (--quick: few steps and repeats); no target is judged met or not")

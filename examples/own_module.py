@@ -83,8 +83,13 @@ def main() -> pl.Trainer:
         }
     )
     trainer = pl.Trainer(
-        max_epochs=plan.total_epochs, callbacks=[StagePlan(plan)], logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+        max_epochs=plan.total_epochs,
+        callbacks=[StagePlan(plan)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
     )
     trainer.fit(Classifier(), datamodule=Blobs())
     for stage in StagePlan.of(trainer).stages:

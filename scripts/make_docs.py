@@ -43,10 +43,14 @@ class DocsError(RuntimeError):
 
 def machine() -> str:
     """This machine in words: CPU model and cores, GPU if any, torch version."""
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor() or platform.machine(),
-    ) if Path("/proc/cpuinfo").exists() else platform.machine()
+    model = (
+        next(
+            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+            platform.processor() or platform.machine(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.machine()
+    )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()}-core CPU ({model}), {gpu}, torch {torch.__version__}"
 
@@ -279,7 +283,9 @@ def wd_l2_sweep(runner: Runner) -> str:
     return (
         f"![make sweep: train and valid RMSE against L2 weight decay on ML-100k]({image})\n\n"
         f"| `optim.wd` (L2) | {' | '.join(wds)} |\n| --- |{' --- |' * len(jobs)}\n"
-        + "\n".join([row("train RMSE (eval mode)", "train_eval/rmse"), row("valid RMSE (chooses)", "val/rmse best", True), row("test RMSE (u1.test)", "test/rmse")])
+        + "\n".join(
+            [row("train RMSE (eval mode)", "train_eval/rmse"), row("valid RMSE (chooses)", "val/rmse best", True), row("test RMSE (u1.test)", "test/rmse")]
+        )
         + f"\n\nFrom the smallest to the largest wd, train RMSE goes {train[0]:.3f} -> {train[-1]:.3f} and valid {valid[0]:.3f} -> {valid[-1]:.3f}; "
         f"valid is lowest at wd {wds[jobs.index(best)]} ({valid[jobs.index(best)]:.3f}). "
         f"`make sweep`: {len(jobs)} jobs, {sweep_wall(sweep):.0f} s for the whole sweep, "
@@ -358,10 +364,19 @@ def movielens_folds(runner: Runner) -> str:
 
 # The synthetic-ratings rows of the MovieLens results: fastai's recipe, the experiment's default and the L2 variants.
 SYNTHETIC_RECIPES = {
-    "fastai's (batch 64, `fit_one_cycle(5, 5e-3)`, decoupled wd 0.1: `data.batch_size=64 plan.lr=5e-3 optim.wd=0.1`)": ["data.batch_size=64", "plan.lr=5e-3", "optim.wd=0.1"],
+    "fastai's (batch 64, `fit_one_cycle(5, 5e-3)`, decoupled wd 0.1: `data.batch_size=64 plan.lr=5e-3 optim.wd=0.1`)": [
+        "data.batch_size=64",
+        "plan.lr=5e-3",
+        "optim.wd=0.1",
+    ],
     "batch 1024, lr 1e-2, decoupled wd 1.0 (the experiment's default)": [],
     "batch 1024, lr 3e-2, L2 wd 3e-4 (`optim.wd_kind=l2 optim.wd=3e-4 plan.lr=3e-2`)": ["optim.wd_kind=l2", "optim.wd=3e-4", "plan.lr=3e-2"],
-    "batch 1024, lr 3e-2, L2 wd 3e-4 on the embeddings, none on the biases (`plan.stages.all.wd={biases: 0.0}`)": ["optim.wd_kind=l2", "optim.wd=3e-4", "plan.lr=3e-2", "plan.stages.all.wd={biases:0.0}"],
+    "batch 1024, lr 3e-2, L2 wd 3e-4 on the embeddings, none on the biases (`plan.stages.all.wd={biases: 0.0}`)": [
+        "optim.wd_kind=l2",
+        "optim.wd=3e-4",
+        "plan.lr=3e-2",
+        "plan.stages.all.wd={biases:0.0}",
+    ],
     "batch 1024, lr 3e-2, L2 wd 1e-3": ["optim.wd_kind=l2", "optim.wd=1e-3", "plan.lr=3e-2"],
     "batch 1024, lr 3e-2, decoupled wd 3.0": ["optim.wd=3.0", "plan.lr=3e-2"],
 }
@@ -370,7 +385,10 @@ SYNTHETIC_RECIPES = {
 def ratings_synthetic(runner: Runner) -> str:
     """Recipes on the synthetic ratings against their noise floor (validation RMSE, 5 epochs)."""
     budget = ["data.n_ratings=4000", "plan.stages.all.epochs=1"] if runner.quick else []
-    runs = {label: runner.train(f"synthetic_{k}", "experiment=ratings_synthetic", *overrides, *budget) for k, (label, overrides) in enumerate(SYNTHETIC_RECIPES.items())}
+    runs = {
+        label: runner.train(f"synthetic_{k}", "experiment=ratings_synthetic", *overrides, *budget)
+        for k, (label, overrides) in enumerate(SYNTHETIC_RECIPES.items())
+    }
     floor = next(iter(runs.values()))["data"]["noise_floor"]
     lines = [f"| recipe | val RMSE | / noise floor {floor:.3f} | fit |", "| --- | --- | --- | --- |"]
     lines += [f"| {label} | {run['valid']['val/rmse']:.4f} | {run['valid']['val/rmse'] / floor:.3f} | {run['time_s']:.0f} s |" for label, run in runs.items()]
@@ -434,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make docs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="regenerate only these blocks")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the machinery; the numbers are not the docs'")
-    parser.add_argument("--docs", type=Path, help="the docs folder whose pages to rewrite (default: the project's; with --quick, copies in the output directory)")
+    parser.add_argument(
+        "--docs", type=Path, help="the docs folder whose pages to rewrite (default: the project's; with --quick, copies in the output directory)"
+    )
     parser.add_argument("--images", type=Path, help="where pictures go (default: the docs folder's images/)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "docs")
     args = parser.parse_args(argv)

@@ -310,7 +310,9 @@ def option_section(group: str, path: Path) -> str:
             if pname in values or pname == "self":
                 continue
             default = "required" if param.default is inspect.Parameter.empty else code(param.default)
-            rows.append(f"| `{group}.{pname}` | {default} | constructor argument ({prose(annotation_text(param))}); sizes and statistics the data module hands the model are set for you |")
+            rows.append(
+                f"| `{group}.{pname}` | {default} | constructor argument ({prose(annotation_text(param))}); sizes and statistics the data module hands the model are set for you |"
+            )
     if rows:
         lines += ["| key | value | what it is |", "| --- | --- | --- |", *rows, ""]
     return "\n".join(lines)
@@ -433,15 +435,27 @@ def catalogue_cases() -> list[tuple[str, str, list[str], list[list[str]]]]:
     """Each parametrized category of the catalogue: (list name, test's docstring or name, columns, rows as source text)."""
     source = CATALOGUE.read_text()
     tree = ast.parse(source)
-    lists = {node.targets[0].id: node.value for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.List)}
+    lists = {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.List)
+    }
     out = []
     for node in tree.body:
         if not isinstance(node, ast.FunctionDef):
             continue
         for deco in node.decorator_list:
-            if isinstance(deco, ast.Call) and ast.unparse(deco.func).endswith("parametrize") and isinstance(deco.args[1], ast.Name) and deco.args[1].id in lists:
+            if (
+                isinstance(deco, ast.Call)
+                and ast.unparse(deco.func).endswith("parametrize")
+                and isinstance(deco.args[1], ast.Name)
+                and deco.args[1].id in lists
+            ):
                 columns = [c.strip() for c in deco.args[0].value.split(",")]
-                rows = [[case_text(source, e) for e in item.elts] if isinstance(item, ast.Tuple) else [case_text(source, item)] for item in lists[deco.args[1].id].elts]
+                rows = [
+                    [case_text(source, e) for e in item.elts] if isinstance(item, ast.Tuple) else [case_text(source, item)]
+                    for item in lists[deco.args[1].id].elts
+                ]
                 out.append((deco.args[1].id, ast.get_docstring(node) or node.name.removeprefix("test_").replace("_", " "), columns, rows))
     return out
 

@@ -81,8 +81,8 @@ def test_fastai_benchmark_writes_the_same_three_parts_with_raw_ids(tmp_path):
     """fastai trains and is scored on exactly stagetune's parts: every rating once, ids as in u.data."""
     import numpy as np
 
-    from benchmarks.fastai_collab import write_parts
     from benchmarks.cases import config
+    from benchmarks.fastai_collab import write_parts
     from tests.helpers.ratings import N_RATINGS, write_u_data
 
     write_u_data(tmp_path / "data", test_shift=0)
@@ -99,14 +99,24 @@ def test_fastai_benchmark_writes_the_same_three_parts_with_raw_ids(tmp_path):
         assert {tuple(row) for row in known} <= raw
 
 
-def test_the_peer_table_gives_each_models_mean_and_sample_sd_over_seeds():
+def test_the_peer_table_gives_each_models_mean_and_sample_sd_over_seeds_and_the_u1_u5_mean():
     from benchmarks.collab_peers import table
 
-    runs = [{"seed": s, "valid_rmse": v, "test_rmse": t, "fit_s": f} for s, v, t, f in ((0, 0.90, 0.92, 10.0), (1, 0.91, 0.94, 30.0), (2, 0.92, 0.93, 20.0))]
-    averaged = [{"seed": "0+1+2", "valid_rmse": 0.895, "test_rmse": 0.915, "fit_s": 60.0}]
-    lines = table({"u1": {"movielens": runs, "movielens_seeds": averaged}}).splitlines()
-    assert lines[2] == "| u1 | stagetune `experiment=movielens` (dot_bias) | 0, 1, 2 | 0.9100 ± 0.0100 | 0.9300 ± 0.0100 | 20.0 |"
-    assert lines[3] == "| u1 | stagetune ensemble: `experiment=movielens`, its seeds averaged | 0+1+2 | 0.8950 | 0.9150 | 60.0 |"
+    runs = [
+        {"seed": s, "split_seed": 42, "valid_rmse": v, "test_rmse": t, "cpu_s": c}
+        for s, v, t, c in ((0, 0.90, 0.92, 10.0), (1, 0.91, 0.94, 30.0), (2, 0.92, 0.93, 20.0))
+    ]
+    one = lambda test: [{"seed": 0, "split_seed": 42, "valid_rmse": 0.9, "test_rmse": test, "cpu_s": 5.0}]  # noqa: E731
+    split_runs = [{**r, "split_seed": k} for k, r in enumerate(runs)]
+    folds = {f"u{k}": {"surprise_svd": one(0.90 + k / 100)} for k in range(2, 6)}
+    lines = table({"u1": {"movielens": runs, "surprise_svd": one(0.91)}, **folds, "random": {"movielens": split_runs}}).splitlines()
+    protocol = "chosen on valid, refit on train + valid"
+    assert lines[2] == f"| u1 | stagetune `experiment=movielens` (dot_bias) | {protocol} | 3 | 0.9100 ± 0.0100 | 0.9300 ± 0.0100 | 20.0 |"
+    assert (
+        lines[8]
+        == f"| random 80/20, split seeds 0, 1, 2 | stagetune `experiment=movielens` (dot_bias) | {protocol} | 3 | 0.9100 ± 0.0100 | 0.9300 ± 0.0100 | 20.0 |"
+    )
+    assert lines[9] == "| u1-u5 mean | Surprise `SVD` | defaults, train only | 5 | 0.9000 | 0.9300 | 5.0 |" and len(lines) == 10
 
 
 def test_every_peer_recipe_is_a_shipped_experiment_with_a_table_label():

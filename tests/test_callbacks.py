@@ -7,11 +7,11 @@ from hydra import compose, initialize_config_dir
 from pytorch_lightning.callbacks import EarlyStopping, ModelSummary, TQDMProgressBar
 
 from stagetune.app import conf_dir
-from stagetune.runs.assemble import run_callbacks, run_trainer
-from stagetune.runs.run import train
 from stagetune.config import validate
 from stagetune.engine.progress import EpochLines, StageProgressBar
 from stagetune.errors import ConfigError
+from stagetune.runs.assemble import run_callbacks, run_trainer
+from stagetune.runs.run import train
 from stagetune.runs.rundir import RunDir
 from tests.helpers.cli import ROOT
 

@@ -8,7 +8,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.helpers.cli import run_cli
 
-SMALL = ["experiment=ratings_synthetic", "data.n_ratings=3000", "data.n_users=60", "data.n_items=80", "data.batch_size=64", "plan.stages.all.epochs=2", "trainer.enable_progress_bar=false"]
+SMALL = [
+    "experiment=ratings_synthetic",
+    "data.n_ratings=3000",
+    "data.n_users=60",
+    "data.n_items=80",
+    "data.batch_size=64",
+    "plan.stages.all.epochs=2",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def run_dirs(root: Path) -> list[Path]:

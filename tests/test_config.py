@@ -4,16 +4,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from stagetune.app import conf_dir
 from stagetune.config import validate
 from stagetune.errors import ConfigError
-from stagetune.app import conf_dir
 from tests.helpers.cli import ROOT, run_cli
 from tests.helpers.configs import EXPERIMENTS, composed
-
-
-
-
-
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -96,7 +91,7 @@ def test_the_slurm_launcher_composes():
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher
-    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert launcher._target_ == "hydra_plugins.stagetune_slurm.requeue_launcher.RequeueResumingSlurmLauncher"  # Hydra's, resuming requeued jobs
     assert launcher.nodes == 2 and launcher.tasks_per_node == 8 and launcher.partition == "gpu"
 
 
@@ -112,3 +107,12 @@ def test_every_experiment_composes_to_its_recorded_config(experiment):
 
 def test_every_experiment_has_a_recorded_config():
     assert sorted(p.stem for p in GOLDEN.glob("*.yaml")) == EXPERIMENTS
+
+
+def test_movielens_best_is_the_side_feature_svdpp_recipe_refit():
+    """``experiment=movielens_best`` names ``movielens_svdpp_side`` under the refit protocol: key for key
+    the same run, but for its name and ``refit: true``."""
+    best, named = (OmegaConf.to_container(composed(f"experiment={name}")) for name in ("movielens_best", "movielens_svdpp_side"))
+    assert best.pop("experiment") == "movielens_best" and best.pop("refit") is True
+    assert named.pop("experiment") == "movielens_svdpp_side" and named.pop("refit") is False
+    assert best == named

@@ -49,9 +49,7 @@ def test_sgd_line_fits_the_line_and_draws_it(tmp_path):
 
 
 def test_universal_approx_wider_nets_fit_sin_better(tmp_path):
-    metrics = run_cli(
-        tmp_path, "experiment=universal_approx", "model.widths=[2,32]", "plan.stages.all.epochs=10", "data.n_train=512"
-    )
+    metrics = run_cli(tmp_path, "experiment=universal_approx", "model.widths=[2,32]", "plan.stages.all.epochs=10", "data.n_train=512")
     final = metrics["final"]
     assert final["val/mse/w32"] < final["val/mse/w2"] / 5
     assert final["val/mse/w32"] < 0.02

@@ -59,9 +59,7 @@ def test_overfit_batches_trains_on_the_first_batches_in_order_every_epoch(whole_
 
 
 def test_a_debug_run_is_recorded_apart_and_never_counts_in_a_sweep(tmp_path):
-    result = run_cli(
-        "-m", f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "logger=none", "debug=fdr", "seed=1,2", cwd=tmp_path
-    )
+    result = run_cli("-m", f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "logger=none", "debug=fdr", "seed=1,2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (tmp_path / "outputs" / "tiny").exists(), "debug runs stay out of the results"
     (sweep,) = (tmp_path / "outputs" / "debug" / "tiny" / "multirun").iterdir()

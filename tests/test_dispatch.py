@@ -30,8 +30,15 @@ class RecordedActions(SimpleProfiler):
 def fit(callbacks, steps: int = 3) -> RecordedActions:
     profiler = RecordedActions()
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=steps, limit_val_batches=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, profiler=profiler,
+        max_epochs=1,
+        limit_train_batches=steps,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        profiler=profiler,
     )
     trainer.fit(BoringModel())
     return profiler

@@ -38,7 +38,9 @@ def site(tmp_path_factory) -> Path:
     """The site as ``make site`` builds it (strict: any warning fails), into a folder of the test's own."""
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "WARNING" not in done.stderr, done.stderr[-4000:]
     return out
@@ -64,7 +66,9 @@ def test_the_sites_strict_mode_refuses_a_missing_page_and_a_missing_anchor(tmp_p
     mini = {"site_name": "check", "strict": True, **{k: settings[k] for k in ("validation", "markdown_extensions", "theme")}}
     (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(mini))
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--site-dir", str(tmp_path / "site")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--site-dir", str(tmp_path / "site")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode != 0
     assert "missing.md" in done.stderr and "'#nowhere'" in done.stderr, done.stderr[-2000:]
 
@@ -155,7 +159,11 @@ def browse(page: Path, *flags: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "page,needs",
-    [("index.html", ["stagetune", "layer group"]), ("tutorials/sweep-tensorboard.html", ["stagetune -m experiment=ratings_synthetic"]), ("reference/config.html", ["plan.stages.NAME.pct_start"])],
+    [
+        ("index.html", ["stagetune", "layer group"]),
+        ("tutorials/sweep-tensorboard.html", ["stagetune -m experiment=ratings_synthetic"]),
+        ("reference/config.html", ["plan.stages.NAME.pct_start"]),
+    ],
     ids=["home", "tutorial", "config-reference"],
 )
 def test_a_page_renders_in_chromium_with_its_images_and_code(site, page, needs):

@@ -44,7 +44,9 @@ def test_an_unknown_trainer_key_is_one_line_naming_the_closest_keys(tmp_path):
     out = run_cli(*TINY, "trainer.bogus=1", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith("stagetune: config error: trainer.bogus='1': not an argument of pytorch_lightning.Trainer; the closest are trainer.")
+    assert len(errors) == 1 and errors[0].startswith(
+        "stagetune: config error: trainer.bogus='1': not an argument of pytorch_lightning.Trainer; the closest are trainer."
+    )
     out = run_cli(*TINY, "trainer.val_check_intervall=0.5", cwd=tmp_path)
     assert out.returncode == 2 and "the closest are trainer.val_check_interval" in out.stderr
 

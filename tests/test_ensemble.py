@@ -12,12 +12,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
-from torch.nn import functional as F
-
 from PIL import Image
+from torch.nn import functional as F
 
 from stagetune.commands import evaluate, predict, report
 from stagetune.runs.trained import load_trained
@@ -28,8 +26,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 RATINGS = ["experiment=ratings_synthetic", "data.n_users=50", "data.n_items=40", "data.batch_size=64", "plan.stages.all.epochs=2"]
 DIGITS = [
-    "experiment=digits_scratch", "data.size=16", "data.train_per_class=2", "data.valid_pct=0.05", "data.test_pct=0.05",
-    "data.batch_size=5", "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1",
+    "experiment=digits_scratch",
+    "data.size=16",
+    "data.train_per_class=2",
+    "data.valid_pct=0.05",
+    "data.test_pct=0.05",
+    "data.batch_size=5",
+    "plan.stages.frozen.epochs=1",
+    "plan.stages.unfrozen.epochs=1",
 ]
 
 

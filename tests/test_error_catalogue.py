@@ -35,8 +35,8 @@ from stagetune.engine.faults import AtomicCheckpointIO
 from stagetune.errors import ConfigError, DataError, StagetuneError
 from stagetune.failures import user_errors
 from stagetune.runs.checks import check_splits
-from stagetune.runs.rundir import RunDir
 from stagetune.runs.run import SETUP_INTERRUPTED, train
+from stagetune.runs.rundir import RunDir
 from stagetune.vision.data import ImageFolderData, to_rgb
 from tests.helpers.cli import ROOT, run_cli
 
@@ -227,8 +227,7 @@ def test_an_evaluation_split_smaller_than_the_world_is_refused_in_one_line(tmp_p
     with pytest.raises(ConfigError) as err:
         check_splits(cfg, TinyData(n=2, batch_size=2), world_size=3)
     assert str(err.value) == (
-        "trainer.devices=3: the validation split has 2 example(s) for 3 processes; every process needs one: "
-        "use at most 2 devices, or a larger split"
+        "trainer.devices=3: the validation split has 2 example(s) for 3 processes; every process needs one: use at most 2 devices, or a larger split"
     )
     check_splits(cfg, TinyData(n=2, batch_size=2), world_size=2)
 
@@ -237,7 +236,9 @@ def test_one_cycle_stages_of_a_few_steps_train(tmp_path):
     """torch's OneCycleLR divides by zero when pct_start * steps == 1 (2 steps at 0.5, 4 at 0.25): such stages train."""
     for k, (n, pct) in enumerate([(16, 0.5), (32, 0.25), (8, 0.25), (40, 0.2)]):
         run = tmp_path / f"run{k}"
-        value = run_job(composed("experiment=tiny", "plan=fit_one_cycle", "plan.stages.all.epochs=1", f"data.n={n}", f"plan.stages.all.pct_start={pct}"), run, [])
+        value = run_job(
+            composed("experiment=tiny", "plan=fit_one_cycle", "plan.stages.all.epochs=1", f"data.n={n}", f"plan.stages.all.pct_start={pct}"), run, []
+        )
         RunDir(run).release()
         record = RunDir(run).metrics()
         assert record["status"] == "completed" and record["global_step"] == n // 8
@@ -285,8 +286,18 @@ RATINGS_FILES = [
     ({"ratings.dat": "1::10::4\n"}, "random", DataError, "{d}/ratings.dat:1: expected USER::ITEM::RATING::TIMESTAMP"),
     ({"ratings.csv": "userId,movieId,rating,timestamp\n"}, "random", DataError, "{d}/ratings.csv: no ratings in the file"),
     ({"ratings.csv": "userId,movieId,rating,timestamp\n1;10;4;5\n"}, "random", DataError, "{d}/ratings.csv:2: expected USER,ITEM,RATING,TIMESTAMP"),
-    ({"ratings.csv": "userId,movieId,rating,timestamp\n1,10,4,5\n", "movies.csv": "movieId,title\n10,Caf\xe9\n".encode("latin-1")}, "random", DataError, "{d}/movies.csv: not UTF-8 text (byte 0xe9; a Latin-1 file?)"),
-    ({"ratings.csv": "userId,movieId,rating,timestamp\n1,10,4,5\n", "movies.csv": None}, "random", DataError, "{d}/movies.csv is a directory, not a titles file"),
+    (
+        {"ratings.csv": "userId,movieId,rating,timestamp\n1,10,4,5\n", "movies.csv": "movieId,title\n10,Caf\xe9\n".encode("latin-1")},
+        "random",
+        DataError,
+        "{d}/movies.csv: not UTF-8 text (byte 0xe9; a Latin-1 file?)",
+    ),
+    (
+        {"ratings.csv": "userId,movieId,rating,timestamp\n1,10,4,5\n", "movies.csv": None},
+        "random",
+        DataError,
+        "{d}/movies.csv is a directory, not a titles file",
+    ),
     ({"u.data": GOOD, "u.item": "ten|Heat\n"}, "random", DataError, "{d}/u.item:1: expected ITEM_ID and TITLE"),
     ({"ratings.csv": "userId,movieId,rating,timestamp\n1,10,4,5\n"}, "u1", ConfigError, "ml-100k's own fold; {d} holds ratings.csv: use random or time"),
     ({"u.data": GOOD, "u1.base": GOOD}, "u1", DataError, "{d}/u1.test not found beside its pair"),
@@ -315,8 +326,20 @@ TABLES = [
     ("shop.csv", HEADER + "a,x,nan,1\n", {}, DataError, "{f}:2: rating nan is outside model.y_range"),
     ("shop.csv", HEADER + ",x,4,1\n", {}, DataError, "{f}:2: empty user id"),
     ("shop.csv", HEADER + "a,x,4,yesterday\n", {"time_col": "when", "split": "time"}, DataError, "{f}:2: time 'yesterday' is neither a number nor an ISO date"),
-    ("shop.csv", "customer,product,stars,part\na,x,4,holdout\n", {"split": "file", "split_col": "part"}, DataError, "{f}:2: split 'holdout' is not one of train, valid, test"),
-    ("shop.csv", "customer,product,stars,part\na,x,4,train\n", {"split": "file", "split_col": "part"}, DataError, "{f}: no rating is marked test in column 'part'"),
+    (
+        "shop.csv",
+        "customer,product,stars,part\na,x,4,holdout\n",
+        {"split": "file", "split_col": "part"},
+        DataError,
+        "{f}:2: split 'holdout' is not one of train, valid, test",
+    ),
+    (
+        "shop.csv",
+        "customer,product,stars,part\na,x,4,train\n",
+        {"split": "file", "split_col": "part"},
+        DataError,
+        "{f}: no rating is marked test in column 'part'",
+    ),
     ("shop.csv", HEADER, {}, DataError, "{f}: no ratings in the file"),
     ("shop.csv", "", {}, DataError, "{f}: no ratings in the file"),
     ("shop.csv", HEADER.encode() + "b\xe9a,x,4,1\n".encode("latin-1"), {}, DataError, "{f}: not UTF-8 text (byte 0xe9; a Latin-1 file?)"),
@@ -560,7 +583,11 @@ RESUMES = [
     ({"edit": {**unfinished(), "config.yaml": "- a\n- list\n"}}, StagetuneError, "{r}/config.yaml holds a list, not a run's config"),
     ({"edit": {"metrics.json": "{not json"}}, StagetuneError, "{r}/metrics.json is not valid JSON"),
     ({"edit": {"metrics.json": "[1, 2]"}}, StagetuneError, "{r}/metrics.json holds a list, not a run's record"),
-    ({"edit": {**unfinished(), "checkpoints/last.ckpt": b"PK\x03\x04 truncated"}}, StagetuneError, "resume: {r}/checkpoints/last.ckpt is not a readable checkpoint"),
+    (
+        {"edit": {**unfinished(), "checkpoints/last.ckpt": b"PK\x03\x04 truncated"}},
+        StagetuneError,
+        "resume: {r}/checkpoints/last.ckpt is not a readable checkpoint",
+    ),
     ({"edit": {**unfinished(), "config.yaml": "model:\n  _target_: builtins.open\n"}}, StagetuneError, "refusing to build model._target_: builtins.open"),
 ]
 
@@ -589,8 +616,10 @@ def test_resume_with_other_overrides_and_of_a_completed_run(tmp_path, tiny_run):
 
 STOPS = [
     # (overrides, the line printed after the metrics)
-    (["callbacks=early_stopping", "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=10"],
-     "stopped after 2 of 5 epochs: early stopping: val/loss did not improve by more than 10 for 1 validations"),
+    (
+        ["callbacks=early_stopping", "callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=10"],
+        "stopped after 2 of 5 epochs: early stopping: val/loss did not improve by more than 10 for 1 validations",
+    ),
     (["+trainer.max_time={seconds: 0}"], "stopped after 0 of 5 epochs: trainer.max_time ran out"),
 ]
 
@@ -644,8 +673,17 @@ def test_lightning_drops_the_best_score_of_a_moved_checkpoint_dir_and_run_checkp
     saved.best_k_models = {str(old / "best-a.ckpt"): torch.tensor(0.5, dtype=torch.float64), str(old / "best-b.ckpt"): torch.tensor(0.75)}
     saved.kth_best_model_path, saved.kth_value, saved.last_model_path = str(old / "best-b.ckpt"), torch.tensor(0.75), str(old / "last.ckpt")
     state = saved.state_dict()
-    assert set(state) == {"monitor", "best_model_score", "best_model_path", "current_score", "dirpath", "best_k_models",
-                          "kth_best_model_path", "kth_value", "last_model_path"}, "Lightning's ModelCheckpoint state changed: check RunCheckpoint"
+    assert set(state) == {
+        "monitor",
+        "best_model_score",
+        "best_model_path",
+        "current_score",
+        "dirpath",
+        "best_k_models",
+        "kth_best_model_path",
+        "kth_value",
+        "last_model_path",
+    }, "Lightning's ModelCheckpoint state changed: check RunCheckpoint"
     plain = ModelCheckpoint(dirpath=new, monitor="val/loss", save_top_k=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -743,13 +781,28 @@ def failing_save(after: int, err: OSError):
 
 FAULTS = [
     # (what goes wrong, error type or status, fragment; "{r}" is the run)
-    ("disk full after the first checkpoints", OSError(errno.ENOSPC, "No space left on device", "last.ckpt"), 2, "failed",
-     "no space left on the device writing last.ckpt; free some space, then continue with: stagetune resume={r}"),
-    ("disk full at the first checkpoint", OSError(errno.ENOSPC, "No space left on device", "best.ckpt"), 0, "failed",
-     "no space left on the device writing best.ckpt; free some space, then start the run again"),
+    (
+        "disk full after the first checkpoints",
+        OSError(errno.ENOSPC, "No space left on device", "last.ckpt"),
+        2,
+        "failed",
+        "no space left on the device writing last.ckpt; free some space, then continue with: stagetune resume={r}",
+    ),
+    (
+        "disk full at the first checkpoint",
+        OSError(errno.ENOSPC, "No space left on device", "best.ckpt"),
+        0,
+        "failed",
+        "no space left on the device writing best.ckpt; free some space, then start the run again",
+    ),
     ("quota exceeded", OSError(errno.EDQUOT, "Disk quota exceeded", "last.ckpt"), 1, "failed", "no space left on the device writing last.ckpt"),
-    ("an I/O error", OSError(errno.EIO, "Input/output error"), 0, "failed",
-     "OSError: [Errno 5] Input/output error (not a check stagetune makes: the traceback is in {r}/train.log; please report it with that file)"),
+    (
+        "an I/O error",
+        OSError(errno.EIO, "Input/output error"),
+        0,
+        "failed",
+        "OSError: [Errno 5] Input/output error (not a check stagetune makes: the traceback is in {r}/train.log; please report it with that file)",
+    ),
 ]
 
 
@@ -800,13 +853,24 @@ def sigterm_first(function):
 
 BETWEEN_PHASES = [
     # (where the SIGTERM lands, a resume?, what is patched to send it, the line; "{r}" is the run)
-    ("the Trainer's set-up, before Lightning's handlers", False, None,
-     "SIGTERM received during set-up, before training started; nothing was trained or saved: start the run again"),
-    ("a resume's set-up", True, "build",
-     "SIGTERM received during set-up, before training went on; nothing new was trained. Continue with: stagetune resume={r}"),
-    ("between the end of the fit and the evaluation", False, "evaluate_chosen",
-     "SIGTERM received after training finished, before the evaluation of the chosen checkpoint; the training is saved. "
-     "Continue with: stagetune resume={r}"),
+    (
+        "the Trainer's set-up, before Lightning's handlers",
+        False,
+        None,
+        "SIGTERM received during set-up, before training started; nothing was trained or saved: start the run again",
+    ),
+    (
+        "a resume's set-up",
+        True,
+        "build",
+        "SIGTERM received during set-up, before training went on; nothing new was trained. Continue with: stagetune resume={r}",
+    ),
+    (
+        "between the end of the fit and the evaluation",
+        False,
+        "evaluate_chosen",
+        "SIGTERM received after training finished, before the evaluation of the chosen checkpoint; the training is saved. Continue with: stagetune resume={r}",
+    ),
 ]
 
 
@@ -831,8 +895,7 @@ def test_a_fault_inside_training_names_itself_and_the_log(tmp_path):
     err = job(tmp_path / "run", "experiment=tiny", "+callbacks.fault._target_=tests.tiny.RaiseAt", "+callbacks.fault.step=3")
     run = (tmp_path / "run").resolve()
     assert str(err) == (
-        f"RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {run}/train.log; "
-        "please report it with that file)"
+        f"RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {run}/train.log; please report it with that file)"
     )
     assert isinstance(err.__cause__, RuntimeError), "the traceback logged is the fault's own"
 
@@ -854,7 +917,9 @@ def ratings_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory) -> Path:
     small = ["data.classes=[0,1]", "data.train_per_class=2", "data.size=8", "data.valid_pct=0.05", "data.test_pct=0.05", "data.batch_size=4"]
-    return trained(tmp_path_factory.mktemp("digits") / "run", "experiment=digits_scratch", *small, "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1")
+    return trained(
+        tmp_path_factory.mktemp("digits") / "run", "experiment=digits_scratch", *small, "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1"
+    )
 
 
 def command(main, argv: list[str], capsys) -> tuple[int, list[str]]:
@@ -878,7 +943,12 @@ COMMANDS = [
     (predict, ["{image}", "{tmp}/bad.png"], 1, "stagetune-predict: error: none of the 1 file(s) could be read as an image"),
     (predict, ["{image}", "{tmp}/good.png", "--batch-size", "0"], 1, "stagetune-predict: error: --batch-size 0: must be >= 1"),
     (predict, ["{image}", "{tmp}/good.png", "--top-k", "0"], 1, "stagetune-predict: error: --top-k 0: must be >= 1"),
-    (predict, ["{image}", "{tmp}/good.png", "--out", "{tmp}/taken.csv"], 2, "stagetune-predict: config error: --out='{tmp}/taken.csv': exists; choose another file, or add --force"),
+    (
+        predict,
+        ["{image}", "{tmp}/good.png", "--out", "{tmp}/taken.csv"],
+        2,
+        "stagetune-predict: config error: --out='{tmp}/taken.csv': exists; choose another file, or add --force",
+    ),
     (predict, ["{image}", "{tmp}/good.png", "--out", "{tmp}"], 2, "stagetune-predict: config error: --out='{tmp}': is a directory; give a file name"),
     (predict, ["{image}", "{tmp}/good.png", "--out", "{image}/metrics.json"], 2, "is in the records of the run {image} (metrics.json); write elsewhere"),
     (recommend, ["{tmp}/nowhere", "--user", "1"], 1, "stagetune-recommend: error: {tmp}/nowhere: no such run directory"),
@@ -949,8 +1019,19 @@ def test_lr_find(tmp_path, overrides, key, allowed):
 # -- configs made by hypothesis -------------------------------------------------------------------
 
 NUMBERS = st.one_of(st.integers(-3, 5), st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from(["x", "null", "[]", "[1,2,3]"]))
-KEYS = ["plan.lr", "plan.stages.frozen.epochs", "plan.stages.unfrozen.pct_start", "plan.stages.unfrozen.div", "optim.wd", "optim.eps",
-        "optim.momentum", "seed", "checkpoint.save_top_k", "checkpoint.every_n_epochs", "plan.stages.unfrozen.wd"]
+KEYS = [
+    "plan.lr",
+    "plan.stages.frozen.epochs",
+    "plan.stages.unfrozen.pct_start",
+    "plan.stages.unfrozen.div",
+    "optim.wd",
+    "optim.eps",
+    "optim.momentum",
+    "seed",
+    "checkpoint.save_top_k",
+    "checkpoint.every_n_epochs",
+    "plan.stages.unfrozen.wd",
+]
 
 
 @settings(max_examples=25, deadline=None)
@@ -963,7 +1044,7 @@ def test_any_config_is_valid_or_refused_naming_a_key_it_was_given(values):
         assert err.key in values or any(err.key.startswith(k) for k in values), (err.key, overrides)
         assert "\n" not in str(err)
         return
-    except Exception as err:  # noqa: BLE001 - Hydra refusing a value's syntax is a composition error (exit 2)
+    except Exception as err:
         from hydra.errors import HydraException
 
         assert isinstance(err, HydraException), (type(err), err)
@@ -976,12 +1057,24 @@ def test_any_config_is_valid_or_refused_naming_a_key_it_was_given(values):
 END_TO_END = [
     # (overrides, exit code, line start, status; "{r}" is the run directory)
     (["data.batch_size=0"], 2, "stagetune: config error: data.batch_size=0: must be >= 1", "failed"),
-    (["+callbacks.fault._target_=tests.tiny.RaiseAt", "+callbacks.fault.step=3"], 1,
-     "stagetune: error: RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {r}/train.log", "failed"),
-    (["+callbacks.sigint._target_=tests.tiny.SignalInSetup"], 130,
-     "stagetune: interrupted: SIGINT received during set-up, before training started; nothing was trained or saved", "interrupted"),
-    (["+callbacks.sigterm._target_=tests.tiny.SignalOnBuild"], 143,
-     "stagetune: interrupted: SIGTERM received during set-up, before training started; nothing was trained or saved", "interrupted"),
+    (
+        ["+callbacks.fault._target_=tests.tiny.RaiseAt", "+callbacks.fault.step=3"],
+        1,
+        "stagetune: error: RuntimeError: fault injected at step 3 (not a check stagetune makes: the traceback is in {r}/train.log",
+        "failed",
+    ),
+    (
+        ["+callbacks.sigint._target_=tests.tiny.SignalInSetup"],
+        130,
+        "stagetune: interrupted: SIGINT received during set-up, before training started; nothing was trained or saved",
+        "interrupted",
+    ),
+    (
+        ["+callbacks.sigterm._target_=tests.tiny.SignalOnBuild"],
+        143,
+        "stagetune: interrupted: SIGTERM received during set-up, before training started; nothing was trained or saved",
+        "interrupted",
+    ),
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"], 2, "stagetune: config error: trainer.sync_batchnorm=True: SyncBatchNorm runs on GPUs only", "failed"),
 ]
 
@@ -1010,8 +1103,11 @@ def test_resume_of_a_path_that_does_not_exist_makes_no_directory(tmp_path):
 RESUME_COMMAND_LINES = [
     # (arguments after resume={r}, exit code, the one line; "{r}" is the run, "{t}" the test's folder)
     (["+foo=1"], 2, "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; refused: +foo=1"),
-    (["hydra.run.dir={t}/other"], 2, "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; "
-     "refused: hydra.run.dir={t}/other"),
+    (
+        ["hydra.run.dir={t}/other"],
+        2,
+        "stagetune: config error: resume='{r}': continues the run with its own config.yaml and takes no other overrides; refused: hydra.run.dir={t}/other",
+    ),
     ([], 1, "stagetune: error: {t}/notarun is not a stagetune run directory (no config.yaml)"),
 ]
 

@@ -15,11 +15,10 @@ import torch
 from PIL import Image
 
 from stagetune.commands import evaluate, show
-from stagetune.runs.views import training_batch
 from stagetune.runs import evaluation
 from stagetune.runs.trained import load_trained
+from stagetune.runs.views import training_batch
 from tests.helpers.runs import make_run, run_main
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -96,16 +95,14 @@ def test_eval_of_a_ratings_run_equals_its_metrics_and_draws_nothing(ratings_run)
 
 def test_eval_mistakes_are_one_line(digits_run, tmp_path, capsys):
     assert run_main(evaluate, digits_run, "--ckpt", "newest") == 1
-    assert capsys.readouterr().err.strip() == (
-        "stagetune-eval: error: --ckpt newest: use best, last or the path of a checkpoint file"
-    )
+    assert capsys.readouterr().err.strip() == ("stagetune-eval: error: --ckpt newest: use best, last or the path of a checkpoint file")
     assert run_main(evaluate, tmp_path) == 1
     assert "is not a stagetune run directory" in capsys.readouterr().err
 
 
 def grid_size(n: int) -> tuple[int, int]:
     """Pixels of an image grid of ``n`` cells: 2.2 x 2.4 inches a cell, 0.4 for the title, at 100 dpi."""
-    cols = -(-n ** 0.5 // 1)
+    cols = -(-(n**0.5) // 1)
     rows = -(-n // cols)
     return int(220 * cols), int(240 * rows + 40)
 
@@ -183,6 +180,7 @@ def test_show_batch_of_a_ratings_run_prints_the_first_training_batch(ratings_run
     users, items, ratings = training_batch(trained)
     data = trained.datamodule
     assert [[int(u), int(i), float(r)] for u, i, r, _ in rows] == [
-        [int(data.user_ids[u - 1]), int(data.item_ids[i - 1]), pytest.approx(r, abs=5e-3)] for u, i, r in zip(users[:4].tolist(), items[:4].tolist(), ratings[:4].tolist())
+        [int(data.user_ids[u - 1]), int(data.item_ids[i - 1]), pytest.approx(r, abs=5e-3)]
+        for u, i, r in zip(users[:4].tolist(), items[:4].tolist(), ratings[:4].tolist())
     ]
     assert not (ratings_run / "show-batch.png").exists(), "a table, no picture"

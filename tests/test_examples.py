@@ -18,14 +18,21 @@ HYDRA = [f"hydra.searchpath=[file://{EXAMPLES / 'own_module_hydra' / 'conf'}]", 
 def run_python(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     path = os.pathsep.join([str(ROOT / "src"), str(ROOT), str(EXAMPLES)])
     return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(env or {})},
     )
 
 
 def test_import_stagetune_is_light_and_exports_the_engine():
-    out = run_python("-c", "import sys, stagetune; assert 'torch' not in sys.modules, 'torch loaded'; "
-                     "import json; print(stagetune.StagePlan.__module__, 'torch' in sys.modules, json.dumps(stagetune.__all__))")
+    out = run_python(
+        "-c",
+        "import sys, stagetune; assert 'torch' not in sys.modules, 'torch loaded'; "
+        "import json; print(stagetune.StagePlan.__module__, 'torch' in sys.modules, json.dumps(stagetune.__all__))",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     module, torch_loaded, names = out.stdout.split(" ", 2)
     assert module == "stagetune.engine.plan" and torch_loaded == "True"

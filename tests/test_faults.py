@@ -7,8 +7,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from stagetune.errors import StagetuneError
 from stagetune.engine.faults import AtomicCheckpointIO, check_checkpoint, finite
+from stagetune.errors import StagetuneError
 from tests.helpers.cli import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny"]
@@ -35,8 +35,14 @@ def test_divergence_stops_with_stage_epoch_step_lrs_and_keeps_the_last_good_chec
 
 @pytest.mark.parametrize(
     "loss, expected",
-    [(torch.tensor(2.5), True), (torch.tensor(float("nan")), False), (torch.tensor(float("-inf")), False),
-     (torch.tensor([1.0, 2.0]), True), (torch.tensor([1.0, float("inf")]), False), (torch.tensor([float("nan")], dtype=torch.bfloat16), False)],
+    [
+        (torch.tensor(2.5), True),
+        (torch.tensor(float("nan")), False),
+        (torch.tensor(float("-inf")), False),
+        (torch.tensor([1.0, 2.0]), True),
+        (torch.tensor([1.0, float("inf")]), False),
+        (torch.tensor([float("nan")], dtype=torch.bfloat16), False),
+    ],
 )
 def test_the_guard_reads_one_value_losses_and_whole_tensors_alike(loss, expected):
     assert finite(loss.requires_grad_()) is expected
@@ -115,10 +121,26 @@ def test_resume_from_a_foreign_checkpoint_is_one_line(tmp_path):
 
 
 CATALOGUE = [
-    (["plan.stages.frozen.freeze_to=5"], 2, "stagetune: config error: plan.stages.frozen.freeze_to=5: the model has 3 layer groups: allowed -3..2 (-1 trains the last group only, 0 trains all)"),
-    (["plan.stages.unfrozen.lr=[1e-2,1e-4]"], 2, "stagetune: config error: plan.stages.unfrozen.lr=[0.01, 0.0001]: the low end is above the high end; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find"),
-    (["plan.stages.unfrozen.lr=[-1,1e-4]"], 2, "stagetune: config error: plan.stages.unfrozen.lr=[-1, 0.0001]: every end must be finite and > 0; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find"),
-    (["trainer=gpu"], 2, "stagetune: config error: trainer.devices=1: this machine has 0 GPU(s); ask for at most 0, or use trainer=cpu (one process) or trainer=ddp_cpu (DDP over CPU processes)"),
+    (
+        ["plan.stages.frozen.freeze_to=5"],
+        2,
+        "stagetune: config error: plan.stages.frozen.freeze_to=5: the model has 3 layer groups: allowed -3..2 (-1 trains the last group only, 0 trains all)",
+    ),
+    (
+        ["plan.stages.unfrozen.lr=[1e-2,1e-4]"],
+        2,
+        "stagetune: config error: plan.stages.unfrozen.lr=[0.01, 0.0001]: the low end is above the high end; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find",
+    ),
+    (
+        ["plan.stages.unfrozen.lr=[-1,1e-4]"],
+        2,
+        "stagetune: config error: plan.stages.unfrozen.lr=[-1, 0.0001]: every end must be finite and > 0; a learning rate is a number > 0, [hi] with hi > 0, or [lo, hi] with 0 < lo <= hi, or find",
+    ),
+    (
+        ["trainer=gpu"],
+        2,
+        "stagetune: config error: trainer.devices=1: this machine has 0 GPU(s); ask for at most 0, or use trainer=cpu (one process) or trainer=ddp_cpu (DDP over CPU processes)",
+    ),
     (["data.batch_size=1000"], 2, "stagetune: config error: data.batch_size=1000: the training split has 64 examples; use at most 64"),
 ]
 

@@ -57,10 +57,8 @@ def test_optimizer_gets_the_converted_wd_per_group():
 
 
 def test_config_override_takes_a_per_group_mapping():
-    from stagetune.config import validate
+    from stagetune.config import plan_of, validate
     from tests.helpers.configs import composed
-
-    from stagetune.config import plan_of
 
     cfg = validate(composed("plan=fit_one_cycle", "plan.stages.all.wd={embeddings: 0.1, biases: 0.0}"))
     stage = plan_of(cfg).ordered[0]
@@ -73,7 +71,6 @@ def test_hparams_carry_one_wd_per_named_group():
     plan = Plan(stages={"one": Stage(freeze_to=0, lr=1e-3, wd={"biases": 0.5})})
     out = stage_hparams(plan.views(["factors", "biases"], 0.01))
     assert out["plan.stages.one.wd.biases"] == 0.5 and "plan.stages.one.wd" not in out
-
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from stagetune.build import build
 from stagetune.engine.groups import check_partition, groups_by_pattern, param_groups, set_trainable
 from stagetune.engine.plan import Stage
 from stagetune.errors import ConfigError
-from tests.tiny import TinyData, UngroupedNet
 from tests.helpers.plans import fit
+from tests.tiny import TinyData, UngroupedNet
 
 PATTERNS = {"body_early": "conv1|bn1|layer1", "body_late": "layer3", "head": "fc|scale"}
 
@@ -52,7 +52,11 @@ def test_a_pattern_group_splits_weight_decay_as_module_groups_do():
 @pytest.mark.parametrize(
     "patterns,key,fragment",
     [
-        ({"early": "conv1|bn1", "head": "fc"}, "model.groups", "5 parameter(s) match no pattern: scale, layer1.0.weight, layer1.0.bias, layer3.0.weight, layer3.0.bias; each must match exactly one"),
+        (
+            {"early": "conv1|bn1", "head": "fc"},
+            "model.groups",
+            "5 parameter(s) match no pattern: scale, layer1.0.weight, layer1.0.bias, layer3.0.weight, layer3.0.bias; each must match exactly one",
+        ),
         ({"a": "conv1|bn1|layer1|layer3", "b": "layer.*", "c": "fc|scale"}, "model.groups", "4 parameter(s) match several patterns: layer1.0.weight"),
         ({"a": ".*", "b": "decoder"}, "model.groups.b", "matches no parameter name (the names look like 'scale')"),
         ({"a": ".*", "b": "["}, "model.groups.b", "not a regular expression"),
@@ -84,3 +88,20 @@ def test_groups_null_keeps_the_models_own_split():
 
     model = build(OmegaConf.create({"_target_": "tests.tiny.TinyNet", "groups": None}))
     assert isinstance(model, TinyNet) and [g.name for g in model.layer_groups()] == ["body_early", "body_late", "head"]
+
+
+def test_a_model_regrouped_by_patterns_trains_without_the_feature_cache():
+    """ResNet34's features() run its own three groups: other groups would cache the wrong prefix."""
+    from types import SimpleNamespace
+
+    from stagetune.engine.cache import inexact_reason
+    from stagetune.engine.plan import Plan, StagePlan
+
+    node = OmegaConf.create(
+        {"_target_": "stagetune.vision.models.ResNet34Classifier", "n_classes": 3, "weights": None, "groups": {"body": "body", "head": "head"}}
+    )
+    model = build(node)
+    plan = StagePlan(Plan(stages={"frozen": Stage("frozen", 1, freeze_to=-1, lr=1e-2, train_bn=False)}))
+    plan.groups = model.layer_groups()
+    reason = inexact_reason(SimpleNamespace(world_size=1, datamodule=SimpleNamespace(augment=False)), model, plan, 0)
+    assert reason == "its layer groups come from model.groups patterns, which its features()/forward_from() do not follow"

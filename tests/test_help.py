@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from stagetune.app import COMMANDS, conf_dir
-from stagetune.console import print_config_tree
 from stagetune.config import validate
+from stagetune.console import print_config_tree
 from tests.helpers.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,11 +8,9 @@ import pytest
 
 from stagetune.engine.history import History, columns, format_table
 from stagetune.engine.progress import EpochLines, StageProgressBar, progress_for
-from tests.helpers.cli import run_cli
-from tests.helpers.cli import NOISE
+from tests.helpers.cli import NOISE, run_cli
 
 RUN = ["experiment=ratings_synthetic", "data.n_ratings=3000", "data.n_users=60", "data.n_items=80", "data.batch_size=64", "plan.stages.all.epochs=3"]
-
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from stagetune.errors import ConfigError
 from stagetune.engine.lazy_adam import LazyAdam
 from stagetune.engine.optim import Optim, build_optimizer, has_sparse_gradients
+from stagetune.errors import ConfigError
 
 STEPS, LR, WD, BETAS, EPS = 20, 1e-2, 0.1, (0.9, 0.99), 1e-5
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+
 import pytest
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir

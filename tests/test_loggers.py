@@ -6,13 +6,13 @@ import pytest
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from stagetune.runs.assemble import run_logger
 from stagetune.errors import ConfigError
+from stagetune.runs.assemble import run_logger
 from stagetune.runs.rundir import RunDir
 
 
 def _cfg(tensorboard=False, csv=False, mlflow=False):
-    return OmegaConf.create({"experiment": "t", "logger": {"tensorboard": tensorboard, "csv": csv, "mlflow": mlflow}})
+    return OmegaConf.create({"experiment": "t", "logger": {"tensorboard": tensorboard, "csv": csv, "mlflow": {"enabled": mlflow}}})
 
 
 def test_tensorboard_and_csv_together_write_under_the_run(tmp_path):

@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from stagetune.app import conf_dir
+from stagetune.engine.lr_suggest import SUGGESTIONS, RangeTest, Suggest
 from stagetune.errors import ConfigError
 from stagetune.runs.range_test import run_range_test
-from stagetune.engine.lr_suggest import SUGGESTIONS, RangeTest, Suggest
-from stagetune.app import conf_dir
 from tests.helpers.sweeps import TINY
 
 

@@ -10,10 +10,10 @@ from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stagetune.app import conf_dir
-from stagetune.runs.run import train
 from stagetune.config import validate
 from stagetune.engine.lr_suggest import SUGGESTIONS, RangeTest, Suggest
 from stagetune.errors import ConfigError, StagetuneError
+from stagetune.runs.run import train
 from tests.helpers.cli import ROOT, run_cli
 
 TINY = [f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "plan.find.steps=30", "plan.find.end_lr=100"]
@@ -85,7 +85,13 @@ def test_under_ddp_rank_0_tests_and_every_rank_trains_at_its_rate(tmp_path):
     # rank 0's half of the random data barely learns in 30 steps: a short average (beta 0.6) lets its fall show
     dumps = tmp_path / "dumps"
     out = run_cli(
-        *TINY, "trainer=ddp_cpu", "plan.stages.unfrozen.lr=find", "plan.find.beta=0.6", "logger=none", "+callbacks.dump._target_=tests.tiny.StateDump", f"+callbacks.dump.out={dumps}",
+        *TINY,
+        "trainer=ddp_cpu",
+        "plan.stages.unfrozen.lr=find",
+        "plan.find.beta=0.6",
+        "logger=none",
+        "+callbacks.dump._target_=tests.tiny.StateDump",
+        f"+callbacks.dump.out={dumps}",
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]

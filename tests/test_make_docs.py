@@ -30,7 +30,11 @@ def test_a_page_without_the_block_is_an_error_naming_it():
 
 def test_every_block_of_the_docs_is_a_section_on_its_page_and_the_readme_has_none():
     docs = Path(make_docs.ROOT) / "docs"
-    found = {(name, page.relative_to(docs).as_posix()) for page in docs.rglob("*.md") for name in make_docs.re.findall(r"<!-- make docs: (\w+) -->", page.read_text())}
+    found = {
+        (name, page.relative_to(docs).as_posix())
+        for page in docs.rglob("*.md")
+        for name in make_docs.re.findall(r"<!-- make docs: (\w+) -->", page.read_text())
+    }
     assert found == {(s.name, s.page) for s in make_docs.SECTIONS.values()}
     assert "<!-- make docs:" not in (Path(make_docs.ROOT) / "README.md").read_text()
 
@@ -45,7 +49,9 @@ def write_page(tmp_path: Path, page: str, text: str) -> Path:
 
 def test_quick_universal_approx_writes_the_runs_numbers_into_a_copy(tmp_path):
     page = write_page(tmp_path, "results/optimizer.md", PAGE)
-    code = make_docs.main(["--only", "universal_approx", "--quick", "--docs", str(tmp_path / "docs"), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
+    code = make_docs.main(
+        ["--only", "universal_approx", "--quick", "--docs", str(tmp_path / "docs"), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")]
+    )
     assert code == 0
     (metrics,) = (tmp_path / "out").glob("*/universal_approx/metrics.json")
     run = json.loads(metrics.read_text())
@@ -139,7 +145,15 @@ def test_a_recipe_sweep_shows_train_and_test_beside_valid_and_marks_the_valid_ch
 
 def test_bench_writes_every_figure_and_marks_a_missed_target(tmp_path, monkeypatch):
     figures = [
-        {"name": "pipeline overhead, dot_bias batch 1024", "median": 0.5584, "min": 0.452, "max": 0.677, "target": 0.85, "target_text": ">= 0.85", "met": False},
+        {
+            "name": "pipeline overhead, dot_bias batch 1024",
+            "median": 0.5584,
+            "min": 0.452,
+            "max": 0.677,
+            "target": 0.85,
+            "target_text": ">= 0.85",
+            "met": False,
+        },
         {"name": "bare Lightning, dot_bias batch 1024", "median": 0.669, "min": 0.642, "max": 0.914, "target": None, "target_text": "reference", "met": None},
         {"name": "ratings epoch at 100,000", "median": 0.319, "min": 0.27, "max": 0.38, "target": 1.0, "target_text": "<= 1", "met": True},
     ]
@@ -159,7 +173,9 @@ def test_bench_writes_every_figure_and_marks_a_missed_target(tmp_path, monkeypat
 
 def test_quick_sgd_line_writes_the_fitted_and_least_squares_lines_and_both_pictures(tmp_path):
     page = write_page(tmp_path, "results/optimizer.md", PAGE.replace("universal_approx", "sgd_line"))
-    code = make_docs.main(["--only", "sgd_line", "--quick", "--docs", str(tmp_path / "docs"), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")])
+    code = make_docs.main(
+        ["--only", "sgd_line", "--quick", "--docs", str(tmp_path / "docs"), "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")]
+    )
     assert code == 0
     (metrics,) = (tmp_path / "out").glob("*/sgd_line/metrics.json")
     run = json.loads(metrics.read_text())

@@ -13,10 +13,10 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from stagetune.commands.report import main as report_main
 from stagetune.errors import ConfigError
@@ -37,9 +37,7 @@ def stagetune(*args: str, cwd: Path) -> subprocess.Popen:
     """``stagetune ARGS`` as a user starts it, in the background, one thread for torch."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return subprocess.Popen([sys.executable, "-m", "stagetune", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -156,8 +154,16 @@ def test_a_deliberately_bad_trial_is_pruned_before_its_last_epoch(tmp_path):
     db = tmp_path / "study.db"
     enqueue = "hydra.sweeper.enqueue=[{plan.lr:0.03,optim.wd:0.01},{plan.lr:0.02,optim.wd:0.01},{plan.lr:1e-6,optim.wd:0.01}]"
     proc = stagetune(
-        "-m", *TINY, "data.n_ratings=2000", "plan.stages.all.epochs=3", "sweep=optuna", "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.pruner.n_startup_trials=2", enqueue, f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "-m",
+        *TINY,
+        "data.n_ratings=2000",
+        "plan.stages.all.epochs=3",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner.n_startup_trials=2",
+        enqueue,
+        f"hydra.sweeper.storage=sqlite:///{db}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         cwd=tmp_path,
     )
     log = finish(proc)
@@ -184,7 +190,9 @@ def test_a_deliberately_bad_trial_is_pruned_before_its_last_epoch(tmp_path):
 def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_the_other_worker_runs_again(tmp_path):
     shared = [*RATINGS, "hydra.sweeper.n_trials=4", *FAST_HEARTBEAT, f"hydra.sweeper.storage={tmp_path / 'study.log'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     marker = tmp_path / "killed"
-    doomed = stagetune("-m", *shared, "+callbacks.kill._target_=tests.tiny.KillAt", "+callbacks.kill.step=3", f"+callbacks.kill.marker={marker}", cwd=tmp_path / "a")
+    doomed = stagetune(
+        "-m", *shared, "+callbacks.kill._target_=tests.tiny.KillAt", "+callbacks.kill.step=3", f"+callbacks.kill.marker={marker}", cwd=tmp_path / "a"
+    )
     survivor = stagetune("-m", *shared, cwd=tmp_path / "b")
     doomed_log = finish(doomed)
     log = finish(survivor)
@@ -204,13 +212,23 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_the_other_worker_r
 def test_a_ddp_trial_trains_the_same_parameters_on_both_ranks_and_is_pruned_on_both(tmp_path):
     dumps = tmp_path / "dumps"
     proc = stagetune(
-        "-m", f"hydra.searchpath=[file://{ROOT}/tests/conf]", "experiment=tiny", "trainer=ddp_cpu", "sweep=optuna",
-        "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={tmp_path / 'study.log'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "-m",
+        f"hydra.searchpath=[file://{ROOT}/tests/conf]",
+        "experiment=tiny",
+        "trainer=ddp_cpu",
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweeper.storage={tmp_path / 'study.log'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
         # prune at the third validation (epoch 2, the first unfrozen one): val/loss > 0 always
-        "hydra/sweeper/pruner=none", "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
-        "+hydra.sweeper.pruner.upper=0.0", "+hydra.sweeper.pruner.n_warmup_steps=2",
-        "+callbacks.weights._target_=tests.tiny.StateDump", f"+callbacks.weights.out={dumps}",
-        "+callbacks.optim._target_=tests.tiny.OptimizerDump", f"+callbacks.optim.out={dumps}",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+        "+hydra.sweeper.pruner.upper=0.0",
+        "+hydra.sweeper.pruner.n_warmup_steps=2",
+        "+callbacks.weights._target_=tests.tiny.StateDump",
+        f"+callbacks.weights.out={dumps}",
+        "+callbacks.optim._target_=tests.tiny.OptimizerDump",
+        f"+callbacks.optim.out={dumps}",
         cwd=tmp_path,
     )
     log = finish(proc)

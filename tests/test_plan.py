@@ -10,11 +10,8 @@ from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
 from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import Plan, StagePlan
-from tests.tiny import TinyData, TinyNet, quiet_trainer
 from tests.helpers.plans import make_plan
-
-
-
+from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 
 class Recorder(pl.Callback):

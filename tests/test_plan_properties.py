@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from stagetune.config import plan_of, typed
-from stagetune.errors import ConfigError
 from stagetune.engine.plan import Plan
+from stagetune.errors import ConfigError
 
 rates = st.floats(min_value=1e-8, max_value=10.0, allow_nan=False, allow_infinity=False)
 

@@ -30,10 +30,6 @@ from tests.helpers.runs import make_run, read_csv, run_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -61,15 +57,6 @@ def ratings_run(tmp_path_factory, one_thread) -> Path:
         "data.batch_size=64",
         "plan.stages.all.epochs=2",
     )
-
-
-
-
-
-
-
-
-
 
 
 def checkpoint_model(run: Path, name: str = "best-*.ckpt") -> ResNet34Classifier:
@@ -213,9 +200,13 @@ def test_bad_inputs_are_one_line_errors(digits_run, ratings_run, tmp_path, capsy
     code, err = one_error_line(predict, capsys, ratings_run, empty)
     assert code == 1 and "not an image classifier" in err
     assert one_error_line(recommend, capsys, ratings_run, "--user", 999) == (
-        1, "stagetune-recommend: error: unknown user 999: it has no ratings in the run's training data")
+        1,
+        "stagetune-recommend: error: unknown user 999: it has no ratings in the run's training data",
+    )
     assert one_error_line(recommend, capsys, ratings_run, "--similar", -3) == (
-        1, "stagetune-recommend: error: unknown item -3: it has no ratings in the run's training data")
+        1,
+        "stagetune-recommend: error: unknown item -3: it has no ratings in the run's training data",
+    )
     code, err = one_error_line(recommend, capsys, digits_run, "--user", 1)
     assert code == 1 and "not a rating model" in err
     code, err = one_error_line(export, capsys, empty, "--format", "onnx")
@@ -227,7 +218,10 @@ def test_the_module_entry_point_reports_without_a_traceback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run(
         [sys.executable, "-m", "stagetune.commands.recommend", str(tmp_path / "missing"), "--user", "1"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert result.returncode == 1
     assert result.stderr == f"stagetune-recommend: error: {tmp_path / 'missing'}: no such run directory\n"

@@ -80,7 +80,9 @@ def test_resume_across_the_stage_boundary(tmp_path, uninterrupted):
 def signal_then_resume(root: Path, callback: str, step: int, *args: str, **params) -> tuple[Path, str]:
     """Run with a signalling callback from tests.tiny, check it stopped resumable, resume; the run and the stop line."""
     extra = [f"+callbacks.stop.{key}={value}" for key, value in params.items()]
-    stopped = run_cli(*TINY, *args, f"+callbacks.stop._target_=tests.tiny.{callback}", f"+callbacks.stop.step={step}", f"+callbacks.stop.marker={root}/sent", *extra, cwd=root)
+    stopped = run_cli(
+        *TINY, *args, f"+callbacks.stop._target_=tests.tiny.{callback}", f"+callbacks.stop.step={step}", f"+callbacks.stop.marker={root}/sent", *extra, cwd=root
+    )
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     run = run_dir_of(root)
     (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("stagetune:")]
@@ -138,7 +140,14 @@ def test_a_run_without_validation_killed_then_resumed_ends_as_the_uninterrupted_
     assert out.returncode == 0, out.stderr[-3000:]
     reference = run_dir_of(tmp_path / "straight")
     root = tmp_path / "killed"
-    killed = run_cli(*TINY, *no_val, "+callbacks.kill._target_=tests.tiny.KillAt", f"+callbacks.kill.step={2 * STEPS_PER_EPOCH + 4}", f"+callbacks.kill.marker={root}/killed", cwd=root)
+    killed = run_cli(
+        *TINY,
+        *no_val,
+        "+callbacks.kill._target_=tests.tiny.KillAt",
+        f"+callbacks.kill.step={2 * STEPS_PER_EPOCH + 4}",
+        f"+callbacks.kill.marker={root}/killed",
+        cwd=root,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = run_dir_of(root)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
@@ -186,8 +195,14 @@ def test_a_run_copied_mid_run_resumes_evaluates_and_exports_as_the_run_in_place(
     from stagetune.commands import evaluate, export
     from tests.helpers.runs import run_main
 
-    killed = run_cli(*TINY, "metric_mode=max", "+callbacks.kill._target_=tests.tiny.KillAt", f"+callbacks.kill.step={3 * STEPS_PER_EPOCH + 4}",
-                     f"+callbacks.kill.marker={tmp_path}/killed", cwd=tmp_path / "a")
+    killed = run_cli(
+        *TINY,
+        "metric_mode=max",
+        "+callbacks.kill._target_=tests.tiny.KillAt",
+        f"+callbacks.kill.step={3 * STEPS_PER_EPOCH + 4}",
+        f"+callbacks.kill.marker={tmp_path}/killed",
+        cwd=tmp_path / "a",
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     original = run_dir_of(tmp_path / "a")
     copy = tmp_path / "elsewhere" / "copy"

@@ -15,12 +15,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
+from stagetune.app import conf_dir
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.groups import LayerGroup, param_groups
 from stagetune.engine.optim import build_optimizer
 from stagetune.engine.plan import StagePlan
 from stagetune.engine.sgd import ScratchSGD
-from stagetune.app import conf_dir
 from tests.tiny import quiet_trainer
 
 STEPS = 100
@@ -92,12 +92,8 @@ def test_decoupled_sgd_without_momentum_is_torch_weight_decay_wd():
     ours = train(m := small_model(), ScratchSGD(m.parameters(), lr=lr, wd=wd, wd_kind="decoupled"))
     theirs = train(t := small_model(), torch.optim.SGD(t.parameters(), lr=lr, weight_decay=wd))
     assert max_diff(ours, theirs) < TOL
-    with_momentum = train(
-        mm := small_model(), ScratchSGD(mm.parameters(), lr=lr, momentum=0.9, wd=wd, wd_kind="decoupled")
-    )
-    torch_momentum = train(
-        tm := small_model(), torch.optim.SGD(tm.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    )
+    with_momentum = train(mm := small_model(), ScratchSGD(mm.parameters(), lr=lr, momentum=0.9, wd=wd, wd_kind="decoupled"))
+    torch_momentum = train(tm := small_model(), torch.optim.SGD(tm.parameters(), lr=lr, momentum=0.9, weight_decay=wd))
     assert max_diff(with_momentum, torch_momentum) > 1e-4  # with momentum the two are different rules
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from stagetune import Gradual, LayerGroup, Plan, Stage, StagePlan, Until
 from stagetune.errors import ConfigError
+from tests.helpers.cli import ROOT, run_cli
 from tests.tiny import TinyData, TinyNet, quiet_trainer
 
 # val/score by epoch: best at epoch 1, then two validations without improvement -> the stage ends after epoch 3
@@ -38,17 +41,23 @@ class Snapshots(pl.Callback):
 
 
 def until_plan(restore_best: bool = True) -> Plan:
-    return Plan(stages={
-        "frozen": Stage(freeze_to=-1, epochs=6, lr=[1e-2], until=Until(monitor="val/score", patience=2), restore_best=restore_best),
-        "unfrozen": Stage(freeze_to=0, epochs=2, lr=[1e-4, 1e-2]),
-    })
+    return Plan(
+        stages={
+            "frozen": Stage(freeze_to=-1, epochs=6, lr=[1e-2], until=Until(monitor="val/score", patience=2), restore_best=restore_best),
+            "unfrozen": Stage(freeze_to=0, epochs=2, lr=[1e-4, 1e-2]),
+        }
+    )
 
 
 def fit(plan: Plan, tmp_path, max_epochs: int | None = None, ckpt_path=None, callbacks=()):
     pl.seed_everything(0)
     trainer = quiet_trainer(
-        max_epochs=max_epochs or plan.total_epochs, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp_path,
-        callbacks=[StagePlan(plan), *callbacks], enable_checkpointing=bool(callbacks),
+        max_epochs=max_epochs or plan.total_epochs,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        callbacks=[StagePlan(plan), *callbacks],
+        enable_checkpointing=bool(callbacks),
     )
     model = Scripted()
     trainer.fit(model, datamodule=TinyData(), ckpt_path=ckpt_path)
@@ -118,11 +127,44 @@ class Five(pl.LightningModule):
 
 def test_plan_gradual_on_a_five_group_model_gives_five_stages(tmp_path):
     plan = Plan(lr=1e-2, gradual=Gradual(epochs=1, lr=[1e-4, 1e-2]))
-    trainer = pl.Trainer(callbacks=[StagePlan(plan)], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_train_batches=2, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        callbacks=[StagePlan(plan)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(Five(), datamodule=TinyData())
     stages = StagePlan.of(trainer).stages
     assert [s.name for s in stages] == ["last1", "last2", "last3", "last4", "last5"] and trainer.current_epoch == 5
     assert [s.groups for s in stages] == [tuple(f"layer{k}" for k in range(5 - n, 5)) for n in range(1, 6)]
     assert list(stages[0].lrs.values()) == pytest.approx([1e-2])
-    assert list(stages[4].lrs.values()) == pytest.approx([1e-4, 10 ** -3.5, 1e-3, 10 ** -2.5, 1e-2])
+    assert list(stages[4].lrs.values()) == pytest.approx([1e-4, 10**-3.5, 1e-3, 10**-2.5, 1e-2])
+
+
+def test_under_ddp_a_stage_ends_on_every_rank_at_once_and_the_ranks_stay_equal(tmp_path):
+    # min_delta 10: no validation after the first counts as better, so the frozen stage ends after epoch 1 on both ranks
+    dumps = tmp_path / "dumps"
+    until = "plan.stages.frozen.until={monitor: val/loss, patience: 1, min_delta: 10}"
+    out = run_cli(
+        f"hydra.searchpath=[file://{ROOT}/tests/conf]",
+        "experiment=tiny",
+        "trainer=ddp_cpu",
+        "logger=none",
+        "plan.stages.frozen.epochs=6",
+        until,
+        "plan.stages.frozen.restore_best=true",
+        "+callbacks.dump._target_=tests.tiny.StateDump",
+        f"+callbacks.dump.out={dumps}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = [p.parent for p in (tmp_path / "outputs").rglob("metrics.json")]
+    frozen, unfrozen = json.loads((run / "metrics.json").read_text())["stages"]
+    assert frozen["epochs_run"] == 2 and frozen["restored_best"] is True and frozen["best_epoch"] == 0 and unfrozen["first_epoch"] == 2
+    epochs = sorted(int(p.stem.split("epoch")[1]) for p in dumps.glob("rank0-*.pt"))
+    assert epochs == [0, 1, 2, 3, 4], "2 frozen epochs, then the 3 unfrozen ones: the fit ended with the plan"
+    rank0, rank1 = (torch.load(dumps / f"rank{r}-epoch4.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)

@@ -29,9 +29,7 @@ GRID = {"optim.wd": ["0", "0.1"], "plan.lr": ["0.001", "0.01"]}
 def sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     out = root / "sweep"
-    done = run_module(
-        "stagetune", "-m", *TINY, "optim.wd=0,0.1", "plan.lr=0.001,0.01", f"hydra.sweep.dir={out}", cwd=root
-    )
+    done = run_module("stagetune", "-m", *TINY, "optim.wd=0,0.1", "plan.lr=0.001,0.01", f"hydra.sweep.dir={out}", cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sweep report:" in done.stderr
     return out
@@ -87,7 +85,9 @@ def test_hparams_in_each_run_hold_its_swept_values_and_real_final_metrics(sweep)
         start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
         hp = {k: v.number_value if v.HasField("number_value") else v.string_value for k, v in start.hparams.items()}
         values = job_values(job)
-        assert hp == {"optim.wd": pytest.approx(float(values["optim.wd"])), "plan.lr": pytest.approx(float(values["plan.lr"])), "status": "completed"}, "the swept keys; constants left out"
+        assert hp == {"optim.wd": pytest.approx(float(values["optim.wd"])), "plan.lr": pytest.approx(float(values["plan.lr"])), "status": "completed"}, (
+            "the swept keys; constants left out"
+        )
         experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
         assert [m.name.tag for m in experiment.metric_infos] == ["hp/best", "hp/test", "hp/last"]
 

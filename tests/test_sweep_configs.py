@@ -11,8 +11,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
-from stagetune.config import validate
 from stagetune.app import conf_dir
+from stagetune.config import validate
 from tests.helpers.sweeps import TINY, run_module
 
 

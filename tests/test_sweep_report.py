@@ -15,8 +15,9 @@ import yaml
 from stagetune.runs.sweep_report import Report
 
 
-def fake_job(sweep: Path, name: str, overrides: dict[str, str], valid: float, train: float | None = None,
-             test: float | None = None, status: str = "completed") -> None:
+def fake_job(
+    sweep: Path, name: str, overrides: dict[str, str], valid: float, train: float | None = None, test: float | None = None, status: str = "completed"
+) -> None:
     """A run directory as a finished job leaves it: overrides.yaml and metrics.json."""
     job = sweep / name
     job.mkdir(parents=True)
@@ -87,7 +88,7 @@ def test_jobs_differing_only_in_seed_are_one_recipe_with_mean_and_sample_std(tmp
 
 
 def test_a_wd_x_lr_grid_swept_over_seeds_is_still_a_heatmap_of_the_means(tmp_path):
-    for i, (wd, lr, seed) in enumerate((w, l, s) for w in ("0", "0.1") for l in ("1e-3", "1e-2") for s in ("0", "1")):
+    for i, (wd, lr, seed) in enumerate((w, r, s) for w in ("0", "0.1") for r in ("1e-3", "1e-2") for s in ("0", "1")):
         fake_job(tmp_path, str(i), {"optim.wd": wd, "plan.lr": lr, "seed": seed}, 1.0 + i / 100)
     report = Report(tmp_path)
     assert report.grid_axes() == ("optim.wd", "plan.lr")
@@ -96,7 +97,7 @@ def test_a_wd_x_lr_grid_swept_over_seeds_is_still_a_heatmap_of_the_means(tmp_pat
 
 
 def test_heatmap_text_contrasts_with_its_cell(tmp_path):
-    for i, (wd, lr) in enumerate((w, l) for w in ("0", "0.1") for l in ("1e-3", "1e-2")):
+    for i, (wd, lr) in enumerate((w, r) for w in ("0", "0.1") for r in ("1e-3", "1e-2")):
         fake_job(tmp_path, str(i), {"optim.wd": wd, "plan.lr": lr}, 0.9 + i / 10)
     fig = Report(tmp_path)._heatmap("optim.wd", "plan.lr")
     ax = fig.axes[0]

@@ -21,10 +21,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from stagetune.commands import export, predict, recommend
 from stagetune.app import conf_dir
-from stagetune.runs.run import train
+from stagetune.commands import export, predict, recommend
 from stagetune.errors import StagetuneError
+from stagetune.runs.run import train
 from stagetune.runs.rundir import CONFIG_DIGEST_ENV, RunDir
 from stagetune.runs.targets import ALLOWED, TRUST_ENV, UntrustedConfig, is_allowed, refusals
 from tests.helpers.cli import ROOT, run_cli
@@ -124,7 +124,11 @@ def test_a_hostile_run_config_writes_nothing(command, kind, tmp_path, capsys):
         RunDir(run).record_failure("failed", str(refused.value))  # as the command line does: a refusal is not the run's failure
         message = str(refused.value)
     else:
-        argv = {"predict": [tmp_path, "--out", tmp_path / "p.csv"], "recommend": ["--user", 1], "export": ["--format", "torchscript", "--out", tmp_path / "m.pt"]}
+        argv = {
+            "predict": [tmp_path, "--out", tmp_path / "p.csv"],
+            "recommend": ["--user", 1],
+            "export": ["--format", "torchscript", "--out", tmp_path / "m.pt"],
+        }
         assert run_main({"predict": predict, "recommend": recommend, "export": export}[command], run, *argv[command]) == 1
         message = capsys.readouterr().err
         assert message.count("\n") == 1
@@ -144,8 +148,8 @@ def test_resuming_a_shared_run_with_a_hostile_callback_is_refused_and_leaves_it_
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     resumed = run_cli(f"resume={run}", cwd=tmp_path)
     assert resumed.returncode == 1
-    assert resumed.stderr.strip().splitlines()[-1].startswith(
-        f"stagetune: error: {run / 'config.yaml'}: refusing to build callbacks.evil._target_: builtins.open"
+    assert (
+        resumed.stderr.strip().splitlines()[-1].startswith(f"stagetune: error: {run / 'config.yaml'}: refusing to build callbacks.evil._target_: builtins.open")
     )
     assert not pwned.exists()
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -155,7 +159,9 @@ def test_resuming_a_shared_run_with_a_hostile_callback_is_refused_and_leaves_it_
 def test_a_fresh_run_may_name_its_own_callbacks(tmp_path, monkeypatch):
     monkeypatch.setenv(TRUST_ENV, "")  # the trust setting is for configs read back from run directories
     dumps = tmp_path / "dumps"
-    cfg = tiny_config("plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1", "+callbacks.dump._target_=tests.tiny.StateDump", f"+callbacks.dump.out={dumps}")
+    cfg = tiny_config(
+        "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1", "+callbacks.dump._target_=tests.tiny.StateDump", f"+callbacks.dump.out={dumps}"
+    )
     train(cfg, tmp_path / "run")
     assert sorted(p.name for p in dumps.iterdir()) == ["rank0-epoch0.pt", "rank0-epoch1.pt"]
 

@@ -69,7 +69,7 @@ def test_epoch_mean_is_the_batch_size_weighted_mean_of_the_epochs_losses(tmp_pat
     epoch_rows = [v for _, k, v in logger.rows if k == "train/loss"]
     assert len(epoch_rows) == 4
     for logged, batches in zip(epoch_rows, (losses.by_epoch[e] for e in range(4))):
-        expected = sum(l * n for l, n in batches) / sum(n for _, n in batches)
+        expected = sum(loss * n for loss, n in batches) / sum(n for _, n in batches)
         assert logged == pytest.approx(expected, rel=1e-5)
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epoch_rows[-1], rel=1e-6)
 
@@ -78,7 +78,7 @@ def test_step_loss_goes_to_the_loggers_every_n_steps(tmp_path):
     trainer, logger, losses = fit(tmp_path, every=3)
     steps = [s for s, k, _ in logger.rows if k == "train/loss_step"]
     assert steps == list(range(0, trainer.global_step, 3)), "the steps the LRs are logged at"
-    batch_losses = [l for epoch in sorted(losses.by_epoch) for l, _ in losses.by_epoch[epoch]]
+    batch_losses = [loss for epoch in sorted(losses.by_epoch) for loss, _ in losses.by_epoch[epoch]]
     logged = {s: v for s, k, v in logger.rows if k == "train/loss_step"}
     for step, value in logged.items():
         assert value == pytest.approx(batch_losses[step], rel=1e-5), step
@@ -88,13 +88,18 @@ def test_accumulated_steps_report_the_loss_not_its_fraction(tmp_path):
     trainer, logger, losses = fit(tmp_path, n=64, every=1, accumulate=2)
     epoch = [v for _, k, v in logger.rows if k == "train/loss"][0]
     batches = losses.by_epoch[0]
-    assert epoch == pytest.approx(sum(l for l, _ in batches) / len(batches), rel=1e-5)
+    assert epoch == pytest.approx(sum(loss for loss, _ in batches) / len(batches), rel=1e-5)
 
 
 @pytest.mark.parametrize(
     "batch, n",
-    [((torch.zeros(5, 3), torch.zeros(5)), 5), ([torch.zeros(7)], 7), (torch.zeros(4, 2), 4),
-     ({"x": torch.zeros(6, 2), "y": torch.zeros(6)}, 6), ((torch.tensor(1.0), torch.zeros(3)), 1)],
+    [
+        ((torch.zeros(5, 3), torch.zeros(5)), 5),
+        ([torch.zeros(7)], 7),
+        (torch.zeros(4, 2), 4),
+        ({"x": torch.zeros(6, 2), "y": torch.zeros(6)}, 6),
+        ((torch.tensor(1.0), torch.zeros(3)), 1),
+    ],
 )
 def test_the_batch_size_is_lightnings_for_tensors_tuples_and_dicts(batch, n):
     assert batch_size(batch) == n == extract_batch_size(batch)

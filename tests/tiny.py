@@ -30,9 +30,7 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 class TinyNet(StagedModule):
     """Three layer groups (body_early with BatchNorm, body_late, head), a classification loss."""
 
-    def __init__(
-        self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0, nan_at_step: int = -1
-    ) -> None:
+    def __init__(self, n_in: int = 6, n_classes: int = 3, batchnorm: bool = True, dropout: float = 0.0, nan_at_step: int = -1) -> None:
         super().__init__()
         self.nan_at_step = nan_at_step
         norm = nn.BatchNorm1d(8) if batchnorm else nn.Identity()
@@ -86,9 +84,7 @@ class UngroupedNet(StagedModule):
 
 
 class TinyData(pl.LightningDataModule):
-    def __init__(
-        self, n: int = 64, n_in: int = 6, n_classes: int = 3, batch_size: int = 8, seed: int = 0, shuffle: bool = True
-    ) -> None:
+    def __init__(self, n: int = 64, n_in: int = 6, n_classes: int = 3, batch_size: int = 8, seed: int = 0, shuffle: bool = True) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, n_in, generator=g)
@@ -221,3 +217,22 @@ class SignalOnBuild(pl.Callback):
     def __init__(self, signum: str = "SIGTERM") -> None:
         os.kill(os.getpid(), getattr(signal, signum))
         time.sleep(1)  # the signal is delivered here
+
+
+class HoldUntilSignalled(pl.Callback):
+    """Holds the run at a global step (writing ``marker``) until stagetune's signal handler has a signal: a
+    run to interrupt at a known step from outside (a scheduler's SIGTERM), however late the signal arrives."""
+
+    def __init__(self, step: int, marker: str, timeout_s: float = 120) -> None:
+        self.step, self.marker, self.timeout_s = step, Path(marker), timeout_s
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        from stagetune.engine.faults import Interruption
+
+        interruption = Interruption.of(trainer)
+        if trainer.global_step != self.step or interruption is None:
+            return
+        self.marker.write_text("holding")
+        deadline = time.monotonic() + self.timeout_s
+        while interruption.received is None and time.monotonic() < deadline:
+            time.sleep(0.05)

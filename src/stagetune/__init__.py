@@ -15,7 +15,8 @@ The engine's public API, for plain PyTorch Lightning (docs/own-model.md, example
                         "unfrozen": Stage(freeze_to=0, epochs=3, lr=[1e-4, 1e-2])})
     pl.Trainer(max_epochs=plan.total_epochs, callbacks=[StagePlan(plan)]).fit(MyModel(), data)
 
-- :class:`LayerGroup`: a name and the modules that own a slice of the model's parameters.
+- :class:`LayerGroup`: a name and the modules that own a slice of the model's parameters;
+  :func:`groups_by_pattern` cuts any model into groups by regular expressions on its parameter names.
 - :class:`Stage`: how long, which groups train (``freeze_to``), their rates (a number or a slice),
   weight decay, schedule; ``until`` (:class:`Until`) ends it on a monitored metric.
 - :class:`Plan`: named stages run in order (or :class:`Gradual`: one stage per layer group).
@@ -36,6 +37,7 @@ from typing import Any
 
 _PUBLIC = {
     "LayerGroup": "stagetune.engine.groups",
+    "groups_by_pattern": "stagetune.engine.groups",
     "Stage": "stagetune.engine.plan",
     "Until": "stagetune.engine.plan",
     "Mode": "stagetune.engine.plan",

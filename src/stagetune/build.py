@@ -48,4 +48,5 @@ def give_groups(model: Any, patterns: Mapping[str, str]) -> None:
     The groups are matched again at each call, so modules swapped in later (``sync_batchnorm``) are the ones grouped.
     """
     groups_by_pattern(model, patterns)
-    model.layer_groups = partial(groups_by_pattern, model, patterns)
+    model.pattern_groups = dict(patterns)  # the feature cache reads it: a model's features() follow its own groups only
+    model.layer_groups = partial(groups_by_pattern, model, model.pattern_groups)

@@ -38,12 +38,20 @@ class MetricMode(StrEnum):
 
 
 @dataclass
+class MLflowConfig:
+    """``logger.mlflow``: whether the run logs to MLflow, and where (:mod:`stagetune.runs.mlflow_run`)."""
+
+    enabled: bool = False
+    tracking_uri: str | None = None  # a tracking server (http://host:5000) or store; None: sqlite in paths.outputs
+
+
+@dataclass
 class LoggerConfig:
-    """Which of Lightning's loggers a run writes to; any combination, all in the run directory."""
+    """Which of Lightning's loggers a run writes to; any combination (TensorBoard and CSV in the run directory)."""
 
     tensorboard: bool = True  # TensorBoardLogger, RUN_DIR/tensorboard/
     csv: bool = False  # CSVLogger, RUN_DIR/csv/metrics.csv
-    mlflow: bool = False  # MLFlowLogger, a local file store in RUN_DIR/mlruns/ (the mlflow extra)
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)  # MLflow 3: SQLite in paths.outputs, or a tracking server (the mlflow extra)
 
 
 @dataclass
@@ -81,6 +89,7 @@ class RunConfig:
     resume: str | None = None  # a run directory to continue in place (takes no other overrides)
     ckpt_path: str | None = None  # a checkpoint file to start a new run from
     test: bool = True  # evaluate the chosen checkpoint on the test split once, at the end
+    refit: bool = False  # after valid chose, train again on train + valid for the chosen epochs, and test that model once (runs/refit.py)
     print_config: bool = False  # print the composed config as a tree before the run starts
     debug: str | None = None  # set by debug=NAME: the run is a check, never a result (docs: howto/running.md, "Debug runs")
     callbacks: Any = field(default_factory=dict)  # extra Lightning callbacks by name, each a _target_ with its arguments (callbacks=NAME)
@@ -160,8 +169,7 @@ def check_stage_names(plan: DictConfig) -> None:
             raise ConfigError(
                 f"plan.stages.{name}",
                 OmegaConf.to_container(plan.stages[name]),
-                f"the chosen plan has no stage {name!r} (its stages: {', '.join(defined) or 'none'}); "
-                "a new stage needs at least freeze_to",
+                f"the chosen plan has no stage {name!r} (its stages: {', '.join(defined) or 'none'}); a new stage needs at least freeze_to",
             )
 
 
@@ -179,7 +187,7 @@ def optim_of(cfg: DictConfig) -> Optim:
 
 def check_target(key: str, node: Any) -> None:
     if not isinstance(node, DictConfig) or "_target_" not in node:
-        raise ConfigError(key, node, "needs a config group with a _target_ (pick one with " f"{key}=NAME)")
+        raise ConfigError(key, node, f"needs a config group with a _target_ (pick one with {key}=NAME)")
 
 
 def validate(cfg: DictConfig) -> DictConfig:

@@ -49,8 +49,7 @@ def unforeseen(err: Exception, log_file: Path) -> StagetuneError:
         return StagetuneError(f"no space left on the device writing {err.filename or run}; free some space, then {then}")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return StagetuneError(
-        f"{type(err).__name__}{': ' + first if first else ''} (not a check stagetune makes: the traceback is in "
-        f"{log_file}; please report it with that file)"
+        f"{type(err).__name__}{': ' + first if first else ''} (not a check stagetune makes: the traceback is in {log_file}; please report it with that file)"
     )
 
 

@@ -41,8 +41,7 @@ def test_generator_is_reproducible_from_its_seed():
 def test_interaction_term_has_the_configured_scale():
     """``factor_scale`` is the std of the true u . v (the rank only changes its shape)."""
     for rank in (2, 32):
-        dm = SyntheticRatings(n_ratings=20000, rank=rank, factor_scale=0.6, noise=0.0, user_bias_scale=0.0,
-                              item_bias_scale=0.0, mean=3.0, round_stars=False)
+        dm = SyntheticRatings(n_ratings=20000, rank=rank, factor_scale=0.6, noise=0.0, user_bias_scale=0.0, item_bias_scale=0.0, mean=3.0, round_stars=False)
         dm.setup()
         assert dm.train_set.ratings.std().item() == pytest.approx(0.6, rel=0.1)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from stagetune.collab.models import CollabNN, DotBias, embedding_width
-from stagetune.errors import ConfigError
 from stagetune.engine.optim import check_sparse_training
+from stagetune.errors import ConfigError
 
 
 def set_weights(model: DotBias, uf, itf, ub, ib) -> None:
@@ -48,10 +48,13 @@ def test_unknown_row_stays_zero_through_training_steps():
         assert emb.weight[0].abs().max().item() == 0.0
 
 
-@pytest.mark.parametrize("make", [
-    lambda: DotBias(n_users=5, n_items=7, n_factors=3, y_range=(1.0, 5.0)),
-    lambda: CollabNN(n_users=5, n_items=7, layers=[8, 4], y_range=(1.0, 5.0)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: DotBias(n_users=5, n_items=7, n_factors=3, y_range=(1.0, 5.0)),
+        lambda: CollabNN(n_users=5, n_items=7, layers=[8, 4], y_range=(1.0, 5.0)),
+    ],
+)
 def test_predictions_stay_inside_y_range_even_for_huge_weights(make):
     model = make().eval()
     with torch.no_grad():

@@ -6,16 +6,25 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from stagetune.errors import ConfigError
 from stagetune.app import conf_dir
+from stagetune.errors import ConfigError
 from stagetune.runs.run import train
 
 # Dense enough (300 x 300, 80,000 ratings, rank 2) that a fitted model can come close to the truth;
 # the MovieLens-shaped default is harder: see docs/results/movielens.md for its numbers.
 DENSE = [
-    "data.n_users=300", "data.n_items=300", "data.n_ratings=80000", "data.rank=2", "data.factor_scale=0.5",
-    "data.noise=0.5", "data.round_stars=false", "data.popularity_exponent=0", "data.activity_exponent=0",
-    "optim.wd_kind=l2", "optim.wd=1e-4", "plan.lr=3e-2",
+    "data.n_users=300",
+    "data.n_items=300",
+    "data.n_ratings=80000",
+    "data.rank=2",
+    "data.factor_scale=0.5",
+    "data.noise=0.5",
+    "data.round_stars=false",
+    "data.popularity_exponent=0",
+    "data.activity_exponent=0",
+    "optim.wd_kind=l2",
+    "optim.wd=1e-4",
+    "plan.lr=3e-2",
 ]
 
 
@@ -77,8 +86,12 @@ def test_per_group_wd_names_the_models_groups_and_is_logged_per_group(tmp_path):
     with pytest.raises(ConfigError, match=r"^plan\.stages\.all\.wd\.mlp=0\.1: not a layer group.*embeddings"):
         train(cfg, tmp_path / "bad")
     cfg = composed(
-        "experiment=ratings_synthetic", "data.n_ratings=2000", "trainer.enable_progress_bar=false",
-        "plan.stages.all.epochs=1", "optim.wd=0.02", "plan.stages.all.wd={biases: 0.0}",
+        "experiment=ratings_synthetic",
+        "data.n_ratings=2000",
+        "trainer.enable_progress_bar=false",
+        "plan.stages.all.epochs=1",
+        "optim.wd=0.02",
+        "plan.stages.all.wd={biases: 0.0}",
     )
     train(cfg, tmp_path / "good")
     rows = json.loads((tmp_path / "good" / "metrics.json").read_text())["stages"]

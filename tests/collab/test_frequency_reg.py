@@ -54,8 +54,7 @@ def test_sparse_mode_gives_gradients_only_to_the_rows_a_batch_used():
     train = data.train_set
     batch = (train.users[:3], train.items[:3], train.ratings[:3])
     model.training_step(batch, 0).backward()
-    for table, used in ((model.user_factors, batch[0]), (model.user_bias, batch[0]),
-                        (model.item_factors, batch[1]), (model.item_bias, batch[1])):
+    for table, used in ((model.user_factors, batch[0]), (model.user_bias, batch[0]), (model.item_factors, batch[1]), (model.item_bias, batch[1])):
         grad = table.weight.grad.coalesce()
         assert grad.is_sparse
         assert set(grad.indices()[0].tolist()) == set(used.tolist())

@@ -2,24 +2,37 @@
 
 import hashlib
 import io
+import json
 import urllib.error
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from stagetune.app import conf_dir
 from stagetune.collab import movielens
 from stagetune.collab.models import DotBias
 from stagetune.collab.movielens import MovieLens
 from stagetune.collab.splits import Ratings, mku_fold, split_by_time, split_random
 from stagetune.errors import ConfigError, DataError
+from stagetune.runs.run import train
 
 # (user, item, rating, timestamp): 4 users, 5 items; user 4 and item 5 rate/are rated once.
 ROWS = [
-    (1, 1, 5, 100), (1, 2, 3, 200), (1, 3, 4, 300), (1, 4, 1, 400),
-    (2, 1, 4, 100), (2, 2, 2, 250), (2, 3, 5, 260), (2, 4, 3, 270),
-    (3, 1, 1, 150), (3, 2, 4, 160), (3, 3, 2, 170), (3, 5, 5, 180),
+    (1, 1, 5, 100),
+    (1, 2, 3, 200),
+    (1, 3, 4, 300),
+    (1, 4, 1, 400),
+    (2, 1, 4, 100),
+    (2, 2, 2, 250),
+    (2, 3, 5, 260),
+    (2, 4, 3, 270),
+    (3, 1, 1, 150),
+    (3, 2, 4, 160),
+    (3, 3, 2, 170),
+    (3, 5, 5, 180),
     (4, 1, 3, 500),
 ]
 TITLES = {1: "Toy Story (1995)", 2: "Café au lait (1993)", 3: "Amélie (2001)", 4: "Heat (1995)", 5: "Se7en (1995)"}
@@ -49,6 +62,11 @@ def write_csv(folder):
     return folder
 
 
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
 def loaded(path, **kwargs) -> MovieLens:
     dm = MovieLens(path=str(path), **kwargs)
     dm.setup()
@@ -59,11 +77,9 @@ def n_ratings(dm: MovieLens) -> int:
     return sum(len(part) for part in dm.parts())
 
 
-@pytest.mark.parametrize(
-    "writer,rating_shift,title_suffix", [(write_100k, 0, ""), (write_1m, 0, ""), (write_csv, -0.5, ", The")]
-)
+@pytest.mark.parametrize("writer,rating_shift,title_suffix", [(write_100k, 0, ""), (write_1m, 0, ""), (write_csv, -0.5, ", The")])
 def test_each_format_parses_ratings_and_titles(tmp_path, writer, rating_shift, title_suffix):
-    dm = loaded(writer(tmp_path / "ml"), split="random", valid_pct=0.2, seed=0)
+    dm = loaded(writer(tmp_path / "ml"), split="random", valid_pct=0.2, split_seed=0)
     ratings = torch.cat([part.ratings for part in dm.parts()]).sort().values
     expected = sorted(r + rating_shift for _, _, r, _ in ROWS)
     assert ratings.tolist() == pytest.approx(expected)
@@ -150,12 +166,15 @@ def test_ids_seen_only_in_valid_or_test_are_counted_and_predicted(tmp_path):
     assert dm.summary()["test_ratings_with_unseen_id"] == 3
 
 
-@pytest.mark.parametrize("content,message", [
-    ("1\t2\t3\t4\n1\t2\tthree\t4\n", r"u\.data:2: expected USER<TAB>ITEM<TAB>RATING<TAB>TIMESTAMP"),
-    ("1\t2\t3\t4\n1\t2\t3\n", r"u\.data:2: expected"),
-    ("1\t2\t3\t4\n\n1\t2\t9\t4\n", r"u\.data:3: rating 9 is outside model\.y_range \[0, 5\.5\]"),
-    ("", r"u\.data: no ratings"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("1\t2\t3\t4\n1\t2\tthree\t4\n", r"u\.data:2: expected USER<TAB>ITEM<TAB>RATING<TAB>TIMESTAMP"),
+        ("1\t2\t3\t4\n1\t2\t3\n", r"u\.data:2: expected"),
+        ("1\t2\t3\t4\n\n1\t2\t9\t4\n", r"u\.data:3: rating 9 is outside model\.y_range \[0, 5\.5\]"),
+        ("", r"u\.data: no ratings"),
+    ],
+)
 def test_bad_files_stop_with_file_line_and_what_was_expected(tmp_path, content, message):
     folder = tmp_path / "ml"
     folder.mkdir()
@@ -188,3 +207,25 @@ def test_download_checks_the_md5_before_unpacking(tmp_path, monkeypatch):
     monkeypatch.setitem(movielens.ARCHIVE_MD5, "ml-100k", hashlib.md5(archive).hexdigest())
     dm = loaded(tmp_path / "right", download=True)
     assert n_ratings(dm) == len(ROWS)
+
+
+def test_split_seed_picks_the_random_split_and_the_run_records_it(tmp_path):
+    folder = write_100k(tmp_path / "ml")
+    a, b, c = (loaded(folder, split="random", valid_pct=0.2, split_seed=seed) for seed in (5, 5, 6))
+    assert torch.equal(a.test_set.ratings, b.test_set.ratings) and torch.equal(a.val_set.users, b.val_set.users)
+    assert [(p.users.tolist(), p.items.tolist()) for p in a.parts()] != [(p.users.tolist(), p.items.tolist()) for p in c.parts()]
+    assert a.summary()["split_seed"] == 5 and "split_seed" not in loaded(folder, split="time").summary()
+    cfg = composed(
+        "experiment=movielens",
+        f"data.path={folder}",
+        "data.split=random",
+        "data.split_seed=6",
+        "data.valid_pct=0.2",
+        "data.batch_size=2",
+        "plan.stages.all.epochs=1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+    )
+    train(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["data"]["split_seed"] == 6 and record["data"]["n_test"] == len(c.test_set)

@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from stagetune.app import conf_dir
 from stagetune.collab.ratings_file import RatingsFile
 from stagetune.commands import recommend
-from stagetune.runs.run import train
 from stagetune.errors import ConfigError, DataError
+from stagetune.runs.run import train
 from stagetune.runs.trained import load_trained
 
 USERS = [f"user-{name}" for name in ("ada", "bo", "cy", "di", "ed", "flo", "gus", "hal", "ivy", "jo", "kai", "lu")]
@@ -52,7 +52,15 @@ def composed(*overrides: str):
 
 def test_a_csv_with_text_ids_trains_under_the_movielens_recipe_and_recommends_in_its_ids(tmp_path, capsys):
     path = ratings_csv(tmp_path / "shop.csv")
-    cfg = composed("experiment=movielens", "data=ratings_file", f"data.path={path}", *COLUMNS, "data.batch_size=16", "plan.stages.all.epochs=2", "trainer.enable_progress_bar=false")
+    cfg = composed(
+        "experiment=movielens",
+        "data=ratings_file",
+        f"data.path={path}",
+        *COLUMNS,
+        "data.batch_size=16",
+        "plan.stages.all.epochs=2",
+        "trainer.enable_progress_bar=false",
+    )
     run = tmp_path / "run"
     train(cfg, run)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -63,7 +71,11 @@ def test_a_csv_with_text_ids_trains_under_the_movielens_recipe_and_recommends_in
     rated = {row[1] for row in csv.reader(open(path)) if row[0] == "user-ada"}
     rows = recommend.recommend(trained, "user-ada", k=3)
     assert len(rows) == 3 and all(r.item in ITEMS for r in rows)
-    seen = {trained.datamodule.item_ids[i - 1] for part in trained.datamodule.parts()[:2] for i in part.items[part.users == trained.datamodule.index_of("user", "user-ada")].tolist()}
+    seen = {
+        trained.datamodule.item_ids[i - 1]
+        for part in trained.datamodule.parts()[:2]
+        for i in part.items[part.users == trained.datamodule.index_of("user", "user-ada")].tolist()
+    }
     assert not {r.item for r in rows} & seen, "recommendations exclude what the user rated in train and valid"
     assert seen <= rated
 
@@ -121,7 +133,9 @@ def test_tsv_and_parquet_read_as_the_csv(tmp_path):
     as_csv = table(ratings_csv(tmp_path / "shop.csv"))
     as_tsv = table(ratings_csv(tmp_path / "shop.tsv", separator="\t"))
     rows = list(csv.reader(open(tmp_path / "shop.csv")))
-    pq.write_table(pa.table({name: [r[k] for r in rows[1:]] for k, name in enumerate(rows[0])} | {"stars": [int(r[2]) for r in rows[1:]]}), tmp_path / "shop.parquet")
+    pq.write_table(
+        pa.table({name: [r[k] for r in rows[1:]] for k, name in enumerate(rows[0])} | {"stars": [int(r[2]) for r in rows[1:]]}), tmp_path / "shop.parquet"
+    )
     as_parquet = table(tmp_path / "shop.parquet")
     for other in (as_tsv, as_parquet):
         assert np.array_equal(other.user_ids, as_csv.user_ids) and np.array_equal(other.item_ids, as_csv.item_ids)

@@ -13,19 +13,18 @@ from stagetune.runs.run import train
 from tests.helpers.ratings import write_u_data
 
 
-
-
-
-
-
 def run(tmp_path, name: str, test_shift: int) -> dict:
     write_u_data(tmp_path / name / "data", test_shift)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(
             config_name="train",
             overrides=[
-                "experiment=movielens_fastai", f"data.path={tmp_path / name / 'data'}", "data.split=u1",
-                "plan.stages.all.epochs=3", "trainer.enable_progress_bar=false", "logger=csv",
+                "experiment=movielens_fastai",
+                f"data.path={tmp_path / name / 'data'}",
+                "data.split=u1",
+                "plan.stages.all.epochs=3",
+                "trainer.enable_progress_bar=false",
+                "logger=csv",
             ],
         )
     threads = torch.get_num_threads()

@@ -16,10 +16,10 @@ from stagetune.collab.models import CollabNN, DotBias, SVDpp
 from stagetune.collab.movielens import MovieLens
 from stagetune.collab.side import AGE_EDGES, GENRES, YEAR_EDGES, SideFeature, SideTables, bucket
 from stagetune.commands import export
+from stagetune.errors import ConfigError, DataError
 from stagetune.runs import export as exporting
 from stagetune.runs import recommend as ranking
 from stagetune.runs.run import train
-from stagetune.errors import ConfigError, DataError
 from stagetune.runs.trained import load_trained
 
 ALL = ["genres", "year", "age", "gender", "occupation"]
@@ -28,11 +28,13 @@ ALL = ["genres", "year", "age", "gender", "occupation"]
 def tiny_tables() -> SideTables:
     """2 users, 3 items. Item 1: genres {1, 2}, year 1; item 2: genre 2, year 2; item 3: genre 3, no year.
     User 1: gender 1, user 2: gender 2."""
-    return SideTables(lambda: {
-        "genres": SideFeature.of("genres", 3, [(), (1, 2), (2,), (3,)]),
-        "year": SideFeature.of("year", 2, [(), (1,), (2,), ()]),
-        "gender": SideFeature.of("gender", 2, [(), (1,), (2,)]),
-    })
+    return SideTables(
+        lambda: {
+            "genres": SideFeature.of("genres", 3, [(), (1, 2), (2,), (3,)]),
+            "year": SideFeature.of("year", 2, [(), (1,), (2,), ()]),
+            "gender": SideFeature.of("gender", 2, [(), (1,), (2,)]),
+        }
+    )
 
 
 def rated_of(users, items, n_users) -> RatedItems:
@@ -78,11 +80,14 @@ def test_svdpp_adds_side_vectors_to_the_implicit_user_vector():
         assert torch.allclose(model(users, items), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("make, groups", [
-    (lambda **kw: DotBias(n_users=2, n_items=3, n_factors=4, **kw), ["embeddings", "side", "biases"]),
-    (lambda **kw: SVDpp(n_users=2, n_items=3, n_factors=4, rated=rated_of([1], [2], 2), **kw), ["embeddings", "implicit", "side", "biases"]),
-    (lambda **kw: CollabNN(n_users=2, n_items=3, user_width=4, item_width=5, **kw), ["embeddings", "side", "mlp"]),
-])
+@pytest.mark.parametrize(
+    "make, groups",
+    [
+        (lambda **kw: DotBias(n_users=2, n_items=3, n_factors=4, **kw), ["embeddings", "side", "biases"]),
+        (lambda **kw: SVDpp(n_users=2, n_items=3, n_factors=4, rated=rated_of([1], [2], 2), **kw), ["embeddings", "implicit", "side", "biases"]),
+        (lambda **kw: CollabNN(n_users=2, n_items=3, user_width=4, item_width=5, **kw), ["embeddings", "side", "mlp"]),
+    ],
+)
 def test_shapes_and_layer_groups(make, groups):
     model = make(side=["genres", "year", "gender"], side_tables=tiny_tables())
     assert model(torch.tensor([1, 2, 0]), torch.tensor([1, 0, 3])).shape == (3,)
@@ -109,10 +114,13 @@ def test_a_multi_hot_row_averages_and_the_unknown_row_is_zero():
     assert model.user_side is None  # no user feature asked for
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: DotBias(n_users=2, n_items=3, n_factors=3, **kw),
-    lambda **kw: CollabNN(n_users=2, n_items=3, user_width=3, item_width=3, **kw),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: DotBias(n_users=2, n_items=3, n_factors=3, **kw),
+        lambda **kw: CollabNN(n_users=2, n_items=3, user_width=3, item_width=3, **kw),
+    ],
+)
 def test_sparse_mode_gives_side_gradients_only_to_the_values_a_batch_used(make):
     torch.manual_seed(0)
     dense = make(side=["genres", "year", "gender"], side_tables=tiny_tables())
@@ -132,11 +140,14 @@ def test_sparse_mode_gives_side_gradients_only_to_the_values_a_batch_used(make):
             assert torch.allclose(grad.to_dense(), getattr(dense, side).tables[name].weight.grad, atol=1e-7)
 
 
-@pytest.mark.parametrize("side, message", [
-    ("genres", "a list of distinct side features from genres, year, age, gender, occupation"),
-    (["genres", "colour"], "a list of distinct side features"),
-    (["age", "age"], "a list of distinct side features"),
-])
+@pytest.mark.parametrize(
+    "side, message",
+    [
+        ("genres", "a list of distinct side features from genres, year, age, gender, occupation"),
+        (["genres", "colour"], "a list of distinct side features"),
+        (["age", "age"], "a list of distinct side features"),
+    ],
+)
 def test_bad_side_lists_are_one_line_config_errors_naming_the_key(side, message):
     with pytest.raises(ConfigError, match="^model.side=.*" + message) as err:
         DotBias(n_users=2, n_items=3, side=side, side_tables=tiny_tables())
@@ -216,9 +227,18 @@ def side_run(tmp_path_factory, one_thread):
     """A dot_bias run with every side feature where only the biases group trains (freeze_to=-1)."""
     folder = write_grouplens(tmp_path_factory.mktemp("grouplens") / "ml-100k")
     out = tmp_path_factory.mktemp("side_run")
-    overrides = ["experiment=movielens", f"data.path={folder}", "data.split=random", "data.batch_size=16",
-                 "model.n_factors=4", f"model.side=[{','.join(ALL)}]", "plan.stages.all.epochs=2",
-                 "plan.stages.all.freeze_to=-1", "trainer.enable_progress_bar=false", "logger=none"]
+    overrides = [
+        "experiment=movielens",
+        f"data.path={folder}",
+        "data.split=random",
+        "data.batch_size=16",
+        "model.n_factors=4",
+        f"model.side=[{','.join(ALL)}]",
+        "plan.stages.all.epochs=2",
+        "plan.stages.all.freeze_to=-1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+    ]
     cfg = composed(*overrides)
     train(cfg, out)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the start train() builds, in the same order
@@ -230,9 +250,11 @@ def test_frozen_side_factors_stay_unchanged_to_the_bit_and_the_run_recommends_an
     run, start, data = side_run
     trained = load_trained(run, "last")
     after = trained.model
-    frozen = {**{f"{n}.weight": getattr(start, n).weight for n in ("user_factors", "item_factors")},
-              **{f"user_side.{k}": v for k, v in start.user_side.state_dict().items()},
-              **{f"item_side.{k}": v for k, v in start.item_side.state_dict().items()}}
+    frozen = {
+        **{f"{n}.weight": getattr(start, n).weight for n in ("user_factors", "item_factors")},
+        **{f"user_side.{k}": v for k, v in start.user_side.state_dict().items()},
+        **{f"item_side.{k}": v for k, v in start.item_side.state_dict().items()},
+    }
     state = after.state_dict()
     for name, value in frozen.items():  # embeddings and side: frozen groups
         assert torch.equal(state[name], value), name
@@ -261,10 +283,21 @@ def test_frozen_side_factors_stay_unchanged_to_the_bit_and_the_run_recommends_an
 
 def test_a_sparse_svdpp_run_with_side_features_stages_them(tmp_path, one_thread):
     folder = write_grouplens(tmp_path / "ml-100k")
-    cfg = composed("experiment=movielens_svdpp", f"data.path={folder}", "data.split=random", "data.batch_size=16",
-                   "model.n_factors=4", "model.sparse=true", "model.side=[genres,age]", "plan=biases_first",
-                   "plan.stages.biases.epochs=1", "plan.stages.all.epochs=1", "+plan.stages.all.wd.side=0.5",
-                   "trainer.enable_progress_bar=false", "logger=none")
+    cfg = composed(
+        "experiment=movielens_svdpp",
+        f"data.path={folder}",
+        "data.split=random",
+        "data.batch_size=16",
+        "model.n_factors=4",
+        "model.sparse=true",
+        "model.side=[genres,age]",
+        "plan=biases_first",
+        "plan.stages.biases.epochs=1",
+        "plan.stages.all.epochs=1",
+        "+plan.stages.all.wd.side=0.5",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+    )
     train(cfg, tmp_path / "run")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build(cfg.data)

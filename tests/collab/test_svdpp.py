@@ -40,6 +40,28 @@ def test_prediction_matches_the_formula_written_out():
     assert pred.tolist() == pytest.approx(expected, abs=1e-6)
 
 
+def test_vectorised_implicit_sum_equals_a_per_user_loop_forward_and_backward():
+    torch.manual_seed(0)
+    users, items = torch.randint(1, 7, (40,)), torch.randint(1, 9, (40,))
+    model = SVDpp(n_users=7, n_items=8, n_factors=3, rated=rated_of(users.tolist(), items.tolist(), 7))
+    with torch.no_grad():
+        model.implicit.weight[1:].normal_()
+    batch = torch.tensor([3, 1, 3, 0, 6, 1, 1, 5])  # repeated users, and the unknown user 0 (rated nothing)
+
+    def reference(u: int) -> torch.Tensor:
+        rated = items[users == u]
+        return model.implicit.weight[rated].sum(0) / math.sqrt(len(rated)) if len(rated) else torch.zeros(3)
+
+    weights = torch.randn(len(batch), 3)
+    (model.implicit_sum(batch) * weights).sum().backward()
+    fast = model.implicit.weight.grad.clone()
+    model.implicit.weight.grad = None
+    expected = torch.stack([reference(int(u)) for u in batch])
+    (expected * weights).sum().backward()
+    assert torch.allclose(model.implicit_sum(batch), expected, atol=1e-6)
+    assert torch.allclose(fast, model.implicit.weight.grad, atol=1e-6)
+
+
 def test_shapes_and_layer_groups():
     model = SVDpp(n_users=4, n_items=5, n_factors=3, rated=rated_of([1, 1, 4], [2, 5, 5], 4))
     assert model(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 5])).shape == (4,)
@@ -47,8 +69,7 @@ def test_shapes_and_layer_groups():
     assert model.rated_indptr.tolist() == [0, 0, 2, 2, 2, 3]
     groups = model.layer_groups()
     assert [g.name for g in groups] == ["embeddings", "implicit", "biases"]
-    assert [list(g.modules) for g in groups] == [
-        [model.user_factors, model.item_factors], [model.implicit], [model.user_bias, model.item_bias]]
+    assert [list(g.modules) for g in groups] == [[model.user_factors, model.item_factors], [model.implicit], [model.user_bias, model.item_bias]]
 
 
 def test_implicit_feedback_comes_from_training_ratings_only():
@@ -56,7 +77,7 @@ def test_implicit_feedback_comes_from_training_ratings_only():
     rated = data.model_kwargs()["rated"]
     train = data.train_set
     for u in range(data.n_users + 1):
-        mine = rated.items[rated.indptr[u]:rated.indptr[u + 1]]
+        mine = rated.items[rated.indptr[u] : rated.indptr[u + 1]]
         assert sorted(mine.tolist()) == sorted(train.items[train.users == u].tolist())
     for part in (data.val_set, data.test_set):  # other valid/test ratings: the same N(u)
         part.users[:] = 1
@@ -80,8 +101,15 @@ def one_thread():
 
 
 def test_a_staged_svdpp_run_keeps_frozen_groups_and_recommends(tmp_path, one_thread):
-    cfg = composed("experiment=ratings_synthetic", "model=svdpp", "model.n_factors=4", "data.n_ratings=2000",
-                   "plan.stages.all.epochs=1", "plan.stages.all.freeze_to=-2", "trainer.enable_progress_bar=false")
+    cfg = composed(
+        "experiment=ratings_synthetic",
+        "model=svdpp",
+        "model.n_factors=4",
+        "data.n_ratings=2000",
+        "plan.stages.all.epochs=1",
+        "plan.stages.all.freeze_to=-2",
+        "trainer.enable_progress_bar=false",
+    )
     train(cfg, tmp_path)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the start train() builds, in the same order
     data = build(cfg.data)

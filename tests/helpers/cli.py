@@ -10,7 +10,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # Lines of Lightning's and its neighbours' that a stagetune terminal never shows.
-NOISE = ("💡 Tip", "litlogger", "LeafSpec", "GPU available", "TPU available", "will override", "Loading `train_dataloader`", "Trainer.fit` stopped", "multiple `ModelCheckpoint`", "weights_only` was not set")
+NOISE = (
+    "💡 Tip",
+    "litlogger",
+    "LeafSpec",
+    "GPU available",
+    "TPU available",
+    "will override",
+    "Loading `train_dataloader`",
+    "Trainer.fit` stopped",
+    "multiple `ModelCheckpoint`",
+    "weights_only` was not set",
+)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -18,7 +29,12 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     if cwd is not None:
         Path(cwd).mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=_cli_env(env),
+        [sys.executable, "-m", "stagetune", *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_cli_env(env),
         preexec_fn=default_sigint,
     )
 
@@ -27,7 +43,12 @@ def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Pope
     """Start ``python -m stagetune ARGS`` in the background (output captured): runs that overlap."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", "stagetune", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(env),
+        [sys.executable, "-m", "stagetune", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli_env(env),
         preexec_fn=default_sigint,
     )
 

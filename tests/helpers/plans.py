@@ -11,13 +11,19 @@ from tests.tiny import quiet_trainer
 
 
 def make_plan(train_bn: bool, n_groups: int = 3) -> Plan:
-    cfg = typed(OmegaConf.create({"plan": {
-            "lr": 1e-2,
-            "stages": {
-                "frozen": {"epochs": 2, "freeze_to": -1, "lr": [1e-2], "train_bn": train_bn, "pct_start": 0.5},
-                "unfrozen": {"epochs": 2, "freeze_to": 0, "lr": [1e-4, 1e-2], "div": 5.0, "pct_start": 0.3},
-            },
-        }}))
+    cfg = typed(
+        OmegaConf.create(
+            {
+                "plan": {
+                    "lr": 1e-2,
+                    "stages": {
+                        "frozen": {"epochs": 2, "freeze_to": -1, "lr": [1e-2], "train_bn": train_bn, "pct_start": 0.5},
+                        "unfrozen": {"epochs": 2, "freeze_to": 0, "lr": [1e-4, 1e-2], "div": 5.0, "pct_start": 0.3},
+                    },
+                }
+            }
+        )
+    )
     plan = plan_of(cfg)
     plan.check_groups(n_groups)
     return plan

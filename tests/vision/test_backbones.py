@@ -50,7 +50,19 @@ def model_of(arch: str, **kwargs) -> TorchvisionClassifier:
 
 def test_every_family_of_the_issue_is_covered():
     names = supported()
-    for prefix in ("resnet", "resnext", "wide_resnet", "densenet", "efficientnet_b", "efficientnet_v2", "mobilenet_v2", "mobilenet_v3", "regnet", "convnext", "vit"):
+    for prefix in (
+        "resnet",
+        "resnext",
+        "wide_resnet",
+        "densenet",
+        "efficientnet_b",
+        "efficientnet_v2",
+        "mobilenet_v2",
+        "mobilenet_v3",
+        "regnet",
+        "convnext",
+        "vit",
+    ):
         assert any(n.startswith(prefix) for n in names), prefix
     assert {"resnet18", "resnet152", "efficientnet_v2_l", "vit_h_14", "regnet_y_128gf"} <= set(names)
 
@@ -145,7 +157,13 @@ def test_a_vit_refuses_images_of_another_size_before_training(images):
 
 def test_patterns_in_config_regroup_a_backbone():
     node = OmegaConf.create(
-        {"_target_": "stagetune.vision.models.TorchvisionClassifier", "arch": "resnet18", "weights": None, "n_classes": 3, "groups": {"body": "body", "head": "head"}}
+        {
+            "_target_": "stagetune.vision.models.TorchvisionClassifier",
+            "arch": "resnet18",
+            "weights": None,
+            "n_classes": 3,
+            "groups": {"body": "body", "head": "head"},
+        }
     )
     model = build(node)
     assert [g.name for g in model.layer_groups()] == ["body", "head"]
@@ -155,9 +173,18 @@ def test_patterns_in_config_regroup_a_backbone():
 def test_digits_transfer_trains_a_convnext_through_the_command_line(tmp_path):
     run = tmp_path / "run"
     result = run_cli(
-        "experiment=digits_transfer", "model=torchvision", "model.arch=convnext_tiny", "model.weights=null", "data.size=32",
-        "data.train_per_class=2", "data.batch_size=10", "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1", *QUIET,
-        f"hydra.run.dir={run}", cwd=tmp_path,
+        "experiment=digits_transfer",
+        "model=torchvision",
+        "model.arch=convnext_tiny",
+        "model.weights=null",
+        "data.size=32",
+        "data.train_per_class=2",
+        "data.batch_size=10",
+        "plan.stages.frozen.epochs=1",
+        "plan.stages.unfrozen.epochs=1",
+        *QUIET,
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())

@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 
 from stagetune.engine.cache import FeatureCache, compute_features
-from stagetune.errors import ConfigError
 from stagetune.engine.groups import set_trainable
 from stagetune.engine.plan import Stage
+from stagetune.errors import ConfigError
 from stagetune.vision.data import DigitsData
 from stagetune.vision.models import ResNet34Classifier
 from tests.helpers.plans import fit
@@ -62,7 +62,9 @@ def test_cache_stays_off_with_one_line_when_bn_trains(caplog):
     with caplog.at_level(logging.INFO, logger="stagetune"):
         model = fit_cached("auto", digits(), frozen_stage(train_bn=True, epochs=1))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan.cache")]
-    assert lines == ["plan.cache: stage 'frozen' trains without the feature cache: stage 'frozen' trains the normalisation layers of its frozen groups (train_bn: true)"]
+    assert lines == [
+        "plan.cache: stage 'frozen' trains without the feature cache: stage 'frozen' trains the normalisation layers of its frozen groups (train_bn: true)"
+    ]
     assert model.input_group == 0
 
 

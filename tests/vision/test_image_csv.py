@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from stagetune.app import conf_dir
-from stagetune.runs.run import train
 from stagetune.errors import DataError
+from stagetune.runs.run import train
 from stagetune.vision.data import ImageCSVData
 from tests.helpers.images import write_image
 
@@ -73,10 +73,18 @@ def test_files_live_under_root_when_given(tmp_path):
         (lambda t: t.replace(",owl", ",cat").replace(",dog", ",cat"), {}, "one class only ('cat'); a classifier needs two or more"),
         (lambda t: t.replace("img/cat_0.png,cat", "img/cat_0.png,"), {}, "{f}:2: empty label"),
         (lambda t: "path,label\n", {}, "no images listed"),
-        (lambda t: t.replace("path,label", "path,label,part").replace(",cat\n", ",cat,train\n").replace(",dog\n", ",dog,valid\n").replace(",owl\n", ",owl,train\n"),
-         {"split_col": "part"}, "class(es) dog have no training image"),
-        (lambda t: t.replace("path,label", "path,label,part").replace("\n", ",holdout\n").replace("path,label,part,holdout", "path,label,part"),
-         {"split_col": "part"}, "{f}:2: split 'holdout' is not train, valid or test"),
+        (
+            lambda t: (
+                t.replace("path,label", "path,label,part").replace(",cat\n", ",cat,train\n").replace(",dog\n", ",dog,valid\n").replace(",owl\n", ",owl,train\n")
+            ),
+            {"split_col": "part"},
+            "class(es) dog have no training image",
+        ),
+        (
+            lambda t: t.replace("path,label", "path,label,part").replace("\n", ",holdout\n").replace("path,label,part,holdout", "path,label,part"),
+            {"split_col": "part"},
+            "{f}:2: split 'holdout' is not train, valid or test",
+        ),
     ],
 )
 def test_a_bad_table_is_one_line(tmp_path, edit, settings, fragment):
@@ -93,9 +101,19 @@ def test_a_whole_run_from_an_image_table(tmp_path):
         cfg = compose(
             config_name="train",
             overrides=[
-                "experiment=pets", "data=image_csv", f"data.path={table}", "data.size=32", "data.batch_size=4", "data.num_workers=0",
-                "model=torchvision", "model.arch=resnet18", "model.weights=null", "model.head=linear",
-                "plan.stages.frozen.epochs=1", "plan.stages.unfrozen.epochs=1", "trainer.enable_progress_bar=false",
+                "experiment=pets",
+                "data=image_csv",
+                f"data.path={table}",
+                "data.size=32",
+                "data.batch_size=4",
+                "data.num_workers=0",
+                "model=torchvision",
+                "model.arch=resnet18",
+                "model.weights=null",
+                "model.head=linear",
+                "plan.stages.frozen.epochs=1",
+                "plan.stages.unfrozen.epochs=1",
+                "trainer.enable_progress_bar=false",
             ],
         )
     train(cfg, tmp_path / "run")

@@ -11,8 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import stagetune.config  # noqa: F401  (registers the schema's defaults, which train.yaml composes from)
 from stagetune.app import conf_dir
-from tests.helpers.cli import NOISE
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import NOISE, run_cli
 from tests.helpers.images import pets_tree
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
@@ -120,9 +119,7 @@ def test_pets_experiment_runs_on_a_tiny_pets_folder(tmp_path):
 
 def test_missing_imagenet_weights_stop_the_run_with_one_line(tmp_path):
     root = pets_tree(tmp_path / "pets")
-    result = run_cli(
-        "experiment=pets", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "torch")}
-    )
+    result = run_cli("experiment=pets", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "torch")})
     assert result.returncode == 1
     assert "stagetune: error: model.weights=imagenet: the ImageNet weights are not in the cache" in result.stderr
     assert "Traceback" not in result.stderr

@@ -57,7 +57,13 @@ def test_digits_augmentation_changes_training_images_only():
 
 @pytest.mark.parametrize(
     ("kwargs", "key"),
-    [({"classes": [3]}, "data.classes"), ({"classes": [1, 12]}, "data.classes"), ({"size": 4}, "data.size"), ({"train_per_class": 0}, "data.train_per_class"), ({"num_workers": -1}, "data.num_workers")],
+    [
+        ({"classes": [3]}, "data.classes"),
+        ({"classes": [1, 12]}, "data.classes"),
+        ({"size": 4}, "data.size"),
+        ({"train_per_class": 0}, "data.train_per_class"),
+        ({"num_workers": -1}, "data.num_workers"),
+    ],
 )
 def test_bad_digits_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):

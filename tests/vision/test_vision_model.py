@@ -7,9 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from stagetune.errors import ConfigError, DataError
 from stagetune.engine.groups import check_partition
 from stagetune.engine.plan import Stage
+from stagetune.errors import ConfigError, DataError
 from stagetune.vision.models import ResNet34Classifier
 from stagetune.vision.weights import imagenet_cache_path
 from tests.helpers.plans import fit

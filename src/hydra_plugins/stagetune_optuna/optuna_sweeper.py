@@ -7,7 +7,6 @@ Config groups: ``hydra/sweeper/sampler`` (tpe, random, grid) and ``hydra/sweeper
 median, successive_halving, hyperband); any key of the Optuna class may be added to either.
 """
 
-
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -83,17 +82,18 @@ class OptunaSweeper(Sweeper):
         task_wrapper("stagetune", sweep_job=lambda: False)(self._sweep)(arguments)
 
     def _sweep(self, arguments: list[str]) -> None:
-        from stagetune.sweeps.report import StudyReport
-        from stagetune.sweeps.space import search_space
-        from stagetune.sweeps.study import storage_spec
-        from stagetune.sweeps.worker import StudyWorker, check_launcher, pruner_spec, sampler_maker, write_results
-
         from stagetune.engine import launch
         from stagetune.errors import ConfigError
+        from stagetune.sweeps.report import StudyReport
+        from stagetune.sweeps.space import search_space
+        from stagetune.sweeps.study import shown, storage_spec
+        from stagetune.sweeps.worker import StudyWorker, check_launcher, pruner_spec, sampler_maker, write_results
 
         if launch.launched_externally():
             raise ConfigError(
-                "hydra.sweeper", "optuna", "a study worker is one process (not torchrun/srun with several tasks): "
+                "hydra.sweeper",
+                "optuna",
+                "a study worker is one process (not torchrun/srun with several tasks): "
                 "stagetune starts each trial's DDP ranks itself, or the launcher's jobs do (hydra/launcher=slurm)",
             )
         settings = SweeperSettings.of(self.settings, self.config.get("experiment"))
@@ -110,7 +110,14 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         worker = StudyWorker(settings, space, sampler, pruner_spec(self.pruner_cfg), self.launcher, str(self.config.metric), sweep_dir)
-        log.info("study %s in %s: %d trials to %s, this worker %s", settings.study_name, settings.storage or "memory", settings.n_trials, settings.direction, "runs one at a time" if settings.n_jobs == 1 else f"keeps {settings.n_jobs} in flight")
+        log.info(
+            "study %s in %s: %d trials to %s, this worker %s",
+            settings.study_name,
+            shown(settings.storage),
+            settings.n_trials,
+            settings.direction,
+            "runs one at a time" if settings.n_jobs == 1 else f"keeps {settings.n_jobs} in flight",
+        )
         study = worker.run()
         log.info("this worker ran trials %s", ", ".join(map(str, worker.ran)) or "none")
         write_results(study, sweep_dir)

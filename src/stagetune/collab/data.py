@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from stagetune.collab.side import RawSide, tables
 from stagetune.collab.splits import Parts, Ratings, check_fraction, split_random
-from stagetune.errors import ConfigError, DataError, StagetuneError
 from stagetune.engine.loaders import epoch_loader, eval_loader
+from stagetune.errors import ConfigError, DataError, StagetuneError
 
 UNKNOWN = 0
 LISTED_CELLS = 2**25  # up to this many (user, item) cells, synthetic data lists the free ones (256 MB)
@@ -311,9 +311,7 @@ class SyntheticRatings(RatingsDataModule):
         for part, idx in (("valid", parts.valid), ("test", parts.test)):
             self.unseen[part] = unseen_counts(u[idx], i[idx], ~seen_u[u[idx]], ~seen_i[i[idx]])
         users, items = np.where(seen_u[u], u + 1, UNKNOWN), np.where(seen_i[i], i + 1, UNKNOWN)
-        self.train_set, self.val_set, self.test_set = (
-            ratings_tensor(users[idx], items[idx], ratings[idx]) for idx in (parts.train, parts.valid, parts.test)
-        )
+        self.train_set, self.val_set, self.test_set = (ratings_tensor(users[idx], items[idx], ratings[idx]) for idx in (parts.train, parts.valid, parts.test))
 
     def _pairs(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n_ratings`` distinct (user, item) cells: Zipf-weighted draws on both sides, ranks

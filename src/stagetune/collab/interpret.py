@@ -19,8 +19,8 @@ import torch
 from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from stagetune.figures import new_figure
 from stagetune.atomic import write_atomic
+from stagetune.figures import new_figure
 
 
 def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +61,7 @@ def interpret(
     if item_bias is not None:
         result["bias"] = ends(item_bias[top], top_names, n_show)
     result["components"] = [
-        {"component": c + 1, "variance_share": round(float(share[c]), 4), **ends(coords[:, c], top_names, n_show)}
-        for c in range(coords.shape[1])
+        {"component": c + 1, "variance_share": round(float(share[c]), 4), **ends(coords[:, c], top_names, n_show)} for c in range(coords.shape[1])
     ]
     return result, coords, top_names
 

@@ -37,9 +37,9 @@ from torch import nn
 from stagetune.collab.data import UNKNOWN, RatedItems
 from stagetune.collab.interpret import Interpretation
 from stagetune.collab.side import SideFeature, SideTables, check_side
-from stagetune.errors import ConfigError
 from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import StagedModule
+from stagetune.errors import ConfigError
 
 
 def sigmoid_range(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -237,9 +237,19 @@ class RatingModule(StagedModule):
 class DotBias(RatingModule):
     """``sigmoid_range(u . v + b_u + b_i + offset, lo, hi)`` with learned factors and biases."""
 
-    def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5),
-                 global_mean: float | None = None, sparse: bool = False, freq_wd: float = 0.0,
-                 rated: RatedItems | None = None, side=(), side_tables: SideTables | None = None) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        n_factors: int = 50,
+        y_range=(0.0, 5.5),
+        global_mean: float | None = None,
+        sparse: bool = False,
+        freq_wd: float = 0.0,
+        rated: RatedItems | None = None,
+        side=(),
+        side_tables: SideTables | None = None,
+    ) -> None:
         """``rated`` (the training part's items per user, from ``model_kwargs()``) is read by SVD++ only;
         ``side`` (``model.side``) names the side features taken from ``side_tables`` (also from ``model_kwargs()``)."""
         super().__init__(y_range, global_mean, freq_wd)
@@ -278,9 +288,19 @@ class SVDpp(DotBias):
     as in DotBias, not ``y`` (``optim.wd`` or a stage's ``wd: {implicit: ...}`` does).
     """
 
-    def __init__(self, n_users: int, n_items: int, n_factors: int = 50, y_range=(0.0, 5.5),
-                 global_mean: float | None = None, sparse: bool = False, freq_wd: float = 0.0,
-                 rated: RatedItems | None = None, side=(), side_tables: SideTables | None = None) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        n_factors: int = 50,
+        y_range=(0.0, 5.5),
+        global_mean: float | None = None,
+        sparse: bool = False,
+        freq_wd: float = 0.0,
+        rated: RatedItems | None = None,
+        side=(),
+        side_tables: SideTables | None = None,
+    ) -> None:
         super().__init__(n_users, n_items, n_factors, y_range, global_mean, sparse, freq_wd, side=side, side_tables=side_tables)
         if rated is None:
             raise ConfigError("model", "svdpp", "needs the training part's items per user: build it with the datamodule's model_kwargs()")
@@ -290,13 +310,19 @@ class SVDpp(DotBias):
         trunc_normal_rows(self.implicit.weight)
 
     def implicit_sum(self, users: torch.Tensor) -> torch.Tensor:
-        """``|N(u)|^-1/2 * sum_{j in N(u)} y_j`` for each user of the batch (zero when ``N(u)`` is empty)."""
-        start, stop = self.rated_indptr[users], self.rated_indptr[users + 1]
+        """``|N(u)|^-1/2 * sum_{j in N(u)} y_j`` for each user of the batch (zero when ``N(u)`` is empty).
+
+        One weighted bag per distinct user of the batch, then gathered per rating: a batch of 1,024
+        ML-100k ratings names about 500 users whose ``N(u)`` hold a third of the items its ratings'
+        would (active users rate more and appear more often), forward and backward alike.
+        """
+        distinct, of_rating = torch.unique(users, return_inverse=True)
+        start, stop = self.rated_indptr[distinct], self.rated_indptr[distinct + 1]
         lengths = stop - start
         offsets = torch.cumsum(lengths, 0) - lengths
         flat = torch.repeat_interleave(start - offsets, lengths) + torch.arange(int(lengths.sum()), device=users.device)
         weights = torch.repeat_interleave(lengths.clamp(min=1).float().rsqrt(), lengths)
-        return self.implicit(self.rated_items[flat], offsets, per_sample_weights=weights)
+        return self.implicit(self.rated_items[flat], offsets, per_sample_weights=weights)[of_rating]
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user = self.user_vectors(users) + self.implicit_sum(users)

@@ -146,6 +146,7 @@ def find_format(path: Path) -> tuple[Path, RatingsFormat] | None:
 
     Several ``ml-*`` folders with ratings are an error listing them: taking one would be a guess.
     """
+
     def ratings_format(folder: Path) -> RatingsFormat | None:
         fmt = next((fmt for fmt in FORMATS if (folder / fmt.ratings).exists()), None)
         if fmt is not None and not (folder / fmt.ratings).is_file():
@@ -205,7 +206,7 @@ class MovieLens(RatingsDataModule):
         test_pct: float = 0.2,
         y_range=(0.0, 5.5),
         batch_size: int = 64,
-        seed: int = 42,
+        split_seed: int = 42,
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
@@ -250,8 +251,10 @@ class MovieLens(RatingsDataModule):
             present = [f"{fold}.base" for fold in FOLDS if (folder / f"{fold}.base").exists()]
             if present:
                 log.warning(
-                    "data.split=%s while %s has ml-100k's own split (%s): results will not compare with "
-                    "papers' u1 numbers; data.split=u1 uses it", h.split, folder, ", ".join(present)
+                    "data.split=%s while %s has ml-100k's own split (%s): results will not compare with papers' u1 numbers; data.split=u1 uses it",
+                    h.split,
+                    folder,
+                    ", ".join(present),
                 )
         every = read_ratings(folder / fmt.ratings, fmt.separator, fmt.header, y_range)
         self.read_side = partial(read_grouplens, folder) if fmt.ratings == "u.data" else None
@@ -261,7 +264,7 @@ class MovieLens(RatingsDataModule):
         """One table and the train/valid/test indices into it."""
         h = self.hparams
         if h.split == "random":
-            return every, split_random(len(every), h.test_pct, h.valid_pct, h.seed)
+            return every, split_random(len(every), h.test_pct, h.valid_pct, h.split_seed)
         if h.split == "time":
             return every, split_by_time(every, h.test_pct, h.valid_pct)
         if fmt.ratings != "u.data":
@@ -276,11 +279,13 @@ class MovieLens(RatingsDataModule):
                 missing = next(f for f in files if not f.exists())
                 raise DataError(f"{missing} not found beside its pair: restore it, or remove both to rebuild {h.split} from u.data")
             table, (base_idx, test_idx) = every, mku_fold(every, h.split)
-        train, valid = carve_valid(len(base_idx), h.valid_pct, h.seed)
+        train, valid = carve_valid(len(base_idx), h.valid_pct, h.split_seed)
         return table, Parts(base_idx[train], base_idx[valid], test_idx)
 
     def summary(self) -> dict:
-        return {"source": self.source, "split": self.hparams.split, **super().summary()}
+        """The run's record of its data: the source, the split and, where it shuffles (random, a fold's valid), its ``split_seed``."""
+        seeded = {"split_seed": self.hparams.split_seed} if self.hparams.split != "time" else {}
+        return {"source": self.source, "split": self.hparams.split, **seeded, **super().summary()}
 
 
 def check_range(r: Ratings, y_range: tuple[float, float], where: str) -> None:

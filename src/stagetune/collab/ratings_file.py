@@ -109,7 +109,7 @@ def _read_parquet(path: Path, columns: dict[str, str]) -> tuple[dict[str, list[s
         raise ConfigError("data.path", str(path), "a Parquet table needs pyarrow: pip install 'stagetune[parquet]'") from None
     try:
         table = pq.read_table(path)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as err:
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     _missing_columns(path, columns, table.column_names)
     values = {key: ["" if v is None else str(v) for v in table.column(name).to_pylist()] for key, name in columns.items()}
@@ -133,7 +133,7 @@ class RatingsFile(RatingsDataModule):
         test_pct: float = 0.2,
         y_range=(0.0, 5.5),
         batch_size: int = 64,
-        seed: int = 42,
+        split_seed: int = 42,
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
@@ -196,7 +196,7 @@ class RatingsFile(RatingsDataModule):
     def _parts(self, table: Ratings, labels: list[str] | None, path: Path) -> Parts:
         h = self.hparams
         if h.split == "random":
-            return split_random(len(table), h.test_pct, h.valid_pct, h.seed)
+            return split_random(len(table), h.test_pct, h.valid_pct, h.split_seed)
         if h.split == "time":
             return split_by_time(table, h.test_pct, h.valid_pct)
         label = np.array(labels)
@@ -205,7 +205,7 @@ class RatingsFile(RatingsDataModule):
             raise DataError(f"{path}: no rating is marked test in column {h.split_col!r} (data.split=file)")
         train, valid = np.flatnonzero(label == "train"), np.flatnonzero(label == "valid")
         if not len(valid):
-            kept, carved = carve_valid(len(train), h.valid_pct, h.seed)
+            kept, carved = carve_valid(len(train), h.valid_pct, h.split_seed)
             train, valid = train[kept], train[carved]
         return Parts(train, valid, test)
 
@@ -214,5 +214,6 @@ class RatingsFile(RatingsDataModule):
         return ["unknown"] + [f"item {i}" for i in self.item_ids.tolist()]
 
     def summary(self) -> dict:
-        return {"source": self.source, "split": self.hparams.split, **super().summary()}
-
+        """The run's record of its data: the source, the split and, where it shuffles, its ``split_seed``."""
+        seeded = {"split_seed": self.hparams.split_seed} if self.hparams.split != "time" else {}
+        return {"source": self.source, "split": self.hparams.split, **seeded, **super().summary()}

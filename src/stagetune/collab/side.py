@@ -21,8 +21,25 @@ from stagetune.errors import ConfigError, DataError
 
 FEATURES = {"genres": "item", "year": "item", "age": "user", "gender": "user", "occupation": "user"}
 GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )  # u.item's 19 genre columns, in their order
 YEAR_EDGES = (1940, 1950, 1960, 1970, 1980, 1990, 1993, 1994, 1995, 1996, 1997, 1998)  # decades, then the 1990s by year
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # MovieLens-1M's age groups: under 18, 18-24, ..., 56 and over
@@ -161,7 +178,7 @@ def read_grouplens(folder: Path) -> dict[str, RawSide]:
     items, users = folder / "u.item", folder / "u.user"
     if items.is_file():
         item_rows = rows(items, "|", 5 + len(GENRES), "latin-1", header=False)
-        genres = {int(r[0]): [g for g, flag in zip(GENRES, r[5:5 + len(GENRES)]) if flag.strip() == "1"] for r in item_rows}
+        genres = {int(r[0]): [g for g, flag in zip(GENRES, r[5 : 5 + len(GENRES)]) if flag.strip() == "1"] for r in item_rows}
         out |= item_side(genres, {int(r[0]): r[2].strip()[-4:] for r in item_rows}, str(items))
     if users.is_file():
         user_rows = rows(users, "|", 4, "latin-1", header=False)

@@ -67,9 +67,12 @@ def evaluate_many(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="stagetune-eval", description="Evaluate a trained run's checkpoint, or several runs' averaged predictions, on the validation or test split.")
+    ap = argparse.ArgumentParser(
+        prog="stagetune-eval", description="Evaluate a trained run's checkpoint, or several runs' averaged predictions, on the validation or test split."
+    )
     ap.add_argument(
-        "run_dir", nargs="+",
+        "run_dir",
+        nargs="+",
         help="a run directory (printed at the end of `stagetune experiment=...`); several: their ensemble (averaged predictions)",
     )
     ap.add_argument("--ckpt", default="best", help="best (default), last, or (one run) the path of a checkpoint file")

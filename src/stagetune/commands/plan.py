@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import argparse
 
-from stagetune.commands.cli import one_line_errors
+from stagetune.failures import console_command
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stagetune-plan", description="Print the plan of the composed config: stages, epochs, and each layer group's params, LR and wd.")
+    p = argparse.ArgumentParser(
+        prog="stagetune-plan", description="Print the plan of the composed config: stages, epochs, and each layer group's params, LR and wd."
+    )
     p.add_argument("--model", action="store_true", help="build the model as a run does (weights included), not its structure alone")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for stagetune (experiment=digits_transfer plan.lr=1e-3 ...)")
     return p
 
 
-@one_line_errors("stagetune-plan")
+@console_command("stagetune-plan")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from stagetune.runs.preview import preview

@@ -52,7 +52,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt", default="best", choices=["best", "last"], help="which checkpoint (default: best)")
     ap.add_argument("--tta", action="store_true", help="average over each image and its horizontal mirror")
     ap.add_argument(
-        "--ensemble", action="append", default=[], metavar="RUN",
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="RUN",
         help="another run of the same data whose probabilities are averaged in (repeatable)",
     )
     ap.add_argument("--batch-size", type=int, default=64)

@@ -8,7 +8,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from stagetune.engine.loaders import epoch_loader, eval_loader
-
 from stagetune.errors import ConfigError
 
 FUNCTIONS = ("affine", "sin")

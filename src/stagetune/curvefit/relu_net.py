@@ -13,9 +13,9 @@ from torch import nn
 
 from stagetune.curvefit.data import column
 from stagetune.curvefit.figures import log_figure, new_figure, run_dir
-from stagetune.errors import ConfigError
 from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import StagedModule
+from stagetune.errors import ConfigError
 
 
 class ReluNet(nn.Module):

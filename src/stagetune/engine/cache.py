@@ -10,7 +10,8 @@ Trainer a loader over ``(features, target)`` that visits the examples in the sam
 original loader comes back.
 
 A model opts in with ``features(x, upto_group)``, ``forward_from(features, group_index)`` and an
-``input_group`` attribute read by its ``training_step``; batches are ``(inputs, targets)``.
+``input_group`` attribute read by its ``training_step``; batches are ``(inputs, targets)``. Its
+own groups only: given other groups by name patterns (``pattern_groups``, ``model.groups``) it trains uncached.
 Under ``plan.cache=auto`` a stage where the cache would not be exact trains as usual with one info
 line saying why; ``plan.cache=on`` turns that into a configuration error.
 """
@@ -27,10 +28,10 @@ from pytorch_lightning.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from stagetune.errors import ConfigError
-from stagetune.engine.loaders import epoch_loader
 from stagetune.engine.groups import LayerGroup
+from stagetune.engine.loaders import epoch_loader
 from stagetune.engine.plan import CacheMode, StagePlan, StageView
+from stagetune.errors import ConfigError
 
 log = logging.getLogger("stagetune")
 
@@ -52,6 +53,8 @@ def inexact_reason(trainer: pl.Trainer, pl_module: nn.Module, stage: StageView, 
     first = stage.first_group
     if not opts_in(pl_module):
         return f"{type(pl_module).__name__} does not implement features()/forward_from()"
+    if getattr(pl_module, "pattern_groups", None):
+        return "its layer groups come from model.groups patterns, which its features()/forward_from() do not follow"
     if trainer.world_size > 1:
         return f"DDP with {trainer.world_size} processes (each rank would need its own cache)"
     prefix = groups[:first]
@@ -141,8 +144,13 @@ class FeatureCache(Callback):
             log.info("plan.cache: stage %r trains without the feature cache: %s", name, message)
             return None
         sampler = original.sampler
-        log.info("plan.cache: stage %r trains from cached outputs of %d groups for %d examples (%.1f MB)",
-                 name, first, len(targets), features.numel() * features.element_size() / 1e6)
+        log.info(
+            "plan.cache: stage %r trains from cached outputs of %d groups for %d examples (%.1f MB)",
+            name,
+            first,
+            len(targets),
+            features.numel() * features.element_size() / 1e6,
+        )
         return epoch_loader(
             TensorDataset(features, targets),
             original.batch_size,
@@ -194,9 +202,7 @@ def set_training_source(trainer: pl.Trainer, source: DataLoader | object, reload
             _set_sampler_epoch(loader, loop.epoch_progress.current.processed)
 
 
-def compute_features(
-    model: nn.Module, loader: DataLoader, upto_group: int, budget: int
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def compute_features(model: nn.Module, loader: DataLoader, upto_group: int, budget: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Outputs of groups ``[0, upto_group)`` for every example, in dataset order, on the CPU.
 
     The prefix runs in eval mode under ``no_grad``: with its normalisation layers frozen and no
@@ -218,4 +224,3 @@ def compute_features(
             targets.append(y)
     model.train(was_training)
     return torch.cat(chunks), torch.cat(targets)
-

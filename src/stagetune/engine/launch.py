@@ -63,7 +63,8 @@ def process_count(trainer_cfg) -> int:
         raise ConfigError("trainer.devices", devices, "a number of devices >= 1, -1 or 'auto' for all of them, or a list of device ids")
     if trainer_cfg.get("sync_batchnorm") and not on_gpu:
         raise ConfigError(
-            "trainer.sync_batchnorm", True,
+            "trainer.sync_batchnorm",
+            True,
             "SyncBatchNorm runs on GPUs only; on CPU (trainer=cpu, trainer=ddp_cpu) set trainer.sync_batchnorm=false "
             "(stagetune averages BatchNorm statistics over the ranks at every epoch end)",
         )
@@ -71,8 +72,7 @@ def process_count(trainer_cfg) -> int:
         raise ConfigError(
             "trainer.devices",
             devices,
-            f"this machine has {available} GPU(s); ask for at most {available}, or use trainer=cpu "
-            "(one process) or trainer=ddp_cpu (DDP over CPU processes)",
+            f"this machine has {available} GPU(s); ask for at most {available}, or use trainer=cpu (one process) or trainer=ddp_cpu (DDP over CPU processes)",
         )
     return max(1, wanted)
 

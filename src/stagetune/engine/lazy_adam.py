@@ -32,9 +32,12 @@ from stagetune.engine.weight_decay import WdKind
 class LazyAdam(Optimizer):
     """Adam/AdamW over sparse (row-wise) and dense gradients; see the module doc for the semantics."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5,
-                 wd: float = 0.0, wd_kind: WdKind | str = WdKind.decoupled) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "wd": wd, "wd_kind": WdKind(wd_kind).value})  # a plain str: checkpoints of it load with weights_only=True
+    def __init__(
+        self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5, wd: float = 0.0, wd_kind: WdKind | str = WdKind.decoupled
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "wd": wd, "wd_kind": WdKind(wd_kind).value}
+        )  # a plain str: checkpoints of it load with weights_only=True
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -30,7 +30,7 @@ from stagetune.engine.cuda_probe import skip_unavailable_nvml_probe
 from stagetune.engine.ddp import average_norm_buffers, rewrap_ddp
 from stagetune.engine.freezing import Freezing
 from stagetune.engine.groups import LayerGroup, check_partition, param_groups
-from stagetune.engine.learning_rate import LearningRate, base_lr, check_lr, check_plan_lr, finds, find_shape, group_rates, resolved
+from stagetune.engine.learning_rate import LearningRate, base_lr, check_lr, check_plan_lr, find_shape, finds, group_rates, resolved
 from stagetune.engine.lr_logging import log_group_lrs
 from stagetune.engine.lr_suggest import RangeTestSettings
 from stagetune.engine.optim import (
@@ -82,11 +82,11 @@ class Until:
     stage (null: the stage's ``epochs``).
     """
 
-    monitor: str = MISSING
-    patience: int = 2
-    mode: Mode = Mode.min
-    min_delta: float = 0.0
-    max_epochs: int | None = None
+    monitor: str = MISSING  # the logged metric that decides (val/loss); required
+    patience: int = 2  # validations without improvement before the stage ends
+    mode: Mode = Mode.min  # min: lower is better; max: higher is better
+    min_delta: float = 0.0  # an improvement must beat the stage's best by more than this
+    max_epochs: int | None = None  # the most epochs the stage runs; null: its epochs
 
     def __post_init__(self) -> None:
         self.mode = Mode(self.mode)
@@ -128,8 +128,8 @@ class Stage:
     div: float = 25.0  # one-cycle: the rise starts at peak / div
     div_final: float = 1e5  # one-cycle: the fall ends at peak / div_final
     train_bn: bool = True  # normalisation layers of frozen groups keep training (fastai's train_bn)
-    until: Until | None = None  # null: the stage runs its epochs; else it may end early on a monitored metric
-    restore_best: bool = False  # with until: the stage's best weights are restored before the next stage
+    until: Until | None = None  # null: none; {monitor, patience, mode, min_delta, max_epochs}: the stage ends once monitor stops improving
+    restore_best: bool = False  # with until: the stage's best weights come back before the next stage starts
 
     def __post_init__(self) -> None:
         self.schedule = Schedule(self.schedule)
@@ -201,7 +201,7 @@ class Gradual(Stage):
     schedule and ``until``. ``freeze_to`` is not read.
     """
 
-    freeze_to: int = 0
+    freeze_to: int = 0  # not read: stage lastK trains the last K groups
 
     def stages(self, n_groups: int) -> dict[str, Stage]:
         """The generated stages for a model of ``n_groups`` layer groups, in order."""
@@ -216,8 +216,9 @@ class StageView:
     ``groups`` are the layer groups that train in it, in model order, ``first_group`` the index of the
     first of them among the model's groups; ``lrs`` each of those groups' peak rate (None for an
     ``lr=find`` stage whose range test has not run yet); ``first_epoch`` and ``last_epoch`` are
-    0-based and inclusive (a stage with ``until``: the last it may run, or the one it ended on); ``wd`` is the stage's weight decay as records show it (one number, or
-    each group's where the stage sets them by name); ``lr`` is the stage's rate as configured
+    0-based and inclusive (a stage with ``until``: the last it may run, or the one it ended on);
+    ``wd`` is the stage's weight decay as records show it (one number, or each group's where the
+    stage sets them by name); ``lr`` is the stage's rate as configured
     (``find`` terms included), ``until`` a copy of its criterion.
     """
 
@@ -250,7 +251,7 @@ class Plan:
 
     lr: Any = 2e-3  # a number, or find: every stage whose lr comes from plan.lr runs the range test when it starts
     stages: dict[str, Stage] = field(default_factory=dict)  # the stages by name, in the order they run
-    gradual: Gradual | None = None  # set: the stages are generated from the model's layer groups (plan=gradual)
+    gradual: Gradual | None = None  # set: one stage per layer group of the model, generated from this template (plan=gradual)
     cache: CacheMode = CacheMode.auto  # train a frozen prefix from its cached outputs: when exact (auto), always (on), never (off)
     find: RangeTestSettings = field(default_factory=RangeTestSettings)  # the range test of lr=find
 
@@ -299,8 +300,7 @@ class Plan:
                 raise ConfigError(
                     f"{key}.stages.{name}.freeze_to",
                     stage.freeze_to,
-                    f"the model has {n_groups} layer groups: allowed {-n_groups}..{n_groups - 1} "
-                    "(-1 trains the last group only, 0 trains all)",
+                    f"the model has {n_groups} layer groups: allowed {-n_groups}..{n_groups - 1} (-1 trains the last group only, 0 trains all)",
                 )
 
     @property
@@ -468,10 +468,9 @@ class StagePlan(Callback):
         return "StagePlan"
 
     def state_dict(self) -> dict:
-        return {
-            "active": self.index, "stages": [s.name for s in self.plan.ordered], "history": self.history, "found": self.found,
-            "ran": self.ran, "watch": self.watch, "best_state": self.best_state,
-        }
+        names = [s.name for s in self.plan.ordered]
+        criterion = {"ran": self.ran, "watch": self.watch, "best_state": self.best_state}
+        return {"active": self.index, "stages": names, "history": self.history, "found": self.found, **criterion}
 
     def load_state_dict(self, state_dict: dict) -> None:
         names = [s.name for s in self.plan.ordered]
@@ -594,10 +593,11 @@ class StagePlan(Callback):
             self.watch["wait"] = self.watch.get("wait", 0) + 1
         stop = trainer.strategy.reduce_boolean_decision(self.watch["wait"] >= until.patience, all=False)
         view = self.active
+        ran = trainer.current_epoch - view.first_epoch + 1
         if self.history and self.history[-1]["stage"] == stage.name:
-            self.history[-1].update(best=self.watch.get("best"), best_epoch=self.watch.get("best_epoch"), epochs_run=trainer.current_epoch - view.first_epoch + 1)
+            self.history[-1].update(best=self.watch.get("best"), best_epoch=self.watch.get("best_epoch"), epochs_run=ran)
         if stop and trainer.current_epoch < view.last_epoch:
-            self.ran[stage.name] = trainer.current_epoch - view.first_epoch + 1
+            self.ran[stage.name] = ran
             self.history[-1]["ended"] = f"{until.monitor} did not improve for {until.patience} validations"
             self.fit_epochs(trainer)
 

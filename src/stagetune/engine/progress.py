@@ -67,8 +67,7 @@ class StageProgressBar(TQDMProgressBar):
         plan = StagePlan.of(trainer)
         active = plan.active
         self.train_progress_bar.set_description(
-            f"stage {active.name} ({active.index + 1}/{len(plan.stages)}) "
-            f"· epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            f"stage {active.name} ({active.index + 1}/{len(plan.stages)}) · epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
         )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

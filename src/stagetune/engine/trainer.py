@@ -19,8 +19,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 
 from stagetune.engine.dispatch import SkipInheritedHooks
 from stagetune.engine.faults import AtomicCheckpointIO, DivergenceGuard, Interruption, LatestCheckpoint

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from stagetune.build import build
 from stagetune.config import optim_of, plan_of
@@ -26,6 +26,7 @@ from stagetune.engine.reproducibility import ExactResume
 from stagetune.engine.trainer import build_trainer
 from stagetune.errors import ConfigError
 from stagetune.runs.hparams import HParamsSummary, ScalarLayout
+from stagetune.runs.mlflow_run import mlflow_logger
 from stagetune.runs.rundir import HISTORY, RunDir
 from stagetune.runs.trained import without_start_weights
 
@@ -96,25 +97,16 @@ class MetricCheck(pl.Callback):
 
 
 def run_logger(cfg: DictConfig, run: RunDir) -> list[Logger] | bool:
-    """Lightning's loggers chosen by ``logger=``, each writing under the run directory."""
+    """Lightning's loggers chosen by ``logger=``: TensorBoard and CSV under the run directory, MLflow where ``logger.mlflow`` says."""
     loggers: list[Logger] = []
     if cfg.logger.tensorboard:
         tensorboard = run.tensorboard  # a sweep job's is named by what the sweep changed
         loggers.append(TensorBoardLogger(save_dir=str(tensorboard.parent), name=tensorboard.name, version="", default_hp_metric=False))
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run.path), name="csv", version=""))
-    if cfg.logger.mlflow:
+    if cfg.logger.mlflow.enabled:
         loggers.append(mlflow_logger(cfg, run))
     return loggers or False
-
-
-def mlflow_logger(cfg: DictConfig, run: RunDir) -> Logger:
-    """An MLflow logger with a local file store in the run's ``mlruns/``; needs the ``mlflow`` extra."""
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        raise ConfigError("logger.mlflow", True, "needs mlflow: pip install 'stagetune[mlflow]'") from None
-    return MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=(run.path / "mlruns").resolve().as_uri())
 
 
 def named_callback(name: str, node: DictConfig) -> pl.Callback:
@@ -165,5 +157,3 @@ def run_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         history_csv=run.path / HISTORY,
         finder=run_finder(cfg, run),
     )
-
-

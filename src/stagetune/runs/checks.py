@@ -54,9 +54,9 @@ def check_splits(cfg: DictConfig, datamodule, world_size: int) -> None:
             raise ConfigError(f"data.{key}", cfg.data[key], f"the {part} split is empty; make it large enough to hold examples")
         if size < world_size:
             raise ConfigError(
-                "trainer.devices", cfg.trainer.get("devices"),
-                f"the {part} split has {size} example(s) for {world_size} processes; every process needs one: "
-                f"use at most {size} devices, or a larger split",
+                "trainer.devices",
+                cfg.trainer.get("devices"),
+                f"the {part} split has {size} example(s) for {world_size} processes; every process needs one: use at most {size} devices, or a larger split",
             )
 
 

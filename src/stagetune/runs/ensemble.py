@@ -79,10 +79,12 @@ def check_same_examples(members: Sequence[Trained], split: str, examples: Sequen
 def rating_predictions(trained: Trained, part) -> torch.Tensor:
     """The model's predicted rating for every (user, item) of ``part``, in its order."""
     model, device = trained.model.eval(), trained.device
-    return torch.cat([
-        model(part.users[start : start + RATING_BATCH].to(device), part.items[start : start + RATING_BATCH].to(device)).float().cpu()
-        for start in range(0, len(part), RATING_BATCH)
-    ])
+    return torch.cat(
+        [
+            model(part.users[start : start + RATING_BATCH].to(device), part.items[start : start + RATING_BATCH].to(device)).float().cpu()
+            for start in range(0, len(part), RATING_BATCH)
+        ]
+    )
 
 
 def rating_metrics(pred: torch.Tensor, ratings: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -112,9 +114,7 @@ def ensemble_ratings(members: Sequence[Trained], split: str) -> EnsembleEvaluati
     check_same_examples(members, split, [(p.users, p.items, p.ratings) for p in parts])
     preds = [rating_predictions(trained, part) for trained, part in zip(members, parts)]
     prefix, ratings = SPLITS[split], parts[0].ratings
-    return EnsembleEvaluation(
-        split, rating_metrics(torch.stack(preds).mean(0), ratings, prefix), [rating_metrics(p, ratings, prefix) for p in preds]
-    )
+    return EnsembleEvaluation(split, rating_metrics(torch.stack(preds).mean(0), ratings, prefix), [rating_metrics(p, ratings, prefix) for p in preds])
 
 
 def ensemble_classifiers(members: Sequence[Trained], split: str) -> EnsembleEvaluation:
@@ -124,9 +124,7 @@ def ensemble_classifiers(members: Sequence[Trained], split: str) -> EnsembleEval
     check_same_examples(members, split, [(result.targets,) for result in results])
     probs = [result.logits.softmax(1) for result in results]
     prefix, targets = SPLITS[split], results[0].targets
-    return EnsembleEvaluation(
-        split, class_metrics(torch.stack(probs).mean(0), targets, prefix), [class_metrics(p, targets, prefix) for p in probs]
-    )
+    return EnsembleEvaluation(split, class_metrics(torch.stack(probs).mean(0), targets, prefix), [class_metrics(p, targets, prefix) for p in probs])
 
 
 def evaluate_ensemble(members: Sequence[Trained], split: str = "valid") -> EnsembleEvaluation:

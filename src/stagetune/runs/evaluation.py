@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 from pytorch_lightning.callbacks import Callback
 from torch.nn import functional as F
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from stagetune.config import optim_of, plan_of, validate
 from stagetune.engine.trainer import build_trainer, trainer_kwargs

@@ -16,7 +16,6 @@ from stagetune.vision.report import confusion_figure, examples, top_losses_figur
 PNG_DPI = 100
 
 
-
 def result_stem(run: Path, split: str, kind: str = "") -> str:
     """``eval-<split>[-<kind>]``, or the first ``...-N`` (N = 2, 3, ...) whose record does not exist yet."""
     base = f"eval-{split}" + (f"-{kind}" if kind else "")
@@ -27,12 +26,10 @@ def result_stem(run: Path, split: str, kind: str = "") -> str:
     return stem
 
 
-
 def save_figure(figure: Figure, path: Path) -> None:
     """Written beside its name and linked into place: never over an existing file."""
     with output_file(path, force=False) as tmp:
         figure.savefig(tmp, dpi=PNG_DPI, format="png")
-
 
 
 def eval_pictures(trained: Trained, result: Evaluation, stem: str, n_worst: int) -> list[Path]:
@@ -53,7 +50,6 @@ def eval_pictures(trained: Trained, result: Evaluation, stem: str, n_worst: int)
     return list(pictures)
 
 
-
 def record(trained: Trained, which: str, result: Evaluation, pictures: list[Path]) -> dict:
     """What ``eval-<split>.json`` holds: the checkpoint read, the metrics, and the pictures drawn."""
     return {
@@ -67,7 +63,6 @@ def record(trained: Trained, which: str, result: Evaluation, pictures: list[Path
     }
 
 
-
 def ensemble_record(members: list[Trained], which: str, result: EnsembleEvaluation) -> dict:
     """What ``eval-<split>-ensemble.json`` holds: each member's run, checkpoint and metrics, and the ensemble's."""
     return {
@@ -76,7 +71,6 @@ def ensemble_record(members: list[Trained], which: str, result: EnsembleEvaluati
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "metrics": result.metrics,
         "members": [
-            {"run": str(trained.run.path), "checkpoint": str(trained.checkpoint), "metrics": metrics}
-            for trained, metrics in zip(members, result.members)
+            {"run": str(trained.run.path), "checkpoint": str(trained.checkpoint), "metrics": metrics} for trained, metrics in zip(members, result.members)
         ],
     }

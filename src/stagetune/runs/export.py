@@ -14,9 +14,7 @@ from stagetune.runs.trained import Trained
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 
 
-
 TOLERANCE = 1e-5
-
 
 
 def sample_inputs(trained: Trained, n: int = 8) -> tuple[torch.Tensor, ...]:
@@ -24,7 +22,6 @@ def sample_inputs(trained: Trained, n: int = 8) -> tuple[torch.Tensor, ...]:
     trained.datamodule.setup("validate")
     batch = next(iter(trained.datamodule.val_dataloader()))
     return tuple(t[:n].to(trained.device) for t in batch[:-1])
-
 
 
 def export_torchscript(trained: Trained, inputs: tuple[torch.Tensor, ...], out: Path) -> torch.Tensor:
@@ -39,7 +36,6 @@ def export_torchscript(trained: Trained, inputs: tuple[torch.Tensor, ...], out: 
         scripted = trained.model.to_torchscript(method="trace", example_inputs=inputs)
         torch.jit.save(scripted, str(out))
         return torch.jit.load(str(out), map_location=trained.device)(*inputs)
-
 
 
 def export_onnx(trained: Trained, inputs: tuple[torch.Tensor, ...], out: Path) -> torch.Tensor:
@@ -63,7 +59,6 @@ def export_onnx(trained: Trained, inputs: tuple[torch.Tensor, ...], out: Path) -
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     feeds = {name: t.cpu().numpy() for name, t in zip(names, inputs)}
     return torch.from_numpy(session.run(None, feeds)[0])
-
 
 
 def export(trained: Trained, fmt: str, out: Path, force: bool = False) -> float:

@@ -33,6 +33,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from stagetune.engine.plan import StagePlan, StageView
+from stagetune.runs.mlflow_run import RunMLflowLogger
 
 HParam = int | float | str | bool
 
@@ -93,9 +94,7 @@ def swept_hparams(cfg: DictConfig, swept: Iterable[str], overrides: Iterable[str
     return out
 
 
-def run_hparams(
-    cfg: DictConfig, stages: Sequence[StageView], n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()
-) -> dict[str, HParam]:
+def run_hparams(cfg: DictConfig, stages: Sequence[StageView], n_params: int, overrides: Iterable[str] = (), swept: Iterable[str] = ()) -> dict[str, HParam]:
     """The hyperparameters of one run as the HParams table shows them: a sweep job's swept keys, else the usual knobs."""
     swept = list(swept)
     if swept:
@@ -121,7 +120,7 @@ def run_hparams(
 
 
 class HParamsSummary(Callback):
-    """Writes the run's hyperparameters and real final metrics to its TensorBoard run."""
+    """Writes the run's hyperparameters and real final metrics to its TensorBoard run (and its MLflow run)."""
 
     def __init__(self, cfg: DictConfig, overrides: Iterable[str] = (), swept: Iterable[str] | None = None) -> None:
         self.cfg = cfg
@@ -146,10 +145,14 @@ class HParamsSummary(Callback):
 
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, status: str, metrics: dict[str, float]) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers or not trainer.is_global_zero:
+        mlflow = [lg for lg in trainer.loggers if isinstance(lg, RunMLflowLogger)]
+        if not (loggers or mlflow) or not trainer.is_global_zero:
             return
+        stages = StagePlan.of(trainer).stages
         n_params = sum(p.numel() for p in pl_module.parameters())
-        params = run_hparams(self.cfg, StagePlan.of(trainer).stages, n_params, self.overrides, self.swept)
+        params = run_hparams(self.cfg, stages, n_params, self.overrides, self.swept)
+        for logger in mlflow:  # a sweep job's swept keys and, always, the plan
+            logger.summary({**params, **stage_hparams(stages)}, status, metrics, step=trainer.global_step)
         params["status"] = status
         metrics = {"hp/best": math.nan, "hp/test": math.nan, "hp/last": math.nan, **metrics}
         for logger in loggers:

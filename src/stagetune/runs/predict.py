@@ -22,7 +22,6 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-
 def image_files(inputs: Sequence[str]) -> list[Path]:
     """The files given, and every image file under the folders given (sorted); none is an error."""
     files: list[Path] = []
@@ -39,17 +38,14 @@ def image_files(inputs: Sequence[str]) -> list[Path]:
     return files
 
 
-
 def image_transform(trained: Trained) -> Callable[[Image.Image], torch.Tensor]:
     """The run's evaluation transform; a run whose data is not images cannot predict files."""
     transform = getattr(trained.datamodule, "eval_transform", None)
     if transform is None:
         raise StagetuneError(
-            f"{trained.run.path} is a {trained.cfg.get('experiment', '?')} run, not an image classifier "
-            "(stagetune-recommend uses rating runs)"
+            f"{trained.run.path} is a {trained.cfg.get('experiment', '?')} run, not an image classifier (stagetune-recommend uses rating runs)"
         )
     return transform()
-
 
 
 def read_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
@@ -57,13 +53,11 @@ def read_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> 
         return transform(img)
 
 
-
 @torch.no_grad()
 def probabilities(models: Sequence[torch.nn.Module], x: torch.Tensor, tta: bool) -> torch.Tensor:
     """Softmax of each model's logits, averaged over the models; with ``tta``, also over the mirrored images."""
     views = [x, x.flip(-1)] if tta else [x]
     return torch.stack([model(view).softmax(1) for model in models for view in views]).mean(0)
-
 
 
 def predict(
@@ -92,7 +86,7 @@ def predict(
             try:
                 batch.append(read_image(path, transform))
                 paths.append(str(path))
-            except Exception as err:  # noqa: BLE001 - every way a file fails to decode is a skipped file
+            except Exception as err:
                 skipped.append((str(path), str(err).splitlines()[0] if str(err) else type(err).__name__))
         if not batch:
             continue

@@ -18,9 +18,9 @@ from omegaconf import DictConfig, open_dict
 from stagetune.build import build
 from stagetune.config import lr_find_settings, optim_of, plan_of, validate
 from stagetune.engine.faults import check_checkpoint
+from stagetune.engine.learning_rate import find_shape
 from stagetune.engine.lr_find import range_test, write_result
 from stagetune.engine.lr_suggest import RangeTest
-from stagetune.engine.learning_rate import find_shape
 from stagetune.engine.plan import Plan
 from stagetune.errors import ConfigError, StagetuneError
 from stagetune.runs.rundir import RunDir
@@ -57,5 +57,7 @@ def run_range_test(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | 
         stage = dataclasses.replace(stage, lr=find_shape(stage.lr))
     result = range_test(model, datamodule, stage, optim_of(cfg), settings, cfg.trainer, run.path)
     write_result(result, run.path, "lr_find", run.tensorboard)
-    run.update_metrics(status="completed", experiment=cfg.experiment, lr_find={k: v for k, v in result.as_dict().items() if k not in ("lrs", "losses", "smoothed")})
+    run.update_metrics(
+        status="completed", experiment=cfg.experiment, lr_find={k: v for k, v in result.as_dict().items() if k not in ("lrs", "losses", "smoothed")}
+    )
     return result

@@ -19,25 +19,16 @@ class Ranked:
     score: float
 
 
-
 def ratings_data(trained: Trained) -> RatingsDataModule:
     data = trained.datamodule
     if not isinstance(data, RatingsDataModule):
-        raise StagetuneError(
-            f"{trained.run.path} is a {trained.cfg.get('experiment', '?')} run, not a rating model "
-            "(stagetune-predict uses image runs)"
-        )
+        raise StagetuneError(f"{trained.run.path} is a {trained.cfg.get('experiment', '?')} run, not a rating model (stagetune-predict uses image runs)")
     return data
-
 
 
 def _ranked(data: RatingsDataModule, indices: torch.Tensor, scores: torch.Tensor) -> list[Ranked]:
     titles = data.item_titles
-    return [
-        Ranked(data.item_ids[i - 1].item(), titles[i] if titles else "", float(s))
-        for i, s in zip(indices.tolist(), scores.tolist())
-    ]
-
+    return [Ranked(data.item_ids[i - 1].item(), titles[i] if titles else "", float(s)) for i, s in zip(indices.tolist(), scores.tolist())]
 
 
 @torch.no_grad()
@@ -55,7 +46,6 @@ def recommend(trained: Trained, user: int | str, k: int = 10) -> list[Ranked]:
     predicted = trained.model(users.to(trained.device), items.to(trained.device)).cpu()
     scores, order = predicted.topk(min(k, len(items)))
     return _ranked(data, items[order], scores)
-
 
 
 @torch.no_grad()

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Timer
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Timer
 
 from stagetune.app import PACKAGE_DIR
 from stagetune.build import build
@@ -31,6 +31,8 @@ from stagetune.engine.plan import StagePlan
 from stagetune.errors import Interrupted, StagetuneError
 from stagetune.runs.assemble import run_trainer
 from stagetune.runs.checks import check_splits, check_training_checkpoint, unmeasured_metric
+from stagetune.runs.mlflow_run import record_in_mlflow
+from stagetune.runs.refit import check_refit, chosen_epochs, refit_and_test
 from stagetune.runs.rundir import RunDir, check_resume_overrides
 from stagetune.runs.trained import without_start_weights
 
@@ -116,12 +118,14 @@ def fit_run(cfg: DictConfig, run: RunDir, ckpt_path: str | None, resuming: bool 
 
 def fit_and_record(cfg: DictConfig, run: RunDir, ckpt_path: str | None, phases: BetweenPhases) -> Outcome:
     """:func:`fit_run`'s body, telling ``phases`` when the training is over."""
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     trainer = run_trainer(cfg, run)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build(cfg.data)
     model = build(cfg.model, **datamodule.model_kwargs())
     check_splits(cfg, datamodule, trainer.world_size)
+    if cfg.refit:
+        check_refit(datamodule, trainer.world_size)
     groups = model.layer_groups()
     plan_of(cfg).check_groups(len(groups), names=[g.name for g in groups])
     if (warning := unmeasured_metric(cfg)) and trainer.is_global_zero:
@@ -142,9 +146,13 @@ def fit_and_record(cfg: DictConfig, run: RunDir, ckpt_path: str | None, phases: 
         run.update_metrics(final=final)
     best = checkpoint.best_model_score
     value = float(best) if best is not None else final.get(cfg.metric, math.nan)
-    valid, fit, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test))
+    valid, fit, test = evaluate_chosen(trainer, model, datamodule, "best" if best is not None else None, bool(cfg.test) and not cfg.refit)
     if not trainer.is_global_zero:
         return Outcome(value, run, None)
+    refit = {}
+    if cfg.refit:  # valid has chosen; test is read once, by the refit model
+        refit = refit_and_test(cfg, run, chosen_epochs(checkpoint.best_model_path, trainer.current_epoch))
+        test = refit["test"]
     record = run.update_metrics(
         status="completed",
         metric={"name": cfg.metric, "mode": cfg.metric_mode, "best": value, "last": final.get(cfg.metric)},
@@ -158,9 +166,12 @@ def fit_and_record(cfg: DictConfig, run: RunDir, ckpt_path: str | None, phases: 
         global_step=trainer.global_step,
         world_size=trainer.world_size,
         time_s=round(time.time() - started, 2),
+        cpu_s=round(time.process_time() - cpu_started, 2),
         **({"train_eval": fit} if fit else {}),
+        **({"refit": refit} if refit else {}),
         **_extra_metrics(datamodule),
     )
+    record_in_mlflow(trainer)
     return Outcome(math.nan if cfg.debug else value, run, record)  # a sweeper never optimises a debug run's number
 
 
@@ -213,8 +224,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
 SETUP_INTERRUPTED = "{} received during set-up, before training started; nothing was trained or saved: start the run again"
 BEFORE_RESUMING = "{} received during set-up, before training went on; nothing new was trained. Continue with: stagetune resume={}"
 BEFORE_EVALUATION = (
-    "{} received after training finished, before the evaluation of the chosen checkpoint; the training is saved. "
-    "Continue with: stagetune resume={}"
+    "{} received after training finished, before the evaluation of the chosen checkpoint; the training is saved. Continue with: stagetune resume={}"
 )
 
 

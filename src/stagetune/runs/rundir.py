@@ -51,6 +51,8 @@ RECORD_PREFIXES = ("eval-", "stage-")
 def is_record(name: str) -> bool:
     """Whether ``name``, at the top of a run directory, is one of the run's own records."""
     return name in RECORDS or name.startswith(RECORD_PREFIXES)
+
+
 CONFIG_DIGEST_ENV = "STAGETUNE_CONFIG_SHA256"
 PACKAGES = ("stagetune", "torch", "torchvision", "pytorch-lightning", "hydra-core", "torchmetrics", "tensorboard")
 
@@ -111,8 +113,7 @@ def check_resume_overrides(resume: str, overrides: list[str]) -> None:
         raise ConfigError(
             "resume",
             resume,
-            f"continues the run with its own config.yaml and takes no other overrides; refused: {' '.join(extra)} "
-            "(to train with them, start a new run)",
+            f"continues the run with its own config.yaml and takes no other overrides; refused: {' '.join(extra)} (to train with them, start a new run)",
         )
 
 
@@ -178,7 +179,7 @@ class RunDir:
             raise FileNotFoundError(f"{self.path} is not a stagetune run directory (no {CONFIG})")
         try:
             cfg = OmegaConf.load(path)
-        except Exception as err:  # noqa: BLE001 - YAML's and OmegaConf's parse errors, a binary file
+        except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise StagetuneError(f"{path} is not a readable config ({first}); it was written when the run started: restore it") from None
         if not isinstance(cfg, DictConfig):

@@ -1,10 +1,10 @@
 """A sweep's recipes with their seeds averaged: what an ensemble of each recipe's runs gains on valid.
 
-For every recipe (jobs differing only in ``seed`` or ``data.seed``, as the sweep report groups
+For every recipe (jobs differing only in ``seed``, ``data.seed`` or ``data.split_seed``, as the sweep report groups
 them) with at least two completed jobs, the jobs' best checkpoints are averaged as
 ``stagetune-eval RUN1 RUN2 ...`` averages them (``runs/ensemble.py``) and scored on valid, beside
 the jobs alone (mean ± sample sd over the seeds, on the same examples). Valid only: it is a choice
-between recipes, and test chooses nothing. Jobs that differ in ``data.seed`` hold other splits
+between recipes, and test chooses nothing. Jobs that differ in ``data.seed`` or ``data.split_seed`` hold other splits
 and are refused in one line, as any ensemble of other data is.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stagetune.atomic import write_atomic
 from stagetune.errors import StagetuneError
 from stagetune.runs.ensemble import evaluate_ensemble
-from stagetune.atomic import write_atomic
 from stagetune.runs.sweep_report import Report, Stat, fmt, rows_markdown
 from stagetune.runs.trained import load_trained
 
@@ -33,12 +33,14 @@ def ensemble_rows(report: Report, device: str = "cpu") -> list[dict[str, str]]:
         if report.metric not in result.metrics:
             raise StagetuneError(f"--ensemble: the sweep's metric {report.metric} is not one an ensemble gives ({', '.join(result.metrics)})")
         alone = Stat.of([m[report.metric] for m in result.members])
-        rows.append({
-            **group.values,
-            "seeds": str(len(done)),
-            f"{report.metric} ensemble": fmt(result.metrics[report.metric]),
-            f"{report.metric} alone": alone.text(),
-        })
+        rows.append(
+            {
+                **group.values,
+                "seeds": str(len(done)),
+                f"{report.metric} ensemble": fmt(result.metrics[report.metric]),
+                f"{report.metric} alone": alone.text(),
+            }
+        )
     if not rows:
         raise StagetuneError(f"--ensemble: no recipe in {report.sweep_dir} has two completed seeds (sweep seed=0,1,2 to make some)")
     return rows

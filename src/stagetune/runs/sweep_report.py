@@ -6,7 +6,7 @@ differs between jobs) and writes ``summary.csv``, ``summary.md`` and ``summary.p
 directory: a heatmap of the metric over weight decay x learning rate when both were swept, else the
 metric against each swept key (with the training part's RMSE in eval mode beside valid's, when the
 runs recorded it: the gap between the two curves is the overfitting). Jobs that differ only in a seed
-(``seed``, ``data.seed``) are one recipe: the table ``groups.csv``/``summary.md`` and the plots give
+(``seed``, ``data.seed``, ``data.split_seed``) are one recipe: the table ``groups.csv``/``summary.md`` and the plots give
 each recipe's mean and sample standard deviation over its seeds, so recipes are compared with their
 spread. It runs by itself at the end of every multirun (the Hydra callback
 :class:`SweepReport`, configured in ``conf/hydra/default.yaml``) and again on demand with
@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
-from stagetune.figures import colormap, new_figure, text_color  # noqa: E402
-
-from stagetune.atomic import write_atomic  # noqa: E402
-from stagetune.runs.rundir import CONFIG, METRICS, RunDir  # noqa: E402
+from stagetune.atomic import write_atomic
+from stagetune.figures import colormap, new_figure, text_color
+from stagetune.runs.rundir import CONFIG, METRICS, RunDir
 
 log = logging.getLogger("stagetune")
 
@@ -40,7 +39,7 @@ SUMMARY_MD = "summary.md"
 SUMMARY_PNG = "summary.png"
 GROUPS_CSV = "groups.csv"
 # Keys whose values are draws of noise, not recipes: jobs differing only in these are grouped.
-SEED_KEYS = ("seed", "data.seed")
+SEED_KEYS = ("seed", "data.seed", "data.split_seed")
 # Config nodes a sweeper adds to every job for its own use (the Optuna trial handle): not swept values.
 TRIAL_CALLBACK = "callbacks.optuna_trial"
 
@@ -353,7 +352,9 @@ class Report:
             r, c = wds.index(group.values[wd_key]), lrs.index(group.values[lr_key])
             st = group.stat(lambda j: j.best)
             values[r][c] = st.mean if st else math.nan
-            cells[r][c] = (f"{st.mean:.4f}" + (f"\n± {st.std:.4f}" if st.std is not None else "")) if st else ", ".join(sorted({j.status for j in group.jobs})) or "none"
+            cells[r][c] = (
+                (f"{st.mean:.4f}" + (f"\n± {st.std:.4f}" if st.std is not None else "")) if st else ", ".join(sorted({j.status for j in group.jobs})) or "none"
+            )
         fig = new_figure(1.6 + 1.4 * len(lrs), 1.2 + 0.8 * len(wds))
         ax = fig.subplots()
         cmap = colormap("viridis_r" if self.mode == "min" else "viridis", bad="lightgray")
@@ -363,7 +364,9 @@ class Report:
             for c in range(len(lrs)):
                 is_best = best is not None and (wds[r], lrs[c]) == (best.values[wd_key], best.values[lr_key])
                 color = text_color(image.cmap(image.norm(values[r][c])) if math.isfinite(values[r][c]) else (0.83, 0.83, 0.83))
-                ax.text(c, r, cells[r][c] + (" *" if is_best else ""), ha="center", va="center", fontsize=9, color=color, fontweight="bold" if is_best else "normal")
+                ax.text(
+                    c, r, cells[r][c] + (" *" if is_best else ""), ha="center", va="center", fontsize=9, color=color, fontweight="bold" if is_best else "normal"
+                )
         ax.set_xticks(range(len(lrs)), lrs)
         ax.set_yticks(range(len(wds)), wds)
         ax.set_xlabel(lr_key)

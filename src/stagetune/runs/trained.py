@@ -18,8 +18,8 @@ import torch
 from omegaconf import DictConfig
 
 from stagetune.build import build
-from stagetune.errors import StagetuneError
 from stagetune.engine.faults import check_checkpoint
+from stagetune.errors import StagetuneError
 from stagetune.runs.rundir import RunDir
 
 CHECKPOINTS = ("best", "last")
@@ -89,4 +89,3 @@ def load_trained(path: str | Path, which: str = "best", device: str = "cpu", any
         detail = str(err).strip().splitlines()[0]
         raise StagetuneError(f"{checkpoint} does not fit the model in {run.path / 'config.yaml'} ({detail})") from None
     return Trained(run, cfg, datamodule, model.eval().to(target), checkpoint, target)
-

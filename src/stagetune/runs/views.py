@@ -17,13 +17,10 @@ from stagetune.vision.report import Example, batch_figure, examples, most_confus
 IMAGE_VIEWS = ("batch", "results", "confused")
 
 
-
 RATING_VIEWS = ("batch", "results", "biases")
 
 
-
 PNG_DPI = 100
-
 
 
 def training_batch(trained: Trained) -> list:
@@ -31,7 +28,6 @@ def training_batch(trained: Trained) -> list:
     pl.seed_everything(trained.cfg.seed, workers=True, verbose=False)
     trained.datamodule.setup("fit")
     return next(iter(trained.datamodule.train_dataloader()))
-
 
 
 def image_view(trained: Trained, view: str, split: str, n: int) -> Figure:
@@ -54,14 +50,12 @@ def image_view(trained: Trained, view: str, split: str, n: int) -> Figure:
     return most_confused_figure(pairs)
 
 
-
 def busiest_user(data: RatingsDataModule, split: str) -> int | str:
     """The raw id of the user with the most ratings in ``split``."""
     part = data.val_set if split == "valid" else data.test_set
     counts = np.bincount(part.users.numpy(), minlength=data.n_users + 1)
     counts[0] = 0
     return data.user_ids[int(counts.argmax()) - 1].item()
-
 
 
 @torch.no_grad()
@@ -78,7 +72,6 @@ def user_results(trained: Trained, user: int | str, split: str, n: int) -> tuple
     order = torch.argsort(ratings, descending=True, stable=True)[:n]
     titles = data.item_names()
     return [titles[i] for i in items[order].tolist()], ratings[order].tolist(), predicted[order].tolist()
-
 
 
 def rating_view(trained: Trained, view: str, split: str, n: int, user: int | str | None) -> Figure | None:

@@ -15,16 +15,16 @@ import logging
 import math
 from pathlib import Path
 
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import optuna
+import yaml
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import FrozenTrial, TrialState
 
-from stagetune.figures import new_figure  # noqa: E402
-import optuna  # noqa: E402
-import yaml  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-
-from stagetune.atomic import write_atomic  # noqa: E402
-from stagetune.runs.sweep_report import fmt as _fmt, rows_csv, rows_markdown  # noqa: E402
-from stagetune.sweeps.study import SURPLUS, open_storage  # noqa: E402
+from stagetune.atomic import write_atomic
+from stagetune.figures import new_figure
+from stagetune.runs.sweep_report import fmt as _fmt
+from stagetune.runs.sweep_report import rows_csv, rows_markdown
+from stagetune.sweeps.study import SURPLUS, open_storage
 
 log = logging.getLogger("stagetune")
 
@@ -121,8 +121,10 @@ class StudyReport:
         rows = self.rows()
         lines.extend(rows_markdown(rows))
         lines.append("")
-        lines.append("value: the study's objective (a pruned trial's is its last reported epoch); valid: the run's best "
-                     "validation value; test: measured once on the best checkpoint, never used to choose.")
+        lines.append(
+            "value: the study's objective (a pruned trial's is its last reported epoch); valid: the run's best "
+            "validation value; test: measured once on the best checkpoint, never used to choose."
+        )
         return "\n".join(lines) + "\n"
 
     def plot(self, path: Path) -> None:
@@ -135,7 +137,9 @@ class StudyReport:
         pruned = [t for t in self.trials if t.state == TrialState.PRUNED and t.intermediate_values]
         ax.plot([t.number for t in done], [t.value for t in done], "o", label="complete")
         if pruned:
-            ax.plot([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned], "x", color="gray", label="pruned (last report)")
+            ax.plot(
+                [t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned], "x", color="gray", label="pruned (last report)"
+            )
         best, xs, ys = None, [], []
         for t in sorted(done, key=lambda t: t.number):
             if best is None or (t.value > best if self.maximize else t.value < best):

@@ -55,6 +55,4 @@ class SweeperSettings:
         if self.max_failures < 0:
             raise ConfigError("hydra.sweeper.max_failures", self.max_failures, "must be >= 0")
         if not 0 < self.heartbeat_interval < self.grace_period:
-            raise ConfigError(
-                "hydra.sweeper.grace_period", self.grace_period, f"must exceed heartbeat_interval ({self.heartbeat_interval}) > 0"
-            )
+            raise ConfigError("hydra.sweeper.grace_period", self.grace_period, f"must exceed heartbeat_interval ({self.heartbeat_interval}) > 0")

@@ -71,9 +71,7 @@ class SearchSpace:
                 n = int(round((dist.high - dist.low) / dist.step)) + 1
                 out[name] = [dist.low + i * dist.step for i in range(n)]
             else:
-                raise ConfigError(
-                    f"hydra.sweeper.params.{name}", str(dist), "the grid sampler needs choice(...) or range(...) values"
-                )
+                raise ConfigError(f"hydra.sweeper.params.{name}", str(dist), "the grid sampler needs choice(...) or range(...) values")
         return out
 
 

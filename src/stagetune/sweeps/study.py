@@ -29,10 +29,12 @@ from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.samplers import RandomSampler
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.samplers import RandomSampler
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from stagetune.errors import ConfigError, StagetuneError
 
@@ -59,6 +61,18 @@ def storage_spec(value: str | None) -> str | None:
     return text if is_url(text) else str(Path(text).expanduser().resolve())
 
 
+def shown(spec: str | None) -> str:
+    """The storage as logs and messages print it: a database URL's password hidden."""
+    if spec is None:
+        return "memory"
+    if not is_url(spec):
+        return spec
+    try:
+        return make_url(spec).render_as_string(hide_password=True)
+    except ArgumentError:
+        return spec
+
+
 def open_storage(spec: str | None) -> BaseStorage:
     """This process's storage for ``spec`` (see :func:`storage_spec`), opened on first use."""
     with _OPEN_LOCK:
@@ -71,12 +85,7 @@ def _new_storage(spec: str | None) -> BaseStorage:
     if spec is None:
         return InMemoryStorage()
     if is_url(spec):
-        # SQLite serialises writers: wait for the lock rather than fail when workers write at once.
-        engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None
-        try:
-            return RDBStorage(spec, engine_kwargs=engine)
-        except (ImportError, ValueError) as err:
-            raise ConfigError("hydra.sweeper.storage", spec, f"cannot open this database: {err}") from None
+        return _database(spec)
     path = Path(spec)
     if path.is_dir():
         raise ConfigError("hydra.sweeper.storage", spec, "a journal file path (e.g. study.log) or a database URL, not a directory")
@@ -84,6 +93,42 @@ def _new_storage(spec: str | None) -> BaseStorage:
     if not _is_journal(path):
         raise ConfigError("hydra.sweeper.storage", spec, "this file exists and is not an Optuna journal; name a new or journal file")
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _database(spec: str) -> RDBStorage:
+    """Optuna's RDB storage at a SQLAlchemy URL; an unreachable server or a refused login is one line
+    naming the storage with its password hidden."""
+    try:
+        url = make_url(spec)
+    except ArgumentError as err:
+        raise ConfigError("hydra.sweeper.storage", spec, f"not a database URL: {err}") from None
+    hidden = shown(spec)
+    if url.drivername == "postgresql":
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the postgres extra installs psycopg 3.
+        url = url.set(drivername="postgresql+psycopg")
+    # SQLite serialises writers: wait for the lock rather than fail when workers write at once.
+    engine = {"connect_args": {"timeout": 60}} if url.get_backend_name() == "sqlite" else None
+    try:
+        return _rdb_storage(url.render_as_string(hide_password=False), engine)
+    except ImportError as err:
+        extra = " (pip install 'stagetune[postgres]')" if url.get_backend_name() == "postgresql" else ""
+        raise ConfigError("hydra.sweeper.storage", hidden, f"cannot open this database: {err}{extra}") from None
+    except (ValueError, ArgumentError) as err:
+        raise ConfigError("hydra.sweeper.storage", hidden, f"cannot open this database: {err}") from None
+    except SQLAlchemyError as err:
+        cause = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise ConfigError("hydra.sweeper.storage", hidden, f"cannot reach this database: {cause[0] if cause else type(err).__name__}") from None
+
+
+def _rdb_storage(url: str, engine: dict | None, attempts: int = 5) -> RDBStorage:
+    """Optuna's RDB storage; workers started together on a new database race to create its tables
+    (PostgreSQL: a duplicate key in ``pg_type``), and the losers open it again once the tables exist."""
+    for attempt in range(attempts - 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine)
+        except IntegrityError:
+            time.sleep(0.5 * (attempt + 1))
+    return RDBStorage(url, engine_kwargs=engine)
 
 
 def _is_journal(path: Path) -> bool:
@@ -106,7 +151,7 @@ def trial_of(spec: str | None, study_name: str, number: int, pruner: optuna.prun
     try:
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:
-        where = "this process's memory" if spec is None else spec
+        where = "this process's memory" if spec is None else shown(spec)
         raise StagetuneError(
             f"the Optuna study {study_name!r} is not in {where}: a job launched away from its worker needs "
             "a shared storage (hydra.sweeper.storage=PATH.log or a database URL)"

@@ -32,13 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from stagetune.errors import ConfigError
-from stagetune.sweeps.settings import SweeperSettings
 from stagetune.atomic import write_atomic
+from stagetune.errors import ConfigError
 from stagetune.runs.rundir import RunDir
 from stagetune.runs.sweep_report import TRIAL_CALLBACK
 from stagetune.sweeps.report import STUDY_FILE
 from stagetune.sweeps.sampler import TrialSeeded
+from stagetune.sweeps.settings import SweeperSettings
 from stagetune.sweeps.space import SearchSpace, render
 from stagetune.sweeps.study import (
     RETRY_OF,
@@ -246,10 +246,9 @@ def check_launcher(launcher: Launcher, settings: SweeperSettings) -> None:
     local = isinstance(launcher, BasicLauncher)
     if local and settings.n_jobs > 1:
         raise ConfigError(
-            "hydra.sweeper.n_jobs", settings.n_jobs,
+            "hydra.sweeper.n_jobs",
+            settings.n_jobs,
             "the basic launcher runs one job at a time in this process: start more workers on one storage instead",
         )
     if not local and settings.storage is None:
-        raise ConfigError(
-            "hydra.sweeper.storage", None, "jobs launched away from this process need a shared storage: a journal file path or a database URL"
-        )
+        raise ConfigError("hydra.sweeper.storage", None, "jobs launched away from this process need a shared storage: a journal file path or a database URL")

@@ -3,7 +3,7 @@
 Each family says which of torchvision's modules make the body (everything before the pooling and
 the classifier, module names unchanged so torchvision's state dicts load as they are) and how the
 body splits into an early and a late group; the classifier's head is always new (models.py). The
-rule per family, as docs/own-model.md states it:
+rule per family, as docs/own-backbone.md states it:
 
 ==============  ===================================================  ==================================
 family          body_early                                           body_late

@@ -23,8 +23,8 @@ from torchvision import transforms as T
 from torchvision.datasets import ImageFolder, OxfordIIITPet
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from stagetune.errors import ConfigError, DataError
 from stagetune.engine.loaders import default_workers, epoch_loader, eval_loader
+from stagetune.errors import ConfigError, DataError
 from stagetune.vision.weights import IMAGENET
 
 log = logging.getLogger("stagetune")
@@ -197,11 +197,7 @@ class DigitsData(ImageDataModule):
         if self.train_per_class is not None:
             per_class = [train[labels[train] == c][: self.train_per_class] for c in np.unique(labels)]
             train = np.sort(np.concatenate(per_class))
-        augment = (
-            T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=[-m / s for m, s in zip(MEAN, STD)])
-            if self.augment
-            else None
-        )
+        augment = T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1), fill=[-m / s for m, s in zip(MEAN, STD)]) if self.augment else None
         y = torch.as_tensor(labels, dtype=torch.long)
         self.splits = {
             "train": TensorImages(images[train], y[train], augment),
@@ -218,7 +214,7 @@ def unreadable(paths: Sequence[str | Path]) -> list[str]:
         try:
             with Image.open(path) as img:
                 img.load()
-        except Exception:  # noqa: BLE001 - every way an image fails to decode counts as unreadable
+        except Exception:
             bad.append(str(path))
     return bad
 
@@ -228,9 +224,7 @@ def drop_unreadable(paths: Sequence[str | Path], skip: bool, where: str) -> set[
     bad = unreadable(paths)
     if bad and not skip:
         shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise DataError(
-            f"{len(bad)} unreadable image file(s) in {where}: {shown} (fix or remove them, or set data.skip_bad_files=true)"
-        )
+        raise DataError(f"{len(bad)} unreadable image file(s) in {where}: {shown} (fix or remove them, or set data.skip_bad_files=true)")
     if bad:
         log.warning("skipped %d unreadable image file(s) in %s", len(bad), where)
     return set(bad)
@@ -287,8 +281,16 @@ class ImageFolderData(ImageDataModule):
     """
 
     def __init__(
-        self, root: str, size: int = 224, augment: bool = True, valid_name: str = "valid", test_pct: float = 0.1,
-        skip_bad_files: bool = False, batch_size: int = 64, num_workers: int | None = None, seed: int = 42,
+        self,
+        root: str,
+        size: int = 224,
+        augment: bool = True,
+        valid_name: str = "valid",
+        test_pct: float = 0.1,
+        skip_bad_files: bool = False,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_size(size)
@@ -308,9 +310,7 @@ class ImageFolderData(ImageDataModule):
         if not files:
             raise DataError(f"split {folder} has no images (expected {folder}/<class>/<image>)")
         bad = drop_unreadable(files, self.skip_bad_files, str(folder))
-        ds = ImageFolder(
-            str(folder), transform=transform, loader=open_image, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True
-        )
+        ds = ImageFolder(str(folder), transform=transform, loader=open_image, is_valid_file=lambda p: _is_image(p) and p not in bad, allow_empty=True)
         counts = Counter(ds.targets)
         empty = [c for k, c in enumerate(ds.classes) if counts[k] == 0]
         if empty:
@@ -369,8 +369,16 @@ class PetsData(ImageDataModule):
     """
 
     def __init__(
-        self, root: str = "data", size: int = 224, augment: bool = True, valid_pct: float = 0.2, download: bool = False,
-        skip_bad_files: bool = False, batch_size: int = 64, num_workers: int | None = None, seed: int = 42,
+        self,
+        root: str = "data",
+        size: int = 224,
+        augment: bool = True,
+        valid_pct: float = 0.2,
+        download: bool = False,
+        skip_bad_files: bool = False,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_size(size)
@@ -384,8 +392,7 @@ class PetsData(ImageDataModule):
             ds = OxfordIIITPet(str(self.root), split=split, download=self.download)
         except RuntimeError as err:
             raise DataError(
-                f"Oxford-IIIT Pet not found under {self.root / 'oxford-iiit-pet'} ({err}); "
-                "set data.root to where it is, or data.download=true when online"
+                f"Oxford-IIIT Pet not found under {self.root / 'oxford-iiit-pet'} ({err}); set data.root to where it is, or data.download=true when online"
             ) from None
         except OSError as err:
             raise DataError(f"Oxford-IIIT Pet could not be downloaded to {self.root}: {err}") from None
@@ -446,9 +453,20 @@ class ImageCSVData(ImageDataModule):
     """
 
     def __init__(
-        self, path: str, root: str | None = None, path_col: str = "path", label_col: str = "label", split_col: str | None = None,
-        valid_pct: float = 0.2, test_pct: float = 0.1, size: int = 224, augment: bool = True, skip_bad_files: bool = False,
-        batch_size: int = 64, num_workers: int | None = None, seed: int = 42,
+        self,
+        path: str,
+        root: str | None = None,
+        path_col: str = "path",
+        label_col: str = "label",
+        split_col: str | None = None,
+        valid_pct: float = 0.2,
+        test_pct: float = 0.1,
+        size: int = 224,
+        augment: bool = True,
+        skip_bad_files: bool = False,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers)
         check_size(size)
@@ -532,6 +550,8 @@ class ImageCSVData(ImageDataModule):
             if not keep:
                 raise DataError(f"{self.path}: the {split} part holds no images (data.split_col, data.valid_pct, data.test_pct)")
             self.splits[split] = ListedImages([files[k] for k in keep], labels[keep].tolist(), train_tf if split == "train" else eval_tf)
-        unseen = sorted({self.classes[c] for split in ("val", "test") for c in self.splits[split].labels} - {self.classes[c] for c in self.splits["train"].labels})
+        unseen = sorted(
+            {self.classes[c] for split in ("val", "test") for c in self.splits[split].labels} - {self.classes[c] for c in self.splits["train"].labels}
+        )
         if unseen:
             raise DataError(f"{self.path}: class(es) {', '.join(unseen)} have no training image: list some as train")

@@ -19,9 +19,9 @@ import torchmetrics
 import torchvision
 from torch import nn
 
-from stagetune.errors import ConfigError
 from stagetune.engine.groups import LayerGroup
 from stagetune.engine.plan import StagedModule
+from stagetune.errors import ConfigError
 from stagetune.vision.backbones import RESNET_EARLY, family_of, n_features
 from stagetune.vision.report import StageReport
 from stagetune.vision.weights import load_body_weights

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.callbacks import Callback  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torchmetrics.classification import MulticlassConfusionMatrix  # noqa: E402
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from stagetune.engine.plan import StagePlan  # noqa: E402
-from stagetune.figures import new_figure, text_color  # noqa: E402
+from stagetune.engine.plan import StagePlan
+from stagetune.figures import new_figure, text_color
 
 
 class StageReport(Callback):
@@ -166,9 +166,7 @@ def shown(image: torch.Tensor, mean, std) -> np.ndarray:
     return image.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def image_grid(
-    examples: list[Example], caption: Callable[[Example], str], mean, std, title: str, color: Callable[[Example], str] | None = None
-) -> Figure:
+def image_grid(examples: list[Example], caption: Callable[[Example], str], mean, std, title: str, color: Callable[[Example], str] | None = None) -> Figure:
     """Images in a square-ish grid, each with its caption above it (two short lines at most), 2.2 x 2.4 inches a cell."""
     cols = max(1, math.ceil(len(examples) ** 0.5))
     rows = max(1, -(-len(examples) // cols))
@@ -208,12 +206,7 @@ def results_figure(examples: list[Example], names: list[str], mean, std) -> Figu
 
 def most_confused(matrix: torch.Tensor, names: list[str], min_count: int = 1) -> list[tuple[str, str, int]]:
     """fastai's ``most_confused``: (actual, predicted, count) off the diagonal, most frequent first."""
-    pairs = [
-        (names[i], names[j], int(matrix[i, j]))
-        for i in range(len(names))
-        for j in range(len(names))
-        if i != j and int(matrix[i, j]) >= min_count
-    ]
+    pairs = [(names[i], names[j], int(matrix[i, j])) for i in range(len(names)) for j in range(len(names)) if i != j and int(matrix[i, j]) >= min_count]
     return sorted(pairs, key=lambda p: -p[2])
 
 

@@ -100,9 +100,7 @@ def train_source(settings: dict, progress_bar: bool = True) -> tuple[dict[str, t
     )
     model = ResNet34Classifier(weights=None, head=settings["head"], **data.model_kwargs())
     plan = Plan(stages={"source": Stage(epochs=settings["epochs"], freeze_to=0, lr=settings["lr"], wd=0.01)})
-    trainer = build_trainer(
-        plan, Optim(), {"enable_progress_bar": progress_bar, "accelerator": "auto", "devices": 1, "num_sanity_val_steps": 0}
-    )
+    trainer = build_trainer(plan, Optim(), {"enable_progress_bar": progress_bar, "accelerator": "auto", "devices": 1, "num_sanity_val_steps": 0})
     trainer.fit(model, datamodule=data)
     val_acc = float(trainer.callback_metrics.get("val/acc", float("nan")))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, val_acc

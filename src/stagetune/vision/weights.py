@@ -45,7 +45,7 @@ def published_state_dict(arch: str, weights: WeightsEnum, source: str) -> dict[s
     if not path.is_file():
         raise DataError(
             f"model.weights={source}: the ImageNet weights are not in the cache, expected {path} ({arch} {weights.name}). "
-            f"On a machine with internet run `python -c \"import torchvision; "
+            f'On a machine with internet run `python -c "import torchvision; '
             f"torchvision.models.get_model('{arch}', weights='{weights.name}')\"` (or download {weights.url}) "
             f"and copy the file there (set TORCH_HOME to move the cache), or use model.weights=null"
         )
@@ -55,7 +55,7 @@ def published_state_dict(arch: str, weights: WeightsEnum, source: str) -> dict[s
 def _read(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as err:
         raise DataError(f"model.weights={path}: cannot be read as a weights-only torch file ({err})") from None
 
 
@@ -94,4 +94,3 @@ def load_body_weights(body: nn.Module, source: str, arch: str = "resnet34") -> N
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise DataError(f"model.weights={source}: not a {arch} body ({detail})")
-
