@@ -10,9 +10,9 @@ from omegaconf import DictConfig
 
 from stagetune.app import check_output_overrides, conf_dir
 from stagetune.config import check_paths
-from stagetune.errors import ConfigError
 from stagetune.engine import launch
 from stagetune.engine.trainer import check_trainer_overrides
+from stagetune.errors import ConfigError
 from stagetune.failures import hydra_command, hydra_job_log, in_multirun, task_started, task_wrapper
 from stagetune.runs.run import SETUP_INTERRUPTED, Outcome, train
 from stagetune.runs.rundir import RunDir, check_resume_overrides
