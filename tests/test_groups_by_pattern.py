@@ -103,5 +103,5 @@ def test_a_model_regrouped_by_patterns_trains_without_the_feature_cache():
     model = build(node)
     plan = StagePlan(Plan(stages={"frozen": Stage("frozen", 1, freeze_to=-1, lr=1e-2, train_bn=False)}))
     plan.groups = model.layer_groups()
-    reason = inexact_reason(SimpleNamespace(world_size=1, datamodule=SimpleNamespace(augment=False)), model, plan, 0)
+    reason = inexact_reason(SimpleNamespace(world_size=1, datamodule=SimpleNamespace(augment=False)), model, plan.stages[0], plan.layer_groups)
     assert reason == "its layer groups come from model.groups patterns, which its features()/forward_from() do not follow"
