@@ -55,7 +55,7 @@ def test_refit_trains_on_train_plus_valid_for_the_chosen_epochs_and_reads_test_o
     # lr 0.2 overfits early: valid chooses an epoch before the last, so the cut is seen
     train(composed(*SMALL, "refit=true", "plan.lr=0.2", "optim.wd=0", "plan.stages.all.epochs=6"), tmp_path)
     record = json.loads((tmp_path / "metrics.json").read_text())
-    best = torch.load(record["best"]["checkpoint"], weights_only=True)
+    best = torch.load(tmp_path / record["best"]["checkpoint"], weights_only=True)  # recorded relative to the run
     chosen = best["epoch"] + 1
     assert chosen < 6 and record["refit"]["epochs"] == chosen
     assert len((tmp_path / "refit" / "history.csv").read_text().splitlines()) == 1 + chosen

@@ -215,6 +215,14 @@ class RatingsDataModule(pl.LightningDataModule):
             }
         return out
 
+    def with_valid_in_train(self) -> None:
+        """Give valid back to training, for a refit (:mod:`stagetune.runs.refit`) after valid has chosen:
+        the training part becomes train + valid (ids keep the indices training gave them; one seen only
+        in valid stays unknown). Valid stays as it was, and is no longer held out."""
+        self.setup()
+        t, v = self.train_set, self.val_set
+        self.train_set = RatingsTensor(torch.cat([t.users, v.users]), torch.cat([t.items, v.items]), torch.cat([t.ratings, v.ratings]))
+
     def parts(self) -> tuple[RatingsTensor, RatingsTensor, RatingsTensor]:
         """Train, valid and test: every rating the data holds."""
         self.setup()
