@@ -110,6 +110,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.user_ids = self.item_ids = np.zeros(0, dtype=np.int64)
         self.unseen = {part: {"users": 0, "items": 0, "ratings": 0} for part in ("valid", "test")}
         self.read_side: Callable[[], dict[str, RawSide]] | None = None
+        self.source = ""  # where the ratings came from, as errors and the record name it (set by load)
 
     def load(self) -> None:
         raise NotImplementedError
@@ -118,7 +119,7 @@ class RatingsDataModule(pl.LightningDataModule):
         """Index users and items from the training part (1..n), encode the three parts, count unseen ids."""
         if len(parts.train) == 0:
             raise DataError(
-                f"{getattr(self, 'source', 'the ratings')}: the training split is empty ({len(table)} rating(s): {len(parts.valid)} valid, "
+                f"{self.source or 'the ratings'}: the training split is empty ({len(table)} rating(s): {len(parts.valid)} valid, "
                 f"{len(parts.test)} test); give more ratings, or lower data.valid_pct and data.test_pct"
             )
         train = table.take(parts.train)

@@ -210,7 +210,6 @@ class MovieLens(RatingsDataModule):
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
-        self.source = ""
 
     def load(self) -> None:
         h = self.hparams

@@ -137,7 +137,6 @@ class RatingsFile(RatingsDataModule):
     ) -> None:
         super().__init__(batch_size)
         self.save_hyperparameters()
-        self.source = ""
 
     def load(self) -> None:
         h = self.hparams
